@@ -1,0 +1,87 @@
+"""The one exception hierarchy of pytest-flake.
+
+Two families, kept apart on purpose:
+
+* ``FlakeError`` and its children: *our tooling or the infrastructure* broke (Nix is
+  missing, the Docker daemon does not answer, a build failed, a guest never booted).
+  Fixtures raise these; pytest reports them as test *errors* with the message alone.
+* ``CheckFailed``: *the system under test* failed a check (an HTTP status, a unit that
+  is not active). It subclasses ``AssertionError`` so pytest reports a *failure*.
+
+Timeouts subclass both ``FlakeError`` and ``TimeoutError``.
+
+Messages are one line that names the thing and the fix; long evidence (a build log,
+a console log, container logs) goes into ``add_note`` so it follows the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class FlakeError(Exception):
+    """Base of every error pytest-flake raises about its tools or infrastructure."""
+
+    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        self.details = details
+        text = message if not hint else f"{message} ({hint})"
+        super().__init__(text)
+        if details:
+            self.add_note(details)
+
+
+class UsageError(FlakeError):
+    """Bad configuration or arguments from the user: a bad option value, a missing flake."""
+
+
+class MissingToolError(FlakeError):
+    """A program pytest-flake needs is not installed (nix, ssh-keygen, mksquashfs...)."""
+
+
+class InfrastructureError(FlakeError):
+    """A daemon or service pytest-flake drives is unreachable or misbehaves."""
+
+
+class NixError(FlakeError):
+    """Nix could not evaluate or build something."""
+
+
+class MissingOutputError(NixError, UsageError):
+    """The flake has no such output; the message lists the ones it has."""
+
+
+class BuildError(NixError):
+    """``nix build`` failed; carries the attribute, exit code and the tail of the log."""
+
+
+class DockerError(InfrastructureError):
+    """The Docker daemon refused or failed an operation."""
+
+
+class VMError(InfrastructureError):
+    """libvirt, QEMU or the guest failed."""
+
+
+class PortableError(FlakeError):
+    """A portable service image is unusable or portablectl failed."""
+
+
+class FlakeTimeout(FlakeError, TimeoutError):
+    """Something did not become ready in time; the note carries what was seen last."""
+
+
+class CheckFailed(AssertionError):
+    """The system under test failed a check; reported by pytest as a test failure."""
+
+
+def tail(text: str, lines: int = 25) -> str:
+    """The last ``lines`` lines of ``text`` (for logs in messages)."""
+    parts = text.rstrip().splitlines()
+    return "\n".join(parts[-lines:])
+
+
+def format_choices(choices: Sequence[str]) -> str:
+    """``a, b, c`` or ``(none)``: for messages listing what exists."""
+    return ", ".join(choices) if choices else "(none)"
