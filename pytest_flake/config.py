@@ -1,0 +1,148 @@
+"""Settings: one frozen object, each value resolved option > environment > ini > default.
+
+The source of every value is recorded, so the report header can say
+``flake: path:/src (from --flake)`` and a user knows which knob won.
+Nothing here imports pytest: ``plugin.py`` hands in the three lookups.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+VM_ACCELS = ("auto", "kvm", "tcg")
+BUILTIN_VM_IMAGES = ("arch", "debian")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its command-line flag, ini key, environment variable and help."""
+
+    name: str  # attribute name on Settings, also the ini key
+    flag: str
+    help: str
+    env: str | None = None
+    default: Any = None
+    kind: str = "str"  # str | int | float | bool
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("flake", "--flake", "flake reference to test: a directory, path:DIR, git+file:DIR, github:OWNER/REPO... "
+           "(default: the invocation directory when it has a flake.nix)", env="PYTEST_FLAKE", metavar="REF"),
+    Option("flake_system", "--flake-system", "Nix system of the outputs (default: the machine's, e.g. x86_64-linux)",
+           env="PYTEST_FLAKE_SYSTEM", metavar="SYSTEM"),
+    Option("vm_image", "--vm-image", "VM image: 'arch' (Arch Linux cloud image, downloaded once), 'debian' (built "
+           "locally, offline), a qcow2 PATH or an http(s) URL", env="PYTEST_FLAKE_VM_IMAGE", default="arch",
+           metavar="NAME|PATH|URL"),
+    Option("libvirt_uri", "--libvirt-uri", "libvirt connection URI (default: qemu:///system as root, "
+           "qemu:///session otherwise)", env="LIBVIRT_DEFAULT_URI", metavar="URI"),
+    Option("vm_accel", "--vm-accel", "VM acceleration: auto probes whether KVM really runs a guest, else TCG",
+           env="PYTEST_FLAKE_VM_ACCEL", default="auto", choices=VM_ACCELS),
+    Option("vm_memory", "--vm-memory", "memory of each VM in MiB", env="PYTEST_FLAKE_VM_MEMORY", default=1024,
+           kind="int", metavar="MIB"),
+    Option("vm_cpus", "--vm-cpus", "virtual CPUs of each VM", env="PYTEST_FLAKE_VM_CPUS", default=1, kind="int",
+           metavar="N"),
+    Option("docker_host", "--docker-host", "Docker endpoint, e.g. unix:///run/docker.sock (default: DOCKER_HOST, "
+           "else the client's default)", env="DOCKER_HOST", metavar="URL"),
+    Option("flake_keep", "--flake-keep", "keep the containers and VMs of failed tests and print how to reach them",
+           env="PYTEST_FLAKE_KEEP", default=False, kind="bool"),
+    Option("flake_timeout", "--flake-timeout", "seconds to wait for a service, container or guest to be ready",
+           env="PYTEST_FLAKE_TIMEOUT", default=120.0, kind="float", metavar="SECONDS"),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _convert(opt: Option, raw: Any, source: str) -> Any:
+    where = f"{opt.flag}" if source == "option" else (f"${opt.env}" if source == "env" else f"ini '{opt.name}'")
+    if opt.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise UsageError(f"{where}={raw!r} is not a boolean", hint="use one of: 1, 0, true, false, yes, no")
+    if opt.kind in ("int", "float"):
+        try:
+            value = int(raw) if opt.kind == "int" else float(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}={raw!r} is not a number", hint=f"{opt.help}") from None
+        if value <= 0:
+            raise UsageError(f"{where}={raw!r} must be greater than 0")
+        return value
+    value = str(raw).strip()
+    if opt.choices and value not in opt.choices:
+        raise UsageError(f"{where}={raw!r} is not valid", hint=f"valid values: {', '.join(opt.choices)}")
+    if not value:
+        raise UsageError(f"{where} is empty", hint=opt.help)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All pytest-flake settings of a session, with where each value came from."""
+
+    flake: str | None
+    flake_system: str | None
+    vm_image: str
+    libvirt_uri: str | None
+    vm_accel: str
+    vm_memory: int
+    vm_cpus: int
+    docker_host: str | None
+    flake_keep: bool
+    flake_timeout: float
+    invocation_dir: Path
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        """``--flake``, ``$DOCKER_HOST``, ``ini``, ``default``: where ``name`` came from."""
+        return self.sources.get(name, "default")
+
+    def describe(self, name: str) -> str:
+        """``value (from SOURCE)`` for the report header."""
+        value = getattr(self, name)
+        return f"{value} (from {self.source(name)})"
+
+    @classmethod
+    def resolve(
+        cls,
+        option: Callable[[str], Any],
+        ini: Callable[[str], Any],
+        invocation_dir: Path,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve every option: command line, then environment, then ini, then default.
+
+        ``option(name)`` returns the command-line value or None; ``ini(name)`` the ini
+        value or None/empty. Raises :class:`UsageError` naming the bad value.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for opt in OPTIONS:
+            raw = option(opt.name)
+            if raw is not None and raw is not False:
+                values[opt.name], sources[opt.name] = _convert(opt, raw, "option"), opt.flag
+                continue
+            if opt.env and env.get(opt.env):
+                values[opt.name], sources[opt.name] = _convert(opt, env[opt.env], "env"), f"${opt.env}"
+                continue
+            raw = ini(opt.name)
+            if raw not in (None, "", []):
+                values[opt.name], sources[opt.name] = _convert(opt, raw, "ini"), f"ini {opt.name}"
+                continue
+            values[opt.name], sources[opt.name] = opt.default, "default"
+        if values["flake"] is None and (invocation_dir / "flake.nix").is_file():
+            values["flake"], sources["flake"] = str(invocation_dir), "flake.nix in the invocation directory"
+        return cls(invocation_dir=invocation_dir, sources=sources, **values)

@@ -1,0 +1,87 @@
+"""A test session's identity, its state directory, and the sweep of dead sessions.
+
+Every resource pytest-flake creates (container, libvirt domain, overlay disk, saved
+state, process) carries the session id: containers as the label
+``pytest-flake.session=<id>``, domains and files in their names (``pf-<id>-...``).
+A session registers itself in ``<state>/sessions/<id>/pid``; a later session that
+finds a registration whose process is gone sweeps what that session left behind
+(it was killed with SIGKILL, or its machine lost power) before it starts its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("pytest_flake")
+
+LABEL = "pytest-flake.session"
+PREFIX = "pf-"
+
+
+def state_dir() -> Path:
+    """Where pytest-flake keeps its state: ``$PYTEST_FLAKE_STATE`` or the user cache."""
+    explicit = os.environ.get("PYTEST_FLAKE_STATE")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "pytest-flake"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Session:
+    """The current test session: a short id, its own directory, and its registration."""
+
+    def __init__(self, root: Path | None = None, session_id: str | None = None) -> None:
+        self.root = root or state_dir()
+        self.id = session_id or f"{PREFIX}{secrets.token_hex(4)}"
+        self.dir = self.root / "sessions" / self.id
+
+    def __enter__(self) -> Session:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "pid").write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def name(self, *parts: str) -> str:
+        """A resource name carrying the session id: ``pf-1a2b3c4d-vm-1``."""
+        return "-".join((self.id, *parts))
+
+    def dead_sessions(self) -> list[str]:
+        """Ids of registered sessions whose process is gone (killed runs)."""
+        dead = []
+        base = self.root / "sessions"
+        if not base.is_dir():
+            return dead
+        for entry in sorted(base.iterdir()):
+            if entry.name == self.id or not entry.name.startswith(PREFIX):
+                continue
+            try:
+                pid = int((entry / "pid").read_text().strip())
+            except (OSError, ValueError):
+                pid = 0
+            if pid <= 0 or not _alive(pid):
+                dead.append(entry.name)
+        return dead
+
+    def forget(self, session_id: str) -> None:
+        """Remove the registration of a dead session once its resources are swept."""
+        shutil.rmtree(self.root / "sessions" / session_id, ignore_errors=True)
+
+    def session_dir(self, session_id: str) -> Path:
+        """The directory of any session (this one or a dead one) by id."""
+        return self.root / "sessions" / session_id
