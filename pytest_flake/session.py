@@ -31,14 +31,24 @@ def state_dir() -> Path:
     return Path(cache) / "pytest-flake"
 
 
-def _alive(pid: int) -> bool:
+def start_time(pid: int) -> str:
+    """The kernel's start time of ``pid``: survives exec, and tells a recycled pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs, and (given ``started``) is the one that started then."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or start_time(pid) == started
 
 
 class Session:
@@ -48,14 +58,17 @@ class Session:
         self.root = root or state_dir()
         self.id = session_id or f"{PREFIX}{secrets.token_hex(4)}"
         self.dir = self.root / "sessions" / self.id
+        self.keep = False  # set when --flake-keep kept a resource: the next session sweeps it
 
     def __enter__(self) -> Session:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "pid").write_text(str(os.getpid()))
+        pid = os.getpid()
+        (self.dir / "pid").write_text(f"{pid} {start_time(pid)}")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def name(self, *parts: str) -> str:
         """A resource name carrying the session id: ``pf-1a2b3c4d-vm-1``."""
@@ -71,10 +84,11 @@ class Session:
             if entry.name == self.id or not entry.name.startswith(PREFIX):
                 continue
             try:
-                pid = int((entry / "pid").read_text().strip())
+                pid_text, _, started = (entry / "pid").read_text().strip().partition(" ")
+                pid = int(pid_text)
             except (OSError, ValueError):
-                pid = 0
-            if pid <= 0 or not _alive(pid):
+                pid, started = 0, ""
+            if pid <= 0 or not alive(pid, started or None):
                 dead.append(entry.name)
         return dead
 

@@ -1,0 +1,93 @@
+"""The pre-flight check (``pytest --flake-doctor``) and the report header.
+
+Each check is one line: ``ok`` and what was found, or ``FAIL`` and what to do.
+Component modules (docker, vm) contribute ``doctor(settings)`` lists of their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from .config import Settings
+from .nix import INSTALL_HINT, NIX_FEATURES
+
+COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm")
+
+
+def _nix(args: list[str]) -> subprocess.CompletedProcess[str] | None:
+    nix = shutil.which("nix")
+    if nix is None:
+        return None
+    try:
+        return subprocess.run([nix, *NIX_FEATURES, *args], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
+    """Nix is installed, evaluates flakes (with the features we pass) and builds offline."""
+    version = _nix(["--version"])
+    if version is None or version.returncode != 0:
+        return [(False, f"nix: not found on PATH; {INSTALL_HINT}")]
+    lines = [(True, f"nix: {version.stdout.strip()}")]
+    system = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
+    if system is None or system.returncode != 0:
+        err = system.stderr.strip().splitlines()[-1:] if system else ["timed out"]
+        lines.append((False, f"nix eval: failed ({' '.join(err)}); check nix.conf and that the store is writable"))
+    else:
+        lines.append((True, f"nix system: {settings.flake_system or system.stdout.strip()}"))
+    config = _nix(["show-config"])
+    if config is not None and config.returncode == 0:
+        values = dict(line.split(" = ", 1) for line in config.stdout.splitlines() if " = " in line)
+        subs = values.get("substituters", "").strip()
+        lines.append((True, f"nix substituters: {subs or '(none: offline builds)'}"))
+        lines.append((True, f"nix sandbox: {values.get('sandbox', '?')}"))
+    return lines
+
+
+def component_checks(settings: Settings) -> list[tuple[bool, str]]:
+    lines: list[tuple[bool, str]] = []
+    for name in COMPONENTS:
+        short = name.rsplit(".", 1)[-1]
+        try:
+            module: Any = importlib.import_module(name)
+            lines += module.doctor(settings)
+        except ImportError as exc:
+            lines.append((False, f"{short}: cannot import ({exc}); pip install 'pytest-flake[{short}]'"))
+        except Exception as exc:  # a broken check is reported, not raised
+            lines.append((False, f"{short}: check failed: {exc}"))
+    return lines
+
+
+def run(settings: Settings, write: Callable[[str], Any]) -> int:
+    """Print every check; exit code 0 when all are ok, 1 otherwise."""
+    write("pytest-flake doctor")
+    ok = True
+    for good, line in nix_checks(settings) + component_checks(settings):
+        ok &= good
+        write(f"  {'ok  ' if good else 'FAIL'}  {line}")
+    write("all checks passed" if ok else "some checks failed: see the FAIL lines above")
+    return 0 if ok else 1
+
+
+def header(settings: Settings) -> list[str]:
+    """The report header: flake, system, Nix version, Docker and libvirt endpoints, VM image."""
+    version = _nix(["--version"])
+    nix_version = version.stdout.strip().rsplit(" ", 1)[-1] if version and version.returncode == 0 else "not found"
+    system = settings.flake_system
+    if system is None and version is not None:
+        probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
+        system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
+    flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
+    libvirt = settings.libvirt_uri or "qemu:///system (root) / qemu:///session"
+    return [
+        f"flake: {flake}",
+        f"system: {system}, nix {nix_version}",
+        f"docker: {settings.docker_host or 'client default'} (from {settings.source('docker_host')})",
+        f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {settings.describe('vm_accel')}",
+    ]

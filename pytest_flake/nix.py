@@ -1,0 +1,318 @@
+"""Flake references, ``nix build`` and ``nix eval``, and the session's build cache.
+
+Works with Debian's Nix 2.8 and with current Nix: builds are read from
+``nix build --json --no-link`` (2.8 has no ``--print-out-paths``), and every call passes
+``--extra-experimental-features 'nix-command flakes'`` so no nix.conf change is needed
+for that. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .process import Process
+from .errors import BuildError, MissingOutputError, MissingToolError, NixError, UsageError, format_choices, tail
+
+log = logging.getLogger("pytest_flake")
+
+NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+INSTALL_HINT = (
+    "install Nix: 'apt-get install nix-bin' on Debian/Ubuntu, or see https://nixos.org/download; "
+    "then run scripts/setup"
+)
+# Top-level flake output groups: an attribute starting with one of these is a full path.
+OUTPUT_GROUPS = (
+    "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
+    "defaultPackage", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
+)
+_REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "http:", "https:", "tarball+",
+                   "file+", "flake:", "indirect:", "hg+")
+
+
+class FlakeWarning(UserWarning):
+    """Something about the flake that is probably not what the user wants."""
+
+
+@dataclass(frozen=True)
+class Build:
+    """A built flake output: its attribute, its store paths and its derivation."""
+
+    attr: str
+    out: Path
+    outputs: dict[str, Path]
+    drv: Path
+    seconds: float = field(default=0.0, compare=False)
+
+    def __fspath__(self) -> str:
+        return str(self.out)
+
+
+class Nix:
+    """Runs the ``nix`` command: one place for its argv, its logging and its errors."""
+
+    def __init__(self, executable: str | None = None, timeout: float = 3600.0) -> None:
+        found = executable or shutil.which("nix")
+        if not found:
+            raise MissingToolError("nix is not on PATH", hint=INSTALL_HINT)
+        self.executable = found
+        self.timeout = timeout
+        self.calls = 0  # how many nix processes ran: the build cache is measured by it
+
+    def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [self.executable, *NIX_FEATURES, *args]
+        log.debug("$ %s", " ".join(argv))
+        self.calls += 1
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise NixError(f"'nix {' '.join(args)}' did not finish in {self.timeout:g}s") from exc
+        if check and proc.returncode != 0:
+            raise NixError(f"'nix {' '.join(args)}' failed with exit code {proc.returncode}",
+                           details=tail(proc.stderr))
+        return proc
+
+    def version(self) -> str:
+        """``2.8.0``: the version of the nix on PATH."""
+        out = self.run(["--version"]).stdout.strip()
+        return out.rsplit(" ", 1)[-1]
+
+    def current_system(self) -> str:
+        """The machine's Nix system, e.g. ``x86_64-linux``."""
+        return self.run(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"]).stdout.strip()
+
+    def eval_json(self, installable: str, apply: str | None = None) -> Any:
+        args = ["eval", "--json", installable]
+        if apply:
+            args += ["--apply", apply]
+        return json.loads(self.run(args).stdout)
+
+
+def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
+    """Turn a user's flake ref into one Nix accepts, and the local directory if any.
+
+    Relative paths are resolved against the invocation directory. A bare directory is
+    left for Nix to interpret (a git checkout becomes ``git+file:``, which hides untracked
+    files); ``path:DIR`` sees every file. Remote refs pass through unchanged.
+    """
+    if ref.startswith(_REMOTE_SCHEMES):
+        return ref, None
+    for scheme in ("path:", "git+file:", "git+file://"):
+        if ref.startswith(scheme):
+            rest = ref[len(scheme):]
+            query = ""
+            if "?" in rest:
+                rest, query = rest.split("?", 1)
+                query = "?" + query
+            directory = (invocation_dir / rest).resolve() if not rest.startswith("/") else Path(rest)
+            return f"{scheme.rstrip('/') if scheme == 'git+file://' else scheme}{directory}{query}", directory
+    directory = (invocation_dir / ref).resolve()
+    return str(directory), directory
+
+
+def _git_untracked(directory: Path) -> list[str]:
+    """Untracked, not ignored files below ``directory`` when it is in a git checkout."""
+    git = shutil.which("git")
+    if not git:
+        return []
+    try:
+        top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+        if top.returncode != 0:
+            return []
+        proc = subprocess.run([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+class Flake:
+    """A flake under test: lists its outputs, builds them once per session, runs them.
+
+    ``ref`` may change per test (the ``flake(ref)`` marker): pass ``ref_for`` a callable
+    returning the ref in force; builds are cached per (ref, attribute).
+    """
+
+    def __init__(
+        self,
+        ref: str,
+        *,
+        invocation_dir: Path | None = None,
+        system: str | None = None,
+        nix: Nix | None = None,
+        ref_for: Callable[[], str | None] | None = None,
+        on_run: Callable[[Any], None] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._invocation_dir = invocation_dir or Path.cwd()
+        self._default_ref = ref
+        self._ref_for = ref_for
+        self._system = system
+        self.nix = nix or Nix()
+        self._builds: dict[tuple[str, str], Build] = {}
+        self._evals: dict[tuple[str, str], Any] = {}
+        self._checked: set[str] = set()
+        self._on_run = on_run
+        self._log_dir = log_dir
+
+    # -- references -------------------------------------------------------------------
+    @property
+    def ref(self) -> str:
+        """The flake reference in force (normalized: relative paths made absolute)."""
+        raw = (self._ref_for() if self._ref_for else None) or self._default_ref
+        ref, directory = normalize_ref(raw, self._invocation_dir)
+        if ref not in self._checked:
+            self._checked.add(ref)
+            if directory is not None:
+                self._check_directory(ref, directory)
+        return ref
+
+    def _check_directory(self, ref: str, directory: Path) -> None:
+        if not directory.is_dir():
+            raise UsageError(f"flake directory {directory} does not exist",
+                             hint="pass --flake with a directory that has a flake.nix")
+        if not (directory / "flake.nix").is_file():
+            raise UsageError(f"{directory} has no flake.nix", hint="pass --flake with a directory that has a flake.nix")
+        if not ref.startswith("path:"):
+            untracked = _git_untracked(directory)
+            if untracked:
+                shown = ", ".join(untracked[:5]) + (" ..." if len(untracked) > 5 else "")
+                warnings.warn(FlakeWarning(
+                    f"flake {ref} is a git checkout with {len(untracked)} untracked file(s) that Nix will not "
+                    f"see ({shown}); 'git add' them or use --flake path:{directory}"), stacklevel=2)
+
+    @property
+    def system(self) -> str:
+        """The Nix system whose packages are tested (``--flake-system``, else the machine's)."""
+        if self._system is None:
+            self._system = self.nix.current_system()
+        return self._system
+
+    def attr_path(self, attr: str = "default") -> str:
+        """``docker``, ``.#docker`` or ``#docker`` -> ``packages.SYSTEM.docker``; full paths stay."""
+        name = attr.split("#", 1)[1] if "#" in attr else attr
+        name = name or "default"
+        if name.split(".", 1)[0] in OUTPUT_GROUPS and "." in name:
+            return name
+        return f"packages.{self.system}.{name}"
+
+    def installable(self, attr: str = "default") -> str:
+        return f"{self.ref}#{self.attr_path(attr)}"
+
+    # -- evaluation ---------------------------------------------------------------------
+    def outputs(self) -> list[str]:
+        """Names of the packages under ``packages.<system>``."""
+        key = (self.ref, "outputs")
+        if key not in self._evals:
+            proc = self.nix.run(["eval", "--json", f"{self.ref}#packages", "--apply",
+                                 f'p: if p ? "{self.system}" then builtins.attrNames p."{self.system}" else null'],
+                                check=False)
+            if proc.returncode != 0:
+                if "does not provide attribute" in proc.stderr:
+                    self._evals[key] = []
+                else:
+                    raise NixError(f"cannot evaluate the outputs of flake {self.ref} (nix exit code {proc.returncode})",
+                                   details=tail(proc.stderr))
+            else:
+                self._evals[key] = json.loads(proc.stdout) or []
+        return list(self._evals[key])
+
+    def eval(self, attr: str, apply: str | None = None) -> Any:
+        """Evaluate an output attribute (``nix eval --json``), e.g. ``eval('default.meta')``."""
+        key = (self.ref, f"{self.attr_path(attr)}|{apply}")
+        if key not in self._evals:
+            self._evals[key] = self.nix.eval_json(self.installable(attr), apply)
+        return self._evals[key]
+
+    def main_program(self, attr: str = "default") -> str | None:
+        """``meta.mainProgram`` of a package, or None."""
+        value = self.eval(attr, apply="p: (p.meta or {}).mainProgram or null")
+        return value if isinstance(value, str) else None
+
+    def _missing(self, attr: str, stderr: str) -> MissingOutputError:
+        path = self.attr_path(attr)
+        outputs = self.outputs() if path.startswith("packages.") else []
+        return MissingOutputError(
+            f"flake {self.ref} has no output '{path}'",
+            hint=f"outputs under packages.{self.system}: {format_choices(outputs)}",
+        )
+
+    # -- building -----------------------------------------------------------------------
+    def build(self, attr: str = "default") -> Build:
+        """Build an output once per session; later calls return the same :class:`Build`."""
+        path = self.attr_path(attr)
+        key = (self.ref, path)
+        cached = self._builds.get(key)
+        if cached is not None:
+            return cached
+        installable = f"{self.ref}#{path}"
+        started = time.monotonic()
+        log.info("nix build %s", installable)
+        proc = self.nix.run(["build", "--json", "--no-link", "--print-build-logs", installable], check=False)
+        seconds = time.monotonic() - started
+        if proc.returncode != 0:
+            if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
+                raise self._missing(attr, proc.stderr)
+            raise BuildError(
+                f"nix build {installable} failed with exit code {proc.returncode}",
+                hint="the last lines of the build log follow; run the same 'nix build -L' to see all of it",
+                details=tail(proc.stderr, 30),
+            )
+        build = self._parse_build(path, proc.stdout, seconds)
+        log.info("built %s in %.1fs: %s", path, seconds, build.out)
+        self._builds[key] = build
+        return build
+
+    @staticmethod
+    def _parse_build(attr: str, stdout: str, seconds: float) -> Build:
+        try:
+            entries = json.loads(stdout)
+            entry = entries[0]
+            outputs = {name: Path(p) for name, p in entry["outputs"].items()}
+            drv = Path(entry["drvPath"])
+        except (ValueError, LookupError, TypeError) as exc:
+            raise NixError(f"cannot read the output of 'nix build --json' for {attr}: {stdout[:200]!r}") from exc
+        out = outputs.get("out") or next(iter(outputs.values()))
+        return Build(attr=attr, out=out, outputs=outputs, drv=drv, seconds=seconds)
+
+    def program(self, attr: str = "default") -> Path:
+        """The main program of a package: ``meta.mainProgram``, else the only/first file in ``bin/``."""
+        build = self.build(attr)
+        name = self.main_program(attr)
+        bindir = build.out / "bin"
+        if name:
+            program = bindir / name
+            if not program.exists():
+                raise UsageError(f"{build.attr}: meta.mainProgram is '{name}' but {program} does not exist")
+            return program
+        candidates = sorted(p for p in bindir.iterdir() if os.access(p, os.X_OK)) if bindir.is_dir() else []
+        if not candidates:
+            raise UsageError(f"{build.attr} has no program to run: no meta.mainProgram and nothing in {bindir}",
+                             hint="set meta.mainProgram in the package, or run a file of the build yourself")
+        return candidates[0]
+
+    def run(self, attr: str = "default", args: Sequence[str] = (), env: dict[str, str] | None = None,
+            port: int | None = None, timeout: float = 60) -> Process:
+        """Build the package, start its main program, and wait until ``port`` accepts connections.
+
+        Returns a started :class:`~pytest_flake.process.Process`; under pytest it is
+        stopped (its whole process group) at the end of the test, or earlier with
+        ``stop()`` or a ``with`` block.
+        """
+        program = self.program(attr)
+        process = Process([str(program), *args], env=env, port=port, timeout=timeout,
+                          name=self.attr_path(attr).rsplit(".", 1)[-1], log_dir=self._log_dir)
+        process.start()
+        if self._on_run is not None:
+            self._on_run(process)
+        return process
