@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +69,7 @@ class Response:
         self.raw = response
         self.attempts = attempts
         self.elapsed_retrying = elapsed_retrying
+        self.shown = False  # its transcript is in a raised CheckFailed already
 
     @property
     def status_code(self) -> int:
@@ -133,6 +135,7 @@ class Response:
         if where is not None and not where(self):
             problems.append("the 'where' predicate returned False")
         if problems:
+            self.shown = True
             raise CheckFailed(f"{self.raw.request.method} {self.url}: " + "; ".join(problems) + "\n"
                               + self.transcript())
         return self
@@ -167,8 +170,6 @@ class HttpChecker:
             return self.session.request(method, url, **kwargs)
 
         parts = urlsplit(url)
-        import time
-
         started = time.monotonic()
         try:
             if retry_for > 0:
@@ -204,7 +205,7 @@ class HttpChecker:
 
     def transcripts(self) -> str:
         """Every exchange of this test, for the report of a failed test."""
-        return "\n\n".join(r.transcript() for r in self.history)
+        return "\n\n".join(r.transcript() for r in self.history if not r.shown)
 
     def close(self) -> None:
         self.session.close()

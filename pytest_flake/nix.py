@@ -39,6 +39,12 @@ _REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "h
                    "file+", "flake:", "indirect:", "hg+")
 
 
+def _without_download_noise(log_text: str) -> str:
+    """A build log without the retries of an unreachable binary cache."""
+    return "\n".join(line for line in log_text.splitlines()
+                     if not (line.startswith("warning:") and "unable to download" in line))
+
+
 class FlakeWarning(UserWarning):
     """Something about the flake that is probably not what the user wants."""
 
@@ -263,10 +269,12 @@ class Flake:
         if proc.returncode != 0:
             if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
                 raise self._missing(attr, proc.stderr)
+            errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
+            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
             raise BuildError(
-                f"nix build {installable} failed with exit code {proc.returncode}",
+                f"nix build {installable} failed{reason}",
                 hint="the last lines of the build log follow; run the same 'nix build -L' to see all of it",
-                details=tail(proc.stderr, 30),
+                details=tail(_without_download_noise(proc.stderr), 30),
             )
         build = self._parse_build(path, proc.stdout, seconds)
         log.info("built %s in %.1fs: %s", path, seconds, build.out)

@@ -163,11 +163,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.append((title, text))
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
-        report.longrepr = _describe_error(item, excinfo.value)
+        report.longrepr = _describe_error(excinfo.value)
 
 
-def _describe_error(item: pytest.Item, exc: FlakeError) -> str:
+def _describe_error(exc: FlakeError) -> str:
     """Our infrastructure errors as their message and notes, without plugin internals."""
-    lines = [f"{item.nodeid}: {type(exc).__name__}: {exc}"]
+    lines = [f"{type(exc).__name__}: {exc}"]
     lines += getattr(exc, "__notes__", [])
     return "\n".join(lines)
