@@ -22,7 +22,7 @@ from types import TracebackType
 
 from .errors import FlakeError, tail
 from .session import start_time
-from .waiting import NotReady, port_open, wait_for
+from .waiting import free_port, port_open, wait_for
 
 log = logging.getLogger("pytest_flake")
 
@@ -43,8 +43,9 @@ class ProcessExited(FlakeError):
 class Process:
     """A program started by :meth:`Flake.run`; stops (its whole process group) on exit.
 
-    ``port``: wait until 127.0.0.1:port accepts connections. When ``env`` has no
-    ``PORT``, it is set to ``port`` (the usual convention for web servers).
+    ``port``: wait until 127.0.0.1:port accepts connections; ``0`` picks a free port.
+    When ``env`` has no ``PORT``, it is set to ``port`` (the usual convention for web
+    servers), so ``flake.run(port=0)`` suits any server that honours ``$PORT``.
     """
 
     def __init__(
@@ -60,13 +61,13 @@ class Process:
     ) -> None:
         self.argv = [str(a) for a in argv]
         self.name = name or Path(self.argv[0]).name
-        self.port = port
+        self.port = free_port() if port == 0 else port
         self.timeout = timeout
         self._env = dict(os.environ)
         if env:
             self._env.update(env)
-        if port is not None and not (env and "PORT" in env):
-            self._env["PORT"] = str(port)
+        if self.port is not None and not (env and "PORT" in env):
+            self._env["PORT"] = str(self.port)
         self._cwd = cwd
         self._log_dir = log_dir
         self._log_path: Path | None = None

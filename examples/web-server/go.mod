@@ -1,0 +1,3 @@
+module example.com/web-server
+
+go 1.21
