@@ -8,8 +8,10 @@ running, whether it failed (``--flake-keep``), and what to attach to its report.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -167,9 +169,124 @@ def http(request: pytest.FixtureRequest) -> Generator[HttpChecker, None, None]:
 
 
 # --- docker -----------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from .docker import Container, Docker, Image
+
+
+@pytest.fixture(scope="session")
+def flake_docker(flake_settings: Settings, flake_session: Session) -> Iterator[Docker]:
+    """The Docker daemon of this session (``--docker-host``, else ``DOCKER_HOST``).
+
+    Connects on first use; an unreachable daemon is an error that names the endpoint.
+    Images loaded through it are remembered for the session.
+    """
+    from .docker import Docker
+
+    docker = Docker.from_settings(flake_settings, session_id=flake_session.id)
+    yield docker
+    docker.close()
+
+
+@pytest.fixture(scope="session")
+def docker_image(flake: Flake, flake_docker: Docker) -> Callable[..., Image]:
+    """Factory: ``docker_image(attr="docker") -> Image`` with ``.tag``, ``.id``, ``.build``.
+
+    Builds the flake output (a docker-archive, or a streamLayeredImage script) and loads
+    it only when the daemon does not already hold that image id; ``.loaded`` and
+    ``.new_layers`` say what this call loaded. A path to an archive works too.
+    """
+
+    def load(attr: str | os.PathLike[str] = "docker") -> Image:
+        if isinstance(attr, os.PathLike):
+            return flake_docker.image(Path(attr))
+        return flake_docker.image(flake.build(attr))
+
+    return load
+
+
+@pytest.fixture
+def docker_container(request: pytest.FixtureRequest, docker_image: Callable[..., Image],
+                     flake_docker: Docker) -> Iterator[Callable[..., Container]]:
+    """Factory: ``docker_container(image_or_attr, ports=(), env=None, command=None) -> Container``.
+
+    Runs the image (an ``Image``, a flake attribute such as ``"docker"``, or a tag the
+    daemon holds such as ``"web-server:1.0"``) detached, publishes each port on
+    127.0.0.1 at a random host port (``.port(3031)``, ``.url(3031, "/")``), and waits
+    until it runs and the ports answer. Its logs are attached to the report of a failed
+    test; it is removed at the end of the test (kept with ``--flake-keep`` if it failed).
+    """
+    started: list[Container] = []
+
+    def run(image_or_attr: Image | str | os.PathLike[str] = "docker", ports: Sequence[int | str] = (),
+            env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None) -> Container:
+        from .docker import Image
+
+        image: Image | str
+        if isinstance(image_or_attr, Image):
+            image = image_or_attr
+        elif isinstance(image_or_attr, str) and ":" in image_or_attr and "#" not in image_or_attr:
+            image = image_or_attr  # a tag or an id the daemon holds
+        else:
+            image = docker_image(image_or_attr)
+        container = flake_docker.container(image, ports=ports, env=env, command=command)
+        container.__enter__()
+        started.append(container)
+        evidence(request, f"logs of container {container.name} ({container.ref})", container.logs)
+        return container
+
+    yield run
+    for container in reversed(started):
+        try:
+            if keep_if_failed(request, f"container {container.name}", container.how_to_reach()):
+                container.keep = True
+            container.__exit__(None, None, None)
+        except Exception as exc:  # one container's teardown must not hide the others
+            log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
+
+
 
 
 # --- vm ---------------------------------------------------------------------------------
 
 
 # --- portable ---------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from .portable import PortableService
+
+
+@pytest.fixture
+def portable_service(request: pytest.FixtureRequest, flake: Flake,
+                     flake_settings: Settings) -> Iterator[Callable[..., PortableService]]:
+    """Factory: ``portable_service(vm, attr_or_path="portable", profile="default") -> PortableService``.
+
+    Builds the flake output (or takes a path to a ``.raw`` file or a directory image),
+    checks it is a portable image with an os-release and a unit matching its prefix,
+    copies it into the guest keeping its ``NAME_VERSION.raw`` name, runs
+    ``portablectl attach --now --runtime --profile PROFILE`` and waits until its units
+    are active. ``.reattach(attr_or_path)`` upgrades it in place, ``.detach()`` removes
+    it; ``.status()``, ``.journal()``, ``.is_active()``, ``.inspect()``. The journal of
+    its units is attached to the report of a failed test; it is detached at test end.
+    """
+    from .portable import PortableService
+
+    def resolve(attr: str) -> Path:
+        return flake.build(attr).out
+
+    services: list[PortableService] = []
+
+    def attach(vm: Any, attr_or_path: str | os.PathLike[str] = "portable", profile: str = "default",
+               runtime: bool = True) -> PortableService:
+        image = Path(attr_or_path) if isinstance(attr_or_path, os.PathLike) else attr_or_path
+        service = PortableService(vm, image, profile=profile, runtime=runtime, resolve=resolve,
+                                  timeout=flake_settings.flake_timeout)
+        evidence(request, f"journal of portable service {service.name} in {vm.name}", service.journal)
+        service.__enter__()
+        services.append(service)
+        return service
+
+    yield attach
+    for service in reversed(services):
+        if keep_if_failed(request, f"portable service {service.name}",
+                          f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
+            continue
+        service.close()
