@@ -141,17 +141,22 @@ def _run_script(path: Path) -> Iterator[IO[bytes]]:
         log.debug("docker: running %s", path)
         proc = subprocess.Popen([str(path)], stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
+        failure: BaseException | None = None
         try:
             yield proc.stdout
             for _ in _chunks(proc.stdout):  # drain: a script stopped by SIGPIPE would look failed
                 pass
+        except BaseException as exc:
+            failure = exc
         finally:
             proc.stdout.close()
             code = proc.wait()
         if code != 0:
             errors.seek(0)
             raise DockerError(f"the image script {path} failed with exit code {code}",
-                              details=tail(errors.read().decode(errors="replace")))
+                              details=tail(errors.read().decode(errors="replace"))) from failure
+        if failure is not None:
+            raise failure
 
 
 _MAGIC = (
