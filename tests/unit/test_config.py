@@ -1,0 +1,133 @@
+"""Settings: option > env > ini > default, the recorded source, and validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_flake.config import OPTIONS, Settings
+from pytest_flake.errors import UsageError
+
+
+def resolve(tmp_path: Path, options: dict[str, Any] | None = None, ini: dict[str, Any] | None = None,
+            env: dict[str, str] | None = None) -> Settings:
+    opts, inis = options or {}, ini or {}
+    return Settings.resolve(option=lambda name: opts.get(name), ini=lambda name: inis.get(name),
+                            invocation_dir=tmp_path, environ=env or {})
+
+
+def test_defaults_when_nothing_is_set(tmp_path: Path) -> None:
+    s = resolve(tmp_path)
+    assert s.flake is None
+    assert s.vm_image == "arch"
+    assert s.vm_accel == "auto"
+    assert s.vm_memory == 1024
+    assert s.vm_cpus == 1
+    assert s.flake_keep is False
+    assert s.flake_timeout == 120.0
+    assert all(s.source(opt.name) == "default" for opt in OPTIONS)
+    assert s.invocation_dir == tmp_path
+
+
+def test_option_beats_env_beats_ini(tmp_path: Path) -> None:
+    both = resolve(tmp_path, options={"flake": "from-option"}, ini={"flake": "from-ini"},
+                   env={"PYTEST_FLAKE": "from-env"})
+    assert both.flake == "from-option"
+    assert both.source("flake") == "--flake"
+    assert both.describe("flake") == "from-option (from --flake)"
+
+    env = resolve(tmp_path, ini={"flake": "from-ini"}, env={"PYTEST_FLAKE": "from-env"})
+    assert env.flake == "from-env"
+    assert env.source("flake") == "$PYTEST_FLAKE"
+
+    ini = resolve(tmp_path, ini={"flake": "from-ini"})
+    assert ini.flake == "from-ini"
+    assert ini.source("flake") == "ini flake"
+
+
+def test_each_option_records_its_own_source(tmp_path: Path) -> None:
+    s = resolve(tmp_path, options={"vm_memory": "2048"}, ini={"vm_cpus": "2", "vm_accel": "tcg"},
+                env={"PYTEST_FLAKE_TIMEOUT": "7.5", "DOCKER_HOST": "unix:///tmp/d.sock"})
+    assert (s.vm_memory, s.source("vm_memory")) == (2048, "--vm-memory")
+    assert (s.vm_cpus, s.source("vm_cpus")) == (2, "ini vm_cpus")
+    assert (s.vm_accel, s.source("vm_accel")) == ("tcg", "ini vm_accel")
+    assert (s.flake_timeout, s.source("flake_timeout")) == (7.5, "$PYTEST_FLAKE_TIMEOUT")
+    assert (s.docker_host, s.source("docker_host")) == ("unix:///tmp/d.sock", "$DOCKER_HOST")
+    assert s.source("vm_image") == "default"
+
+
+def test_empty_env_and_ini_fall_through(tmp_path: Path) -> None:
+    s = resolve(tmp_path, ini={"flake": ""}, env={"PYTEST_FLAKE": ""})
+    assert s.flake is None
+    assert s.source("flake") == "default"
+
+
+@pytest.mark.parametrize("raw, expected", [("1", True), ("yes", True), ("ON", True), ("true", True),
+                                           ("0", False), ("no", False), ("off", False), ("False", False)])
+def test_bool_words(tmp_path: Path, raw: str, expected: bool) -> None:
+    s = resolve(tmp_path, env={"PYTEST_FLAKE_KEEP": raw})
+    assert s.flake_keep is expected
+
+
+def test_bool_from_option_and_ini(tmp_path: Path) -> None:
+    assert resolve(tmp_path, options={"flake_keep": True}).flake_keep is True
+    assert resolve(tmp_path, ini={"flake_keep": True}).source("flake_keep") == "ini flake_keep"
+    # store_true gives False/None when absent: the env still wins over "not given"
+    assert resolve(tmp_path, options={"flake_keep": False}, env={"PYTEST_FLAKE_KEEP": "1"}).flake_keep is True
+
+
+def test_bad_bool_names_value_and_valid_words(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve(tmp_path, env={"PYTEST_FLAKE_KEEP": "maybe"})
+    msg = str(err.value)
+    assert "$PYTEST_FLAKE_KEEP='maybe' is not a boolean" in msg
+    assert "true" in msg and "false" in msg
+
+
+def test_bad_int_names_value_and_source(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve(tmp_path, options={"vm_memory": "lots"})
+    assert "--vm-memory='lots' is not a number" in str(err.value)
+
+    with pytest.raises(UsageError) as err:
+        resolve(tmp_path, ini={"vm_cpus": "two"})
+    assert "ini 'vm_cpus'='two' is not a number" in str(err.value)
+
+
+def test_bad_float_and_non_positive(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"\$PYTEST_FLAKE_TIMEOUT='soon' is not a number"):
+        resolve(tmp_path, env={"PYTEST_FLAKE_TIMEOUT": "soon"})
+    with pytest.raises(UsageError, match=r"--vm-cpus='0' must be greater than 0"):
+        resolve(tmp_path, options={"vm_cpus": "0"})
+    with pytest.raises(UsageError, match=r"must be greater than 0"):
+        resolve(tmp_path, env={"PYTEST_FLAKE_TIMEOUT": "-1"})
+
+
+def test_bad_choice_lists_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        resolve(tmp_path, env={"PYTEST_FLAKE_VM_ACCEL": "xen"})
+    msg = str(err.value)
+    assert "$PYTEST_FLAKE_VM_ACCEL='xen' is not valid" in msg
+    assert "valid values: auto, kvm, tcg" in msg
+
+
+def test_default_flake_is_invocation_dir_with_flake_nix(tmp_path: Path) -> None:
+    (tmp_path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    s = resolve(tmp_path)
+    assert s.flake == str(tmp_path)
+    assert s.source("flake") == "flake.nix in the invocation directory"
+    # an explicit flake still wins
+    assert resolve(tmp_path, env={"PYTEST_FLAKE": "elsewhere"}).flake == "elsewhere"
+
+
+def test_no_default_flake_without_flake_nix(tmp_path: Path) -> None:
+    (tmp_path / "default.nix").write_text("{}\n")
+    assert resolve(tmp_path).flake is None
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = resolve(tmp_path)
+    with pytest.raises(AttributeError):
+        s.flake = "x"  # type: ignore[misc]
