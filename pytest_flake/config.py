@@ -74,18 +74,18 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         raise UsageError(f"{where}={raw!r} is not a boolean", hint="use one of: 1, 0, true, false, yes, no")
     if opt.kind in ("int", "float"):
         try:
-            value = int(raw) if opt.kind == "int" else float(raw)
+            number: float = int(raw) if opt.kind == "int" else float(raw)
         except (TypeError, ValueError):
             raise UsageError(f"{where}={raw!r} is not a number", hint=f"{opt.help}") from None
-        if value <= 0:
+        if number <= 0:
             raise UsageError(f"{where}={raw!r} must be greater than 0")
-        return value
-    value = str(raw).strip()
-    if opt.choices and value not in opt.choices:
+        return number
+    text = str(raw).strip()
+    if opt.choices and text not in opt.choices:
         raise UsageError(f"{where}={raw!r} is not valid", hint=f"valid values: {', '.join(opt.choices)}")
-    if not value:
+    if not text:
         raise UsageError(f"{where} is empty", hint=opt.help)
-    return value
+    return text
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .process import Process
 from .errors import BuildError, MissingOutputError, MissingToolError, NixError, UsageError, format_choices, tail
+from .process import Process
 
 log = logging.getLogger("pytest_flake")
 

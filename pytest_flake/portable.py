@@ -22,7 +22,6 @@ templated units (``ExecStart`` points into the store path of the package).
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import shutil
 import subprocess

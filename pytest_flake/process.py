@@ -115,7 +115,8 @@ class Process:
             port_open(port)
 
         wait_for(probe, what=f"{self.name} (pid {self.pid}) listening on 127.0.0.1:{port}", timeout=self.timeout,
-                 interval=0.05, max_interval=0.5, hint="is it listening on 127.0.0.1 and on that port? its output follows",
+                 interval=0.05, max_interval=0.5,
+                 hint="is it listening on 127.0.0.1 and on that port? its output follows",
                  on_timeout=lambda: f"output of {self.name}:\n{tail(self.logs()) or '(no output)'}")
         log.info("%s ready on port %d after %.2fs", self.name, port, time.monotonic() - started)
 

@@ -76,7 +76,7 @@ class Session:
 
     def dead_sessions(self) -> list[str]:
         """Ids of registered sessions whose process is gone (killed runs)."""
-        dead = []
+        dead: list[str] = []
         base = self.root / "sessions"
         if not base.is_dir():
             return dead
