@@ -161,9 +161,14 @@ class FakeGuest:
         self.copied.append((Path(local), remote))
 
 
+def fake_image(tmp_path: Path, name: str, unit: str = "web-server.service") -> PortableImage:
+    """An inspected image as PortableImage.open returns it (the file need not exist: the guest is fake)."""
+    return PortableImage(tmp_path / f"{name}.raw", "squashfs", {"ID": "x"}, (f"usr/lib/systemd/system/{unit}",))
+
+
 def test_attach_reattach_detach_commands(tmp_path):
-    v1 = PortableImage(tmp_path / "web-server_1.0.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/web-server.service",))
-    v2 = PortableImage(tmp_path / "web-server_1.1.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/web-server.service",))
+    v1 = fake_image(tmp_path, "web-server_1.0")
+    v2 = fake_image(tmp_path, "web-server_1.1")
     guest = FakeGuest()
     with PortableService(guest, v1, profile="trusted", timeout=5) as service:
         assert service.is_active()
@@ -179,23 +184,24 @@ def test_attach_reattach_detach_commands(tmp_path):
 
 
 def test_reattach_to_another_prefix_is_refused(tmp_path):
-    v1 = PortableImage(tmp_path / "web-server_1.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/web-server.service",))
-    other = PortableImage(tmp_path / "db_1.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/db.service",))
+    v1 = fake_image(tmp_path, "web-server_1")
+    other = fake_image(tmp_path, "db_1", "db.service")
     with PortableService(FakeGuest(), v1, timeout=5) as service:
         with pytest.raises(PortableError, match="the prefixes differ"):
             service.reattach(other)
 
 
 def test_guest_without_portablectl_names_the_package(tmp_path):
-    v1 = PortableImage(tmp_path / "web-server_1.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/web-server.service",))
+    v1 = fake_image(tmp_path, "web-server_1")
     with pytest.raises(PortableError, match="the guest has no portablectl.*systemd-container"):
         PortableService(FakeGuest(portablectl=False), v1).__enter__()
 
 
 def test_unit_that_fails_to_start_shows_status_and_journal(tmp_path):
-    v1 = PortableImage(tmp_path / "web-server_1.raw", "squashfs", {"ID": "x"}, ("usr/lib/systemd/system/web-server.service",))
+    v1 = fake_image(tmp_path, "web-server_1")
     guest = FakeGuest(unit_state="failed")
-    with pytest.raises(CheckFailed, match=r"(?s)web-server.service of portable service web-server_1 failed.*Active: failed"):
+    expected = r"(?s)web-server.service of portable service web-server_1 failed.*Active: failed"
+    with pytest.raises(CheckFailed, match=expected):
         PortableService(guest, v1, timeout=5).__enter__()
     assert guest.attached is None  # a failed start still detaches
     assert guest.commands[-1] == "rm -rf /root/web-server_1.raw"
