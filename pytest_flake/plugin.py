@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,28 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     config.stash[SETTINGS_KEY] = _resolve_settings(config)
+    _teardown_on_sigterm()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _teardown_on_sigterm() -> None:
+    """SIGTERM (a CI time limit, ``kill``) tears fixtures down like Ctrl-C does.
+
+    Only when nobody else handles SIGTERM; SIGKILL cannot be caught, and what it leaves
+    is swept by the next session.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -124,6 +148,11 @@ def sweep_dead_sessions(current: Session, settings: Settings) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # an interrupted test (Ctrl-C, SIGTERM) never reached its own teardown hook
+    item = session.config.stash.get(CURRENT_ITEM, None)
+    state = item.stash.get(TEST_STATE, None) if item is not None else None
+    if state is not None:
+        state.cleanup()
     flake_session = session.config.stash.get(SESSION_KEY, None)
     if flake_session is not None:
         flake_session.__exit__(None, None, None)
