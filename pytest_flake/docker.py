@@ -563,6 +563,9 @@ class Container:
     ``.url(3031, "/path")`` makes a URL. ``__enter__`` waits until the container runs and
     the ports given answer; a container that exits first raises :class:`DockerError` with
     its exit code and logs. ``.host`` is a testinfra host (``docker://ID``).
+
+    It runs with an init process (``docker run --init``), so ``.stop()`` ends a server
+    that, as PID 1, would ignore SIGTERM, and exited children are reaped.
     """
 
     def __init__(self, docker: Docker, ref: str, *, ports: Sequence[int | str] = (),
@@ -619,7 +622,7 @@ class Container:
         try:
             self._container = client.containers.create(
                 self.ref, command=self.command, environment=self.env or None, name=self.name, labels=self.labels,
-                ports=bindings, detach=True)
+                ports=bindings, detach=True, init=True)
         except docker.errors.ImageNotFound as exc:
             raise DockerError(f"no image {self.ref} at {self.docker.url}",
                               hint="use docker_image(attr) to load the flake's image first") from exc
@@ -745,8 +748,11 @@ class Container:
         state = self._state()
         return None if state.get("Running") else int(state.get("ExitCode", 0))
 
-    def stop(self, timeout: int = 10) -> None:
-        """Stop the container (SIGTERM, then SIGKILL after ``timeout`` s); idempotent."""
+    def stop(self, timeout: int = 5) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after ``timeout`` s); idempotent.
+
+        A server running as PID 1 without a handler ignores SIGTERM: it is killed after ``timeout``.
+        """
         if self._container is None or self._removed:
             return
         self.logs()

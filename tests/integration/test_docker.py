@@ -38,7 +38,7 @@ def settings(tmp_path: Path) -> Settings:
 def daemon(flake_settings: Settings) -> Iterator[Docker]:
     """A connection of our own, with a short timeout, for the error cases."""
     with Docker.from_settings(flake_settings, session_id="pf-itest000") as docker:
-        docker.timeout = 10
+        docker.timeout = 3
         yield docker
 
 
@@ -121,7 +121,7 @@ def test_env_and_command(docker_container: Callable[..., Container], http) -> No
 
 def test_stop_keeps_logs(docker_container: Callable[..., Container]) -> None:
     container = docker_container("docker", ports=[3031])
-    container.stop()
+    container.stop(timeout=1)
     assert container.status == "exited"
     assert isinstance(container.logs(), str)
     container.stop()  # idempotent
