@@ -787,8 +787,11 @@ class Container:
         return self._host
 
     def how_to_reach(self) -> str:
-        """A line telling a user how to reach this container by hand (for --flake-keep)."""
-        urls = ", ".join(f"{p} at 127.0.0.1:{self._host_port(p)}" for p in self._published if p.endswith("/tcp"))
+        """A line telling a user how to reach this container by hand (for --flake-keep); never raises."""
+        urls = ""
+        with contextlib.suppress(Exception):  # a stopped container has no host ports
+            self._container.reload()
+            urls = ", ".join(f"{p} at 127.0.0.1:{self._host_port(p)}" for p in self._published if p.endswith("/tcp"))
         return (f"docker --host {self.docker.url} exec -it {self.name} sh"
                 + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}")
 

@@ -236,9 +236,8 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
 
     yield run
     for container in reversed(started):
+        container.keep = keep_if_failed(request, f"container {container.name}", container.how_to_reach())
         try:
-            if keep_if_failed(request, f"container {container.name}", container.how_to_reach()):
-                container.keep = True
             container.__exit__(None, None, None)
         except Exception as exc:  # one container's teardown must not hide the others
             log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)

@@ -1,93 +1,97 @@
-#!/usr/bin/env bash
+# shellcheck shell=bash
 # Docker for the test suite: Debian's docker.io, and a private daemon when none answers.
 #
-# Idempotent and quiet when everything is already there. When no daemon answers at
-# $DOCKER_HOST (or the client's default), starts a private dockerd whose socket, data
-# and exec roots live in the pytest-flake state directory, waits until it answers, and
-# records DOCKER_HOST=unix://... in "$PYTEST_FLAKE_ENV_FILE" (KEY=VALUE lines the test
-# scripts source); without that variable it prints the line to export.
+# Sourced by scripts/setup (which provides apt_install and env_line); also runs on its
+# own with bash. Idempotent and quiet when everything is already there. When no daemon
+# answers at $DOCKER_HOST (or the client's default), starts a private dockerd whose
+# socket, data and exec roots live in the pytest-flake state directory, waits until it
+# answers, and records DOCKER_HOST=unix://... in "$PYTEST_FLAKE_ENV_FILE" (KEY=VALUE
+# lines the test scripts load); without that variable it prints the line to export.
 #
 # The daemon runs without iptables and IP masquerading: containers reach nothing
 # outside this machine, and the tests publish ports on 127.0.0.1 only (docker-proxy).
-set -euo pipefail
 
-say() { echo "setup/docker: $*" >&2; }
+pf_docker_setup() {
+    local state root sock host pkg
+    local -a missing=()
+    state="${PYTEST_FLAKE_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/pytest-flake}"
+    root="$state/dockerd"
+    sock="$root/docker.sock"
+    host="unix://$sock"
 
-state="${PYTEST_FLAKE_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/pytest-flake}"
-root="$state/dockerd"
-sock="$root/docker.sock"
-private_host="unix://$sock"
-
-need_pkgs=()
-command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
-command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
-command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
-if ! command -v docker >/dev/null 2>&1; then need_pkgs+=(docker.io); fi
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-    say "installing ${need_pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
-
-answers() { # answers HOST: does a Docker daemon answer there?
-    if [ -n "$1" ]; then
-        timeout 10 docker --host "$1" version --format '{{.Server.Version}}' >/dev/null 2>&1
-    else
-        timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
-    fi
-}
-
-record() { # record HOST: make the endpoint known to the test scripts
-    local line="DOCKER_HOST=$1"
-    if [ -n "${PYTEST_FLAKE_ENV_FILE:-}" ]; then
-        touch "$PYTEST_FLAKE_ENV_FILE"
-        if ! grep -qxF "$line" "$PYTEST_FLAKE_ENV_FILE"; then
-            local kept
-            kept=$(grep -v '^DOCKER_HOST=' "$PYTEST_FLAKE_ENV_FILE" || true)
-            { [ -z "$kept" ] || printf '%s\n' "$kept"; printf '%s\n' "$line"; } >"$PYTEST_FLAKE_ENV_FILE"
+    pf_docker_say() { echo "setup/docker: $*" >&2; }
+    pf_docker_answers() { # pf_docker_answers [HOST]: does a Docker daemon answer there?
+        if [ -n "${1:-}" ]; then
+            timeout 10 docker --host "$1" version --format '{{.Server.Version}}' >/dev/null 2>&1
+        else
+            timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
         fi
+    }
+    pf_docker_record() { # make the endpoint known to the test scripts
+        if declare -F env_line >/dev/null; then
+            env_line DOCKER_HOST "$1"
+        elif [ -n "${PYTEST_FLAKE_ENV_FILE:-}" ]; then
+            grep -qxF "DOCKER_HOST=$1" "$PYTEST_FLAKE_ENV_FILE" 2>/dev/null \
+                || printf 'DOCKER_HOST=%s\n' "$1" >>"$PYTEST_FLAKE_ENV_FILE"
+        else
+            pf_docker_say "export DOCKER_HOST=$1"
+        fi
+    }
+
+    # 1. The packages: the daemon, its runtime, the client.
+    if declare -F apt_install >/dev/null; then
+        apt_install docker.io containerd runc
     else
-        say "export $line"
+        for pkg in docker.io containerd runc; do
+            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+        done
+        if [ "${#missing[@]}" -gt 0 ]; then
+            pf_docker_say "installing ${missing[*]}"
+            apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        fi
     fi
+
+    # 2. A daemon the user already has (DOCKER_HOST or the default socket): use it.
+    if pf_docker_answers "${DOCKER_HOST:-}"; then
+        if [ -n "${DOCKER_HOST:-}" ]; then pf_docker_record "$DOCKER_HOST"; fi
+        return 0
+    fi
+
+    # 3. Our private daemon, started by an earlier run: use it; else start it.
+    if ! pf_docker_answers "$host"; then
+        mkdir -p "$root/data" "$root/exec"
+        if [ -f "$root/dockerd.pid" ] && kill -0 "$(cat "$root/dockerd.pid")" 2>/dev/null; then
+            pf_docker_say "dockerd (pid $(cat "$root/dockerd.pid")) runs but does not answer yet; waiting"
+        else
+            rm -f "$sock" "$root/dockerd.pid"
+            pf_docker_say "starting a private dockerd at $host (log: $root/dockerd.log)"
+            setsid dockerd \
+                --host "$host" \
+                --data-root "$root/data" \
+                --exec-root "$root/exec" \
+                --pidfile "$root/dockerd.pid" \
+                --storage-driver overlay2 \
+                --iptables=false --ip-masq=false \
+                >>"$root/dockerd.log" 2>&1 </dev/null &
+        fi
+        local tries=0
+        until pf_docker_answers "$host"; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 120 ]; then
+                pf_docker_say "dockerd did not answer at $host within 60s; the end of its log:"
+                tail -n 30 "$root/dockerd.log" >&2 || true
+                return 1
+            fi
+            sleep 0.5
+        done
+    fi
+    pf_docker_record "$host"
 }
 
-# 1. A daemon the user already has (DOCKER_HOST or the default socket): use it.
-if answers "${DOCKER_HOST:-}"; then
-    [ -n "${DOCKER_HOST:-}" ] && record "$DOCKER_HOST"
-    exit 0
-fi
-
-# 2. Our private daemon, started by an earlier run.
-if answers "$private_host"; then
-    record "$private_host"
-    exit 0
-fi
-
-# 3. Start it.
-mkdir -p "$root/data" "$root/exec"
-if [ -f "$root/dockerd.pid" ] && kill -0 "$(cat "$root/dockerd.pid")" 2>/dev/null; then
-    say "dockerd (pid $(cat "$root/dockerd.pid")) is running but does not answer yet"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then # run on its own
+    set -euo pipefail
+    pf_docker_setup
 else
-    rm -f "$sock" "$root/exec/docker.pid"
-    say "starting a private dockerd at $private_host (log: $root/dockerd.log)"
-    setsid dockerd \
-        --host "$private_host" \
-        --data-root "$root/data" \
-        --exec-root "$root/exec" \
-        --pidfile "$root/dockerd.pid" \
-        --storage-driver overlay2 \
-        --iptables=false --ip-masq=false \
-        >>"$root/dockerd.log" 2>&1 </dev/null &
+    pf_docker_setup || return 1
 fi
-
-for _ in $(seq 1 120); do
-    if answers "$private_host"; then
-        record "$private_host"
-        exit 0
-    fi
-    sleep 0.5
-done
-say "dockerd did not answer at $private_host within 60s; last lines of its log:"
-tail -n 30 "$root/dockerd.log" >&2 || true
-exit 1

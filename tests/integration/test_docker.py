@@ -182,6 +182,7 @@ INNER = textwrap.dedent(
             "container": container.name}))
         if os.environ.get("KILL"):
             os.kill(os.getpid(), signal.SIGKILL)
+        docker_container(image).stop()  # a stopped container is removed too
     """
 )
 
