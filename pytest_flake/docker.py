@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -203,13 +204,13 @@ def _not_an_image(path: Path, what: str, hint: str | None = None) -> UsageError:
     )
 
 
-def _read_tar(stream: IO[bytes], path: Path, what: str, mode: str = "r|*") -> tuple[dict[str, Any], bytes]:
+def _read_tar(stream: IO[bytes], path: Path, what: str) -> tuple[dict[str, Any], bytes]:
     """Stream through a docker-archive; return its first manifest entry and the raw config bytes."""
     small: dict[str, bytes] = {}
     manifest: list[dict[str, Any]] | None = None
     names: list[str] = []
     try:
-        with tarfile.open(fileobj=stream, mode=mode) as archive:
+        with tarfile.open(fileobj=stream, mode="r|*") as archive:
             for member in archive:
                 names.append(member.name)
                 name = member.name.lstrip("./") or member.name
@@ -241,7 +242,8 @@ def _inspect_uncached(path: Path) -> Archive:
     if not path.exists():
         raise UsageError(f"{path} does not exist", hint="build the output first (flake.build(attr))")
     if path.is_dir():
-        candidates = [p for p in sorted(path.iterdir()) if p.is_file() and re.search(r"\.tar(\.gz|\.xz|\.bz2)?$", p.name)]
+        candidates = [p for p in sorted(path.iterdir())
+                      if p.is_file() and re.search(r"\.tar(\.gz|\.xz|\.bz2)?$", p.name)]
         if len(candidates) == 1:
             return _inspect_uncached(candidates[0])
         raise _not_an_image(path, _describe_dir(path))
@@ -370,7 +372,7 @@ class Docker:
         if self._client is not None:
             return self
         try:
-            import docker
+            docker: Any = importlib.import_module("docker")
         except ImportError as exc:
             raise DockerError("the Docker SDK is not installed", hint="pip install 'pytest-flake[docker]'") from exc
         try:
@@ -439,11 +441,11 @@ class Docker:
         ``source`` is a :class:`~pytest_flake.nix.Build` or a path to a docker-archive or a
         streamLayeredImage script. Cached per archive for the life of this object.
         """
-        if hasattr(source, "out") and not isinstance(source, (str, Path)):
-            build = source  # type: ignore[assignment]
-            path = Path(source.out)
+        if isinstance(source, (str, Path)):
+            path = Path(source)
         else:
-            path = Path(source)  # type: ignore[arg-type]
+            build = source
+            path = Path(source.out)
         archive = inspect_archive(path, self.cache_dir)
         cached = self._images.get(archive.id)
         if cached is not None:
@@ -485,7 +487,8 @@ class Docker:
                 log.debug("docker: tagged %s as %s", archive.id[7:19], tag)
 
     def _load(self, archive: Archive) -> None:
-        import docker
+        docker: Any = importlib.import_module("docker")
+        importlib.import_module("docker.errors")
 
         if self._loader is None:  # a client without a read timeout: a large image loads for long
             self._loader = docker.APIClient(base_url=self.url, timeout=None, version="auto")
@@ -871,8 +874,7 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
     """Checks for ``--flake-doctor``: the SDK, the endpoint, the daemon's version and leftovers."""
     checks: list[tuple[bool, str]] = []
     try:
-        import docker as sdk
-
+        sdk: Any = importlib.import_module("docker")
         checks.append((True, f"docker: SDK {sdk.__version__}"))
     except ImportError:
         return [(False, "docker: the Docker SDK is not installed; pip install 'pytest-flake[docker]'")]

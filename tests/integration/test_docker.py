@@ -7,8 +7,6 @@ CI a missing daemon fails these tests (the fixtures raise; tests/conftest.py exi
 from __future__ import annotations
 
 import json
-import os
-import signal
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,6 @@ from pytest_flake.config import Settings
 from pytest_flake.docker import Container, Docker, Image, sweep
 from pytest_flake.errors import DockerError, FlakeTimeout, UsageError
 from pytest_flake.nix import Flake
-from pytest_flake.session import LABEL
 
 pytest_plugins = ["pytester"]
 
@@ -97,6 +94,23 @@ def test_rebuild_loads_only_changed_layers(flake: Flake, flake_settings: Setting
     assert v2.new_layers == 1 < v2.layers
 
 
+def test_stream_script_is_piped_to_the_daemon(tmp_path: Path, flake: Flake, flake_settings: Settings) -> None:
+    """A streamLayeredImage-style output: a script whose stdout is the archive."""
+    build = flake.build("docker-next")
+    script = tmp_path / "stream-web-server"
+    script.write_text(f"#!/bin/sh\nexec gzip -dc {build.out}\n")
+    script.chmod(0o755)
+    with Docker.from_settings(flake_settings) as docker:
+        archive_id = docker.image(build).id
+        docker.client.api.remove_image(archive_id, force=True)
+    with Docker.from_settings(flake_settings) as docker:
+        image = docker.image(script)
+        assert image.loaded and image.id == archive_id and image.tag == "web-server:1.1"
+        assert image.archive is not None and image.archive.kind == "streamLayeredImage script"
+    with Docker.from_settings(flake_settings) as docker:
+        assert docker.image(script).loaded is False
+
+
 def test_testinfra_host(docker_container: Callable[..., Container]) -> None:
     container = docker_container("docker", ports=[3031])
     host = container.host
@@ -157,7 +171,8 @@ def test_not_an_image(docker_image: Callable[..., Image]) -> None:
         docker_image("web-service")
 
 
-def test_sweep_removes_containers_of_dead_sessions(flake_settings: Settings, docker_image: Callable[..., Image]) -> None:
+def test_sweep_removes_containers_of_dead_sessions(flake_settings: Settings,
+                                                   docker_image: Callable[..., Image]) -> None:
     image = docker_image("docker")
     dead = "pf-deadbeef"
     with Docker.from_settings(flake_settings, session_id=dead) as docker:
