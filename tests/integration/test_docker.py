@@ -240,3 +240,40 @@ def test_killed_session_is_swept_by_the_next(inner, flake_docker: Docker) -> Non
     after.assert_outcomes(passed=1)
     assert labelled(flake_docker, str(report["session"])) == []
     assert labelled(flake_docker, str(report2["session"])) == []
+
+
+FAILING = textwrap.dedent(
+    """
+    import json, os
+    from pathlib import Path
+
+    def test_fails(docker_container, flake_session, http):
+        container = docker_container("docker", ports=[3031])
+        http.get(container.url(3031, "/missing"))
+        Path(os.environ["REPORT"]).write_text(json.dumps({"session": flake_session.id, "container": container.name}))
+        assert False, "the service is wrong"
+    """
+)
+
+
+def test_failed_test_gets_logs_and_keep_keeps(pytester: pytest.Pytester, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, flake_docker: Docker) -> None:
+    """A failed test's report carries the container's logs; --flake-keep keeps it, the next session sweeps."""
+    pytester.makepyfile(test_failing=FAILING)
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
+    report = tmp_path / "report.json"
+    monkeypatch.setenv("REPORT", str(report))
+    result = pytester.runpytest_subprocess("--flake", REF, "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*logs of container pf-*-web-server-1 (web-server:1.0)*", "*url:/missing*"])
+    gone = json.loads(report.read_text())
+    assert labelled(flake_docker, str(gone["session"])) == []
+
+    result = pytester.runpytest_subprocess("--flake", REF, "-p", "no:cacheprovider", "--flake-keep")
+    result.assert_outcomes(failed=1)
+    kept = json.loads(report.read_text())
+    result.stdout.fnmatch_lines([f"*kept container {kept['container']}*docker --host * exec -it {kept['container']}*"])
+    assert labelled(flake_docker, str(kept["session"])) == [kept["container"]]
+    pytester.makepyfile(test_failing="def test_nothing():\n    pass\n")
+    pytester.runpytest_subprocess("--flake", REF, "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert labelled(flake_docker, str(kept["session"])) == []
