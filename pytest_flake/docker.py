@@ -61,7 +61,7 @@ DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 START_HINT = (
     "start a daemon (`systemctl start docker`, or `dockerd --host unix:///PATH/docker.sock --data-root DIR "
     "--exec-root DIR --iptables=false --ip-masq=false &`) and point pytest at it with --docker-host or "
-    "DOCKER_HOST; in this repository scripts/setup starts a private one"
+    "DOCKER_HOST (pytest-flake's scripts/setup shows how to start a private one)"
 )
 CHUNK = 1 << 20
 KIND_TAR = "docker-archive"
@@ -448,7 +448,7 @@ class Docker:
             path = Path(source.out)
         archive = inspect_archive(path, self.cache_dir)
         cached = self._images.get(archive.id)
-        if cached is not None:
+        if cached is not None and self.has_image(archive.id) is not None:  # still there: nothing to load
             return Image(tag=cached.tag, id=cached.id, build=build or cached.build, archive=archive, loaded=False,
                          layers=cached.layers, new_layers=0)
         image = self._ensure(archive, build)
