@@ -79,8 +79,8 @@ def header(settings: Settings) -> list[str]:
     """The report header: flake, system, Nix version, Docker and libvirt endpoints, VM image."""
     version = _nix(["--version"])
     nix_version = version.stdout.strip().rsplit(" ", 1)[-1] if version and version.returncode == 0 else "not found"
-    system = settings.flake_system
-    if system is None and version is not None:
+    system = settings.flake_system or "unknown"
+    if settings.flake_system is None and version is not None:
         probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
         system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
     flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
