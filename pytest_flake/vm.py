@@ -1,0 +1,1277 @@
+"""Virtual machines through libvirt: images, SSH, port forwards, and warm starts.
+
+A :class:`VMPool` owns the VMs of one test session. ``pool.vm()`` returns a :class:`VM`,
+a context manager: entering it starts a guest (a copy-on-write overlay over a cached
+base image, QEMU user networking with ``restrict=on`` and forwards bound to 127.0.0.1)
+and waits until SSH answers; leaving it removes the domain and its files.
+
+Warm starts: the first VM of an image is booted, then saved (``virDomainSave``) with a
+copy of its overlay; later VMs of the same image and size restore a copy of that saved
+state with a fresh name, fresh ports and a fresh overlay, and answer SSH within
+seconds instead of half a minute. Anything that goes wrong with a restore falls back
+to a cold boot.
+
+Every domain and file carries the session id, so :func:`sweep` can remove what a
+killed session left behind. This module never imports pytest; libvirt and paramiko
+are imported when first needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+from .errors import FlakeError, MissingToolError, UsageError, VMError, tail
+from .session import PREFIX, state_dir
+from .waiting import NotReady, free_port, wait_for
+
+if TYPE_CHECKING:
+    import paramiko
+    from testinfra.backend.base import CommandResult
+    from testinfra.host import Host
+
+    from .config import Settings
+    from .session import Session
+
+log = logging.getLogger("pytest_flake")
+
+RECIPES = Path(os.environ.get("PYTEST_FLAKE_VMS") or Path(__file__).resolve().parent.parent / "vms")
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+NETDEV_ID = "pfnet"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Log a timed step: ``what ...`` then ``what: done in 1.23s``."""
+    started = time.monotonic()
+    log.info("%s ...", what)
+    try:
+        yield
+    except BaseException:
+        log.info("%s: failed after %.2fs", what, time.monotonic() - started)
+        raise
+    log.info("%s: done in %.2fs", what, time.monotonic() - started)
+
+
+def _run(argv: list[str], *, what: str, timeout: float | None = None) -> str:
+    """Run a host command; raise :class:`VMError` naming it, its exit code and output."""
+    log.debug("run: %s", shlex.join(argv))
+    if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
+        raise MissingToolError(f"{what}: {argv[0]} is not installed", hint="run scripts/setup or install it")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise VMError(f"{what}: {shlex.join(argv)} did not finish in {timeout}s") from exc
+    if proc.returncode != 0:
+        raise VMError(
+            f"{what}: {shlex.join(argv)} exited with {proc.returncode}",
+            details=tail(proc.stdout + proc.stderr, 30),
+        )
+    return proc.stdout
+
+
+def _need_space(directory: Path, needed: int, what: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise VMError(
+            f"no space for {what}: {free / GiB:.1f} GiB free in {directory}, {needed / GiB:.1f} GiB needed",
+            hint="free some space or point PYTEST_FLAKE_STATE to a bigger disk",
+        )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file: two sessions never build or download the same image at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def default_uri(settings: Settings) -> str:
+    """The libvirt URI: the setting, else ``qemu:///system`` as root and ``qemu:///session`` otherwise."""
+    return settings.libvirt_uri or ("qemu:///system" if _is_root() else "qemu:///session")
+
+
+def _libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise MissingToolError(
+            "the vm fixtures need libvirt-python",
+            hint="pip install 'pytest-flake[vm]' (it builds against libvirt-dev and pkg-config)",
+        ) from exc
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+    return libvirt
+
+
+def connect(uri: str) -> Any:
+    """Open a libvirt connection or raise :class:`VMError` saying how to start the daemon."""
+    libvirt = _libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise VMError(
+            f"libvirt at {uri} is unreachable: {exc}",
+            hint="start it (systemctl start libvirtd, or scripts/setup.d/30-libvirt.sh starts virtlogd and "
+            "libvirtd privately) or pass --libvirt-uri",
+        ) from exc
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Image:
+    """A bootable base image: its disk, how to boot it, and what identifies this build of it."""
+
+    name: str
+    disk: Path
+    disk_format: str = "qcow2"
+    key: str = ""  # changes whenever the image changes: warm states are keyed on it
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    hostkeys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA..." lines known ahead of boot
+    cloud_init: bool = False
+    skip_units: tuple[str, ...] = ()
+
+
+def image_cache(root: Path | None = None) -> Path:
+    """Where base images are cached: ``<state>/images``."""
+    return (root or state_dir()) / "images"
+
+
+def _hash_files(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def debian_recipe_hash() -> str:
+    """A hash of the Debian recipe (builder and package list): a new hash means a new image."""
+    return _hash_files(RECIPES / "debian" / "build.sh", RECIPES / "debian" / "packages.txt")
+
+
+def debian_image_dir(cache: Path) -> Path:
+    """The cache folder of the Debian image of the current recipe (it may not exist yet)."""
+    return cache / f"debian-{debian_recipe_hash()}"
+
+
+def _debian_image(directory: Path) -> Image:
+    hostkeys = tuple(
+        " ".join(line.split()[:2]) for line in (directory / "hostkeys.pub").read_text().splitlines() if line.strip()
+    )
+    return Image(
+        name="debian",
+        disk=directory / "disk.qcow2",
+        key=directory.name,
+        kernel=directory / "vmlinuz",
+        initrd=directory / "initrd.img",
+        cmdline=(directory / "cmdline").read_text().strip(),
+        hostkeys=hostkeys,
+    )
+
+
+def build_debian(cache: Path, *, timeout: float = 1800) -> Image:
+    """The Debian image of the current recipe, built with debootstrap when not cached yet."""
+    target = debian_image_dir(cache)
+    if (target / "disk.qcow2").is_file():
+        return _debian_image(target)
+    with _locked(cache / ".debian.lock"):
+        if (target / "disk.qcow2").is_file():  # another session built it meanwhile
+            return _debian_image(target)
+        if not _is_root():
+            raise VMError(
+                "the debian image is built with debootstrap, which needs root",
+                hint="build it once as root with the same PYTEST_FLAKE_STATE, or use --vm-image arch|PATH",
+            )
+        for tool in ("debootstrap", "mkfs.ext4", "qemu-img"):
+            if shutil.which(tool) is None:
+                raise MissingToolError(f"building the debian image needs {tool}", hint="run scripts/setup")
+        _need_space(cache, 3 * GiB, "the debian image")
+        for stale in cache.glob("debian-*"):  # older recipes and interrupted builds
+            shutil.rmtree(stale, ignore_errors=True)
+        with _step(f"building the debian image {target.name} (debootstrap, about 1-2 min)"):
+            _run(["bash", str(RECIPES / "debian" / "build.sh"), str(target)], what="debian image build",
+                 timeout=timeout)
+    return _debian_image(target)
+
+
+@dataclass(frozen=True)
+class ArchRecipe:
+    """Where the Arch cloud image and its checksum file are, and how to prepare a boot."""
+
+    url: str
+    sha256_url: str
+    disk_format: str = "qcow2"
+    skip_units: tuple[str, ...] = ()
+    cloud_init: bool = True
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> ArchRecipe:
+        """Read ``vms/arch/image.json``."""
+        data = json.loads((path or RECIPES / "arch" / "image.json").read_text())
+        return cls(
+            url=data["url"],
+            sha256_url=data["sha256_url"],
+            disk_format=data.get("format", "qcow2"),
+            skip_units=tuple(data.get("skip_units", ())),
+            cloud_init=bool(data.get("cloud_init", True)),
+        )
+
+
+def parse_sha256_file(text: str) -> tuple[str, str]:
+    """``(hash, file name)`` of the image named in a ``.SHA256`` file (``HASH  NAME`` lines)."""
+    entries = []
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) >= 2 and re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+            entries.append((parts[0].lower(), parts[-1].lstrip("*")))
+    for digest, name in entries:
+        if name.endswith((".qcow2", ".img", ".raw")):
+            return digest, name
+    if entries:
+        return entries[0]
+    raise VMError("the checksum file names no image", details=text[:500])
+
+
+class _Progress:
+    """A one-line progress bar on the terminal (when there is one), else a log line per 10%."""
+
+    def __init__(self, what: str, total: int | None) -> None:
+        self.what, self.total, self.done, self.shown = what, total, 0, -1
+        stream = sys.__stderr__
+        self.stream = stream if stream is not None and stream.isatty() else None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.total:
+            return
+        percent = min(100, self.done * 100 // self.total)
+        if self.stream is not None and percent != self.shown:
+            bar = "#" * (percent // 4)
+            self.stream.write(f"\r{self.what}: [{bar:<25}] {percent:3d}% of {self.total / MiB:.0f} MiB")
+            self.stream.flush()
+        elif self.stream is None and percent // 10 != self.shown // 10:
+            log.info("%s: %d%% of %.0f MiB", self.what, percent, self.total / MiB)
+        self.shown = percent
+
+    def close(self) -> None:
+        if self.stream is not None and self.shown >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def download(url: str, dest: Path, *, expected_sha256: str | None = None, timeout: float = 60) -> str:
+    """Download ``url`` to ``dest`` (atomically), return its SHA256, check it when expected."""
+    import requests
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length") or 0) or None
+            if total:
+                _need_space(dest.parent, total + 256 * MiB, f"the download of {url}")
+            progress = _Progress(f"downloading {dest.name}", total)
+            try:
+                with open(part, "wb") as out:
+                    for chunk in response.iter_content(chunk_size=1 * MiB):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        progress.update(len(chunk))
+            finally:
+                progress.close()
+    except requests.RequestException as exc:
+        part.unlink(missing_ok=True)
+        raise VMError(f"download of {url} failed: {exc}", hint="check the URL and the network, or use "
+                      "--vm-image debian (built offline)") from exc
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    actual = digest.hexdigest()
+    if expected_sha256 and actual != expected_sha256.lower():
+        part.unlink(missing_ok=True)
+        raise VMError(
+            f"checksum mismatch for {url}: got sha256 {actual}, the checksum file says {expected_sha256}",
+            hint="the download is corrupt or the mirror is changing; run again later",
+        )
+    part.replace(dest)
+    return actual
+
+
+def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
+    """The Arch cloud image: the cached copy of the version the checksum file names, else a download.
+
+    Offline, the newest cached version is used (with a warning) rather than failing.
+    """
+    import requests
+
+    recipe = recipe or ArchRecipe.load()
+    folder = cache / "arch"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".arch.lock"):
+        try:
+            response = requests.get(recipe.sha256_url, timeout=30)
+            response.raise_for_status()
+            digest, name = parse_sha256_file(response.text)
+        except requests.RequestException as exc:
+            cached = sorted((p for p in folder.glob("*.sha256")), key=lambda p: p.stat().st_mtime)
+            if cached:
+                newest = cached[-1]
+                disk = folder / newest.name[: -len(".sha256")]
+                if disk.is_file():
+                    log.warning("arch: %s unreachable (%s); using the cached %s", recipe.sha256_url, exc, disk.name)
+                    return _arch_image(disk, newest.read_text().strip(), recipe)
+            raise VMError(
+                f"the Arch image checksum {recipe.sha256_url} is unreachable and nothing is cached: {exc}",
+                hint="connect to the internet once, or use --vm-image debian (built offline)",
+            ) from exc
+        disk = folder / Path(name).name
+        stamp = folder / (disk.name + ".sha256")
+        if disk.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+            log.info("arch: using the cached %s", disk.name)
+            return _arch_image(disk, digest, recipe)
+        with _step(f"arch: downloading {disk.name}"):
+            download(recipe.url, disk, expected_sha256=digest)
+        stamp.write_text(digest + "\n")
+        for old in folder.iterdir():  # older versions are not needed any more
+            if old.name not in (disk.name, stamp.name):
+                old.unlink(missing_ok=True)
+        return _arch_image(disk, digest, recipe)
+
+
+def _arch_image(disk: Path, digest: str, recipe: ArchRecipe) -> Image:
+    return Image(name="arch", disk=disk, disk_format=recipe.disk_format, key=f"arch-{digest[:16]}",
+                 cloud_init=recipe.cloud_init, skip_units=recipe.skip_units)
+
+
+def _disk_format(path: Path) -> str:
+    info = json.loads(_run(["qemu-img", "info", "--output=json", "-U", str(path)], what=f"qemu-img info {path}"))
+    return str(info.get("format", "raw"))
+
+
+def resolve_image(spec: str, cache: Path) -> Image:
+    """``arch``, ``debian``, a path to a disk image or an http(s) URL of one -> :class:`Image`."""
+    if spec == "debian":
+        return build_debian(cache)
+    if spec == "arch":
+        return fetch_arch(cache)
+    if re.match(r"^https?://", spec):
+        key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        disk = cache / "url" / key / (Path(spec.split("?")[0]).name or "disk.img")
+        with _locked(cache / ".url.lock"):
+            if not disk.is_file():
+                with _step(f"downloading {spec}"):
+                    download(spec, disk)
+        return Image(name=disk.name, disk=disk, disk_format=_disk_format(disk), key=f"url-{key}", cloud_init=True)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--vm-image {spec!r} is neither arch, debian, an existing file nor an http(s) URL")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Image(name=path.name, disk=path.resolve(), disk_format=_disk_format(path), key=f"file-{key}",
+                 cloud_init=True)
+
+
+# --------------------------------------------------------------------------- keys, seeds
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """The session's SSH key pair (ed25519, OpenSSH format)."""
+
+    private: Path
+    public: str
+
+    @classmethod
+    def create(cls, directory: Path, comment: str) -> KeyPair:
+        """Make a new key pair in ``directory`` (or reuse the one there)."""
+        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        private = directory / "id_ed25519"
+        public = directory / "id_ed25519.pub"
+        if not private.is_file():
+            key = Ed25519PrivateKey.generate()
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()))
+            text = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+            public.write_text(f"{text} {comment}\n")
+        return cls(private=private, public=public.read_text().strip())
+
+
+def _credential(name: str, value: str) -> str:
+    """An SMBIOS type-11 string carrying a systemd credential (binary form when not one line)."""
+    if "\n" in value or "," in value:
+        import base64
+
+        return f"io.systemd.credential.binary:{name}={base64.b64encode(value.encode()).decode()}"
+    return f"io.systemd.credential:{name}={value}"
+
+
+def _skip_dropin(unit: str) -> str:
+    return f"[Unit]\nConditionPathExists=/run/pytest-flake-never-{unit}\n"
+
+
+def make_seed(path: Path, public_key: str, skip_units: tuple[str, ...], instance: str) -> Path:
+    """A cloud-init NoCloud seed (a FAT volume labelled ``cidata``) with the session key."""
+    for tool in ("mkfs.vfat", "mcopy"):
+        if shutil.which(tool) is None:
+            raise MissingToolError(f"a cloud-init seed needs {tool}", hint="apt-get install dosfstools mtools")
+    user_data = Template((RECIPES / "arch" / "user-data").read_text()).substitute(
+        key=public_key, units=", ".join(skip_units) if skip_units else "pytest-flake-none.service"
+    )
+    folder = path.with_suffix(".d")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "user-data").write_text(user_data)
+    (folder / "meta-data").write_text(f"instance-id: {instance}\nlocal-hostname: pf-vm\n")
+    path.unlink(missing_ok=True)
+    _run(["mkfs.vfat", "-n", "CIDATA", "-C", str(path), "2048"], what="cloud-init seed")
+    _run(["mcopy", "-i", str(path), str(folder / "user-data"), str(folder / "meta-data"), "::"],
+         what="cloud-init seed")
+    shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+# --------------------------------------------------------------------------- KVM probe
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_kvm(kernel: Path | None, *, timeout: float = 12.0) -> tuple[bool, str]:
+    """Whether KVM really runs a guest: boot ``kernel`` under KVM until it panics for lack of a root.
+
+    ``/dev/kvm`` existing proves nothing (nested virtualisation can hang every guest), so
+    a real kernel must get through its whole start-up. Returns ``(works, why)``.
+    """
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not accessible to this user"
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        return False, "qemu-system-x86_64 is not installed"
+    if kernel is None or not kernel.is_file():
+        return False, "no kernel to probe KVM with (build the debian image once); assuming it does not work"
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pf-kvm-probe-") as tmp:
+        serial = Path(tmp) / "serial.log"
+        argv = [qemu, "-accel", "kvm", "-m", "256", "-smp", "1", "-display", "none", "-nodefaults",
+                "-no-user-config", "-no-reboot", "-nic", "none", "-serial", f"file:{serial}",
+                "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/pf-none rootwait=0"]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return False, f"a KVM guest did not get through kernel start-up in {timeout:g}s (it hangs)"
+        text = serial.read_text(errors="replace") if serial.exists() else ""
+        if "Kernel panic" in text or "Unable to mount root" in text:
+            return True, f"a KVM guest booted its kernel in {time.monotonic() - started:.1f}s"
+        return False, f"qemu -accel kvm exited with {proc.returncode}: {tail(err.decode(errors='replace'), 3)}"
+
+
+def choose_accel(settings: Settings, kernel: Path | None, cache: Path) -> str:
+    """``kvm`` or ``tcg``: the setting when explicit, else the (cached per boot) probe result."""
+    if settings.vm_accel in ("kvm", "tcg"):
+        return str(settings.vm_accel)
+    uri = default_uri(settings)
+    if not (uri.startswith("qemu:///") or uri.startswith("qemu+unix:///")):
+        log.info("vm: libvirt %s is not local; using TCG (pass --vm-accel kvm to insist)", uri)
+        return "tcg"
+    marker = cache / "kvm-probe.json"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(marker.read_text())
+        if data.get("boot_id") == _boot_id():
+            return "kvm" if data["works"] else "tcg"
+    works, why = probe_kvm(kernel)
+    log.info("vm: KVM %s: %s", "works" if works else "unusable, using TCG", why)
+    if kernel is not None or works:  # only a real probe is worth remembering
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
+    return "kvm" if works else "tcg"
+
+
+# --------------------------------------------------------------------------- saved states
+
+_SAVE_MAGIC = b"LibvirtQemudSave"
+_SAVE_HEADER = struct.Struct("<16s19I")  # magic, version, data_len, was_running, compressed, cookie_offset, unused
+
+
+def read_save_xml(path: Path) -> str:
+    """The domain XML stored in a libvirt QEMU save image."""
+    with open(path, "rb") as handle:
+        header = handle.read(_SAVE_HEADER.size)
+        fields = _SAVE_HEADER.unpack(header)
+        if fields[0] != _SAVE_MAGIC:
+            raise VMError(f"{path} is not a libvirt save image")
+        data = handle.read(fields[2])
+    return data.split(b"\0", 1)[0].decode()
+
+
+def copy_save_with_xml(src: Path, dst: Path, new_xml: str) -> None:
+    """Copy a libvirt save image, replacing its domain XML (name, UUID, disk, ports).
+
+    libvirt's restore only accepts XML with the saved name and UUID, so a second copy
+    of one saved guest could never run next to the first; the XML in the header is what
+    libvirt starts QEMU with, and the migration stream after it does not depend on it.
+    """
+    with open(src, "rb") as handle:
+        fields = list(_SAVE_HEADER.unpack(handle.read(_SAVE_HEADER.size)))
+        if fields[0] != _SAVE_MAGIC or fields[1] != 2:
+            raise VMError(f"{src}: unknown save image format (version {fields[1]})")
+        data_len, cookie_offset = fields[2], fields[5]
+        data = handle.read(data_len)
+    cookie = data[cookie_offset:].split(b"\0", 1)[0] if cookie_offset else b""
+    xml = new_xml.encode() + b"\0"
+    payload = xml + (cookie + b"\0" if cookie else b"")
+    if len(payload) > data_len:
+        raise VMError(f"{src}: the new domain XML does not fit in the save header")
+    fields[5] = len(xml) if cookie else 0
+    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)], check=True)
+    with open(dst, "r+b") as handle:
+        handle.write(_SAVE_HEADER.pack(*fields))
+        handle.write(payload.ljust(data_len, b"\0"))
+
+
+def _edit_domain_xml(xml: str, *, name: str, overlay: Path, console: Path, netdev: str) -> str:
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(xml)
+    for tag, value in (("name", name), ("uuid", str(uuid.uuid4()))):
+        element = root.find(tag)
+        if element is None:
+            raise VMError(f"saved domain XML has no <{tag}>")
+        element.text = value
+    disk = root.find("./devices/disk[@device='disk']/source")
+    serial = root.find("./devices/serial/source")
+    if disk is None or serial is None:
+        raise VMError("saved domain XML has no disk or serial source")
+    disk.set("file", str(overlay))
+    serial.set("path", str(console))
+    args = root.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")
+    for arg in args:
+        if arg.get("value", "").startswith(f"user,id={NETDEV_ID},"):
+            arg.set("value", netdev)
+            break
+    else:
+        raise VMError("saved domain XML has no user network")
+    # Live-only elements of the saved XML (the monitor's aliases stay; the id must go).
+    root.attrib.pop("id", None)
+    return ET.tostring(root, encoding="unicode")
+
+
+@dataclass
+class _WarmState:
+    """A saved running guest: the save image, the overlay it belongs to, its host keys."""
+
+    save: Path
+    overlay: Path
+    hostkeys: tuple[str, ...]
+    boot_seconds: float
+
+
+# --------------------------------------------------------------------------- SSH
+
+
+def _hostkey_lines_from_console(text: str) -> tuple[str, ...]:
+    """Host keys cloud-init prints between ``-----BEGIN SSH HOST KEY KEYS-----`` markers."""
+    match = re.search(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", text, re.S)
+    if not match:
+        return ()
+    keys = []
+    for line in match.group(1).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
+            keys.append(f"{parts[0]} {parts[1]}")
+    return tuple(keys)
+
+
+def _ssh_client(port: int, key: Path, hostkeys: tuple[str, ...], timeout: float = 10.0) -> paramiko.SSHClient:
+    """One paramiko connection to root@127.0.0.1:port that accepts only the known host keys."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    known = client.get_host_keys()
+    entry = f"[127.0.0.1]:{port}"
+    for line in hostkeys:
+        kind, blob = line.split()[:2]
+        known.add(entry, kind, paramiko.PKey.from_type_string(kind, __import__("base64").b64decode(blob)))
+    if hostkeys:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.WarningPolicy())
+    client.connect(
+        "127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False,
+        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+    )
+    return client
+
+
+class _QuietParamiko:
+    """While waiting for sshd, paramiko's transport thread logs every refused banner as an error."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("paramiko.transport")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)
+
+
+@functools.lru_cache(maxsize=1)
+def _pinned_backend_class() -> type:
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
+        """testinfra's paramiko backend on the VM's own connection (host key checked)."""
+
+        def __init__(self, hostspec: str, factory: Callable[[], paramiko.SSHClient]) -> None:
+            super().__init__(hostspec)
+            self._factory = factory
+
+        @functools.cached_property
+        def client(self) -> paramiko.SSHClient:
+            return self._factory()
+
+    return PinnedParamikoBackend
+
+
+# --------------------------------------------------------------------------- VM
+
+
+class VM:
+    """One libvirt guest reachable over SSH; a context manager.
+
+    ``vm.run("cmd")`` and ``vm.host`` (a testinfra Host) share one SSH connection;
+    ``vm.forward(port)`` publishes a guest port on 127.0.0.1; ``vm.console_log()`` is the
+    serial console. Entering starts it (cleaning up if the start fails); leaving removes
+    the domain, its overlay and its console log. ``close()`` may be called more than once.
+    """
+
+    def __init__(self, pool: VMPool, image: str | None = None, memory: int | None = None,
+                 cpus: int | None = None) -> None:
+        self.pool = pool
+        self.image_spec = image or pool.settings.vm_image
+        self.memory = int(memory or pool.settings.vm_memory)
+        self.cpus = int(cpus or pool.settings.vm_cpus)
+        self.name = pool.next_name()
+        self.dir = pool.dir
+        self.overlay = self.dir / f"{self.name}.qcow2"
+        self.console = self.dir / f"{self.name}.console.log"
+        self.seed: Path | None = None
+        self.ssh_port = 0
+        self.warm = False
+        self.ready_seconds = 0.0
+        self.kept = False
+        self._dom: Any = None
+        self._image: Image | None = None
+        self._hostkeys: tuple[str, ...] = ()
+        self._client: paramiko.SSHClient | None = None
+        self._host: Host | None = None
+        self._forwards: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<VM vm://{self.name} ssh=127.0.0.1:{self.ssh_port}>"
+
+    # ---- lifecycle
+
+    def __enter__(self) -> VM:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> VM:
+        """Start the guest (warm from a saved state when one fits, else cold) and wait for SSH."""
+        started = time.monotonic()
+        self.pool.register(self)
+        image = self._image = self.pool.image(self.image_spec)
+        accel = self.pool.accel(image)
+        key = (image.key, self.memory, self.cpus, accel)
+        state = self.pool.warm_state(key)
+        if state is not None:
+            try:
+                self._restore(state)
+                self.warm = True
+            except FlakeError as exc:
+                log.warning("vm://%s: warm start failed, booting cold: %s", self.name, exc)
+                self._drop_domain()
+                self.overlay.unlink(missing_ok=True)
+        if not self.warm:
+            self._cold_boot(image, accel)
+            if self.pool.warm and self.pool.warm_state(key) is None:
+                self._save_for_later(key, time.monotonic() - started)
+        self.ready_seconds = time.monotonic() - started
+        log.info("vm://%s: SSH ready on 127.0.0.1:%d after %.1fs (%s)", self.name, self.ssh_port,
+                 self.ready_seconds, "warm start" if self.warm else "cold boot")
+        return self
+
+    def _netdev(self, extra: dict[int, int] | None = None) -> str:
+        rules = [f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
+        rules += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (extra or {}).items()]
+        return ",".join([f"user,id={NETDEV_ID},restrict=on", *rules])
+
+    def _cold_boot(self, image: Image, accel: str) -> None:
+        conn = self.pool.conn
+        self.ssh_port = free_port()
+        self.overlay.unlink(missing_ok=True)
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b", str(image.disk),
+              str(self.overlay)], what=f"vm://{self.name}: overlay")
+        self.console.write_text("")
+        oem = [_credential("ssh.authorized_keys.root", self.pool.keys.public)]
+        for unit in image.skip_units:
+            oem.append(_credential(f"systemd.unit-dropin.{unit}", _skip_dropin(unit)))
+        seed_disk = ""
+        if image.cloud_init:
+            self.seed = make_seed(self.dir / f"{self.name}.seed.img", self.pool.keys.public, image.skip_units,
+                                  self.name)
+            seed_disk = (f"    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n"
+                         f"      <source file='{self.seed}'/>\n      <target dev='vdb' bus='virtio'/>\n"
+                         "      <readonly/>\n    </disk>")
+        if image.kernel is not None:
+            boot = (f"    <kernel>{image.kernel}</kernel>\n    <initrd>{image.initrd}</initrd>\n"
+                    f"    <cmdline>{_xml_escape(image.cmdline or '')}</cmdline>")
+        else:
+            boot = "    <boot dev='hd'/>"
+        xml = Template((RECIPES / "domain.xml").read_text()).substitute(
+            domain_type="kvm" if accel == "kvm" else "qemu",
+            name=self.name,
+            uuid=str(uuid.uuid4()),
+            session=self.pool.session.id,
+            image=_xml_escape(image.key),
+            memory=self.memory,
+            cpus=self.cpus,
+            boot=boot,
+            oem_strings="\n".join(f"      <entry>{_xml_escape(s)}</entry>" for s in oem),
+            cpu="",
+            overlay=self.overlay,
+            seed_disk=seed_disk,
+            console=self.console,
+            seclabel=self.pool.seclabel(),
+            netdev=self._netdev(),
+        )
+        with _step(f"vm://{self.name}: cold boot of {image.name} ({accel}, {self.memory} MiB, {self.cpus} CPU)"):
+            libvirt = _libvirt()
+            try:
+                self._dom = conn.createXML(xml, 0)
+            except libvirt.libvirtError as exc:
+                raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
+                              details=f"domain XML:\n{xml}") from exc
+            self._hostkeys = image.hostkeys
+            self._wait_ssh()
+
+    def _save_for_later(self, key: tuple[Any, ...], boot_seconds: float) -> None:
+        """Save the fresh guest and its overlay as the warm state of ``key``, then resume it."""
+        libvirt = _libvirt()
+        warm_dir = self.dir / "warm"
+        warm_dir.mkdir(exist_ok=True)
+        save = warm_dir / f"{self.name}.save"
+        overlay = warm_dir / f"{self.name}.qcow2"
+        self._disconnect()
+        try:
+            with _step(f"vm://{self.name}: saving the booted guest for warm starts"):
+                self._dom.save(str(save))
+                self._dom = None
+                subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(self.overlay), str(overlay)],
+                               check=True)
+                self.pool.conn.restoreFlags(str(save), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                self._dom = self.pool.conn.lookupByName(self.name)
+        except (libvirt.libvirtError, subprocess.CalledProcessError, OSError) as exc:
+            log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
+            save.unlink(missing_ok=True)
+            overlay.unlink(missing_ok=True)
+            if self._dom is None:
+                raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
+            return
+        self.pool.set_warm_state(key, _WarmState(save=save, overlay=overlay, hostkeys=self._hostkeys,
+                                                 boot_seconds=boot_seconds))
+        self._wait_ssh()
+
+    def _restore(self, state: _WarmState) -> None:
+        libvirt = _libvirt()
+        self.ssh_port = free_port()
+        copy = self.dir / f"{self.name}.save"
+        with _step(f"vm://{self.name}: warm start from {state.save.name}"):
+            try:
+                subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(state.overlay), str(self.overlay)],
+                               check=True)
+                self.console.write_text("")
+                xml = _edit_domain_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
+                                       console=self.console, netdev=self._netdev())
+                copy_save_with_xml(state.save, copy, xml)
+                self.pool.conn.restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                self._dom = self.pool.conn.lookupByName(self.name)
+            except (libvirt.libvirtError, subprocess.CalledProcessError, OSError, ET.ParseError) as exc:
+                raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
+            finally:
+                copy.unlink(missing_ok=True)
+            self._hostkeys = state.hostkeys
+            self._wait_ssh()
+
+    def _wait_ssh(self) -> None:
+        import paramiko
+
+        image = self._image
+        timeout = float(self.pool.settings.flake_timeout)
+
+        def probe() -> paramiko.SSHClient:
+            if self._dom is None or not self._dom.isActive():
+                raise VMError(f"vm://{self.name}: the guest stopped before SSH answered",
+                              details="console (last lines):\n" + tail(self.console_log(), 40))
+            if not self._hostkeys and image is not None and image.cloud_init:
+                self._hostkeys = _hostkey_lines_from_console(self.console_log())
+            try:
+                return _ssh_client(self.ssh_port, self.pool.keys.private, self._hostkeys, timeout=5)
+            except paramiko.BadHostKeyException as exc:
+                raise VMError(f"vm://{self.name}: SSH host key mismatch on 127.0.0.1:{self.ssh_port}: {exc}",
+                              hint="the image changed under its cache; delete the cached image") from exc
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise NotReady(f"{type(exc).__name__}: {exc}") from exc
+
+        quiet = _QuietParamiko()
+        with quiet:
+            client = wait_for(
+                probe, what=f"vm://{self.name}: SSH on 127.0.0.1:{self.ssh_port}", timeout=timeout, interval=0.5,
+            max_interval=2.0,
+            on_timeout=lambda: "console (last lines):\n" + tail(self.console_log(), 40),
+            hint="the guest never answered SSH; the console log says why (raise --flake-timeout under TCG)",
+        )
+        if not self._hostkeys:
+            remote = client.get_transport().get_remote_server_key()
+            self._hostkeys = (f"{remote.get_name()} {remote.get_base64()}",)
+            log.warning("vm://%s: no host key known ahead; trusting %s on first use", self.name,
+                        remote.get_name())
+        self._client = client
+
+    # ---- access
+
+    def _connection(self) -> paramiko.SSHClient:
+        with self._lock:
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is None or not transport.is_active():
+                if self._closed:
+                    raise VMError(f"vm://{self.name} is closed")
+                self._client = _ssh_client(self.ssh_port, self.pool.keys.private, self._hostkeys)
+            assert self._client is not None
+            return self._client
+
+    @property
+    def host(self) -> Host:
+        """A testinfra Host on this VM (over the VM's one SSH connection)."""
+        if self._host is None:
+            from testinfra.host import Host
+
+            backend = _pinned_backend_class()(f"paramiko://root@127.0.0.1:{self.ssh_port}", self._connection)
+            self._host = Host(backend)
+        return self._host
+
+    def run(self, cmd: str | list[str]) -> CommandResult:
+        """Run a shell command as root in the guest; a list is quoted for you."""
+        command = cmd if isinstance(cmd, str) else shlex.join(cmd)
+        result = self.host.run(command)
+        log.debug("vm://%s: %s -> %s", self.name, command, result.rc)
+        return result
+
+    def forward(self, guest_port: int) -> int:
+        """Publish ``guest_port`` on a 127.0.0.1 port of the host (added to the running guest)."""
+        if guest_port in self._forwards:
+            return self._forwards[guest_port]
+        import libvirt_qemu
+
+        libvirt = _libvirt()
+        last = ""
+        for _ in range(5):
+            port = free_port()
+            command = f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{port}-:{int(guest_port)}"
+            try:
+                out = libvirt_qemu.qemuMonitorCommand(self._dom, command,
+                                                      libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+            except libvirt.libvirtError as exc:
+                raise VMError(f"vm://{self.name}: {command} failed: {exc}") from exc
+            if not out.strip():
+                self._forwards[guest_port] = port
+                log.info("vm://%s: guest port %d on 127.0.0.1:%d", self.name, guest_port, port)
+                return int(port)
+            last = out.strip()
+        raise VMError(f"vm://{self.name}: could not forward guest port {guest_port}: {last}")
+
+    def url(self, guest_port: int, path: str = "/") -> str:
+        """``http://127.0.0.1:PORT/path`` for a guest port (forwarded on first use)."""
+        return f"http://127.0.0.1:{self.forward(guest_port)}/{path.lstrip('/')}"
+
+    def copy_to(self, local: str | os.PathLike[str], remote: str) -> None:
+        """Copy a file or a folder (recursively) into the guest over SFTP; modes are kept."""
+        source = Path(local)
+        sftp = self._connection().open_sftp()
+        try:
+            if source.is_dir():
+                for path in sorted(source.rglob("*")):
+                    target = f"{remote.rstrip('/')}/{path.relative_to(source).as_posix()}"
+                    if path.is_dir():
+                        with contextlib.suppress(OSError):
+                            sftp.mkdir(target)
+                    else:
+                        sftp.put(str(path), target)
+                        sftp.chmod(target, path.stat().st_mode & 0o7777)
+                return
+            if not source.is_file():
+                raise UsageError(f"vm://{self.name}: copy_to: {source} does not exist")
+            sftp.put(str(source), remote)
+            sftp.chmod(remote, source.stat().st_mode & 0o7777)
+        finally:
+            sftp.close()
+
+    def console_log(self) -> str:
+        """The serial console of the guest so far (of a warm start: since the restore)."""
+        try:
+            return str(self.console.read_text(errors="replace"))
+        except OSError:
+            return ""
+
+    def ssh_command(self) -> str:
+        """How a person reaches this VM from a shell (for --flake-keep)."""
+        return (f"ssh -i {shlex.quote(str(self.pool.keys.private))} -p {self.ssh_port} "
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
+
+    def keep(self) -> None:
+        """Leave this VM running after the test; the next session sweeps it."""
+        self.kept = True
+        self._disconnect()
+
+    # ---- teardown
+
+    def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        self._host = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _drop_domain(self) -> None:
+        dom, self._dom = self._dom, None
+        if dom is None:
+            with contextlib.suppress(Exception):
+                dom = self.pool.conn.lookupByName(self.name)
+        if dom is None:
+            return
+        libvirt = _libvirt()
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+
+    def close(self) -> None:
+        """Stop the guest and remove its files; idempotent, and each step's failure is only logged."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.kept:
+            log.warning("vm://%s kept: %s", self.name, self.ssh_command())
+            return
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("close SSH", self._disconnect),
+            ("destroy the domain", self._drop_domain),
+            ("remove the overlay", lambda: self.overlay.unlink(missing_ok=True)),
+            ("remove the seed", lambda: self.seed.unlink(missing_ok=True) if self.seed else None),
+            ("remove the console log", lambda: self.console.unlink(missing_ok=True)),
+        ]
+        for what, action in steps:
+            try:
+                action()
+            except Exception as exc:  # one failing step must not hide or stop the others
+                log.error("vm://%s: could not %s: %s", self.name, what, exc)
+        self.pool.unregister(self)
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+
+
+# --------------------------------------------------------------------------- pool
+
+
+class VMPool:
+    """The VMs of one session: images, accelerator, keys, warm states; a context manager.
+
+    ``pool.vm(image=None, memory=None, cpus=None)`` returns a new :class:`VM` to enter.
+    Closing the pool closes every VM it made and removes the session's VM folder.
+    """
+
+    def __init__(self, settings: Settings, session: Session, *, warm: bool = True) -> None:
+        self.settings = settings
+        self.session = session
+        self.warm = warm
+        self.uri = default_uri(settings)
+        self.cache = image_cache(session.root)
+        self.dir = session.root / "vms" / session.id
+        self._conn: Any = None
+        self._images: dict[str, Image] = {}
+        self._accel: str | None = None
+        self._keys: KeyPair | None = None
+        self._warm: dict[tuple[Any, ...], _WarmState] = {}
+        self._vms: list[VM] = []
+        self._count = 0
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> VMPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> Any:
+        """The libvirt connection (opened on first use)."""
+        if self._conn is None:
+            self._conn = connect(self.uri)
+        return self._conn
+
+    @property
+    def keys(self) -> KeyPair:
+        """The session's SSH key pair."""
+        if self._keys is None:
+            self._keys = KeyPair.create(self.dir, f"pytest-flake-{self.session.id}")
+        return self._keys
+
+    def next_name(self) -> str:
+        with self._lock:
+            self._count += 1
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return str(self.session.name("vm", str(self._count)))
+
+    def vm(self, image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
+        """A new VM (not started: use it as a context manager)."""
+        return VM(self, image=image, memory=memory, cpus=cpus)
+
+    def image(self, spec: str) -> Image:
+        with self._lock:
+            if spec not in self._images:
+                self._images[spec] = resolve_image(spec, self.cache)
+            return self._images[spec]
+
+    def accel(self, image: Image) -> str:
+        with self._lock:
+            if self._accel is None:
+                kernel = image.kernel
+                if kernel is None:
+                    candidate = debian_image_dir(self.cache) / "vmlinuz"
+                    kernel = candidate if candidate.is_file() else None
+                self._accel = choose_accel(self.settings, kernel, self.cache)
+            return self._accel
+
+    def seclabel(self) -> str:
+        """As root on the system daemon, QEMU runs as root so it can read the user's cache."""
+        if _is_root() and self.uri.startswith("qemu:///system"):
+            return "  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
+        return ""
+
+    def warm_state(self, key: tuple[Any, ...]) -> _WarmState | None:
+        with self._lock:
+            state = self._warm.get(key)
+            if state is not None and not (state.save.is_file() and state.overlay.is_file()):
+                del self._warm[key]
+                return None
+            return state
+
+    def set_warm_state(self, key: tuple[Any, ...], state: _WarmState) -> None:
+        with self._lock:
+            self._warm[key] = state
+
+    def register(self, vm: VM) -> None:
+        with self._lock:
+            self._vms.append(vm)
+
+    def unregister(self, vm: VM) -> None:
+        with self._lock:
+            if vm in self._vms:
+                self._vms.remove(vm)
+
+    def close(self) -> None:
+        """Close every VM and remove the saved states and the session's VM folder."""
+        for vm in list(self._vms):
+            try:
+                vm.close()
+            except Exception as exc:
+                log.error("vm://%s: close failed: %s", vm.name, exc)
+        kept = [vm for vm in self._vms if vm.kept]
+        for state in self._warm.values():
+            for path in (state.save, state.overlay):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        self._warm.clear()
+        if not kept:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.dir.parent.rmdir()  # the overlay folder stays only while something is in it
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+# --------------------------------------------------------------------------- sweep, doctor
+
+
+def sweep(session_ids: list[str], settings: Settings, root: Path | None = None) -> None:
+    """Remove the domains, overlays and saved states of dead sessions (killed runs)."""
+    ids = [sid for sid in session_ids if sid.startswith(PREFIX)]
+    if not ids:
+        return
+    base = (root or state_dir()) / "vms"
+    try:
+        conn = connect(default_uri(settings))
+    except FlakeError as exc:
+        log.warning("vm sweep: %s", exc)
+        conn = None
+    if conn is not None:
+        libvirt = _libvirt()
+        try:
+            for dom in conn.listAllDomains(0):
+                name = dom.name()
+                if any(name.startswith(f"{sid}-") for sid in ids):
+                    log.info("vm sweep: removing domain %s of a dead session", name)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        if dom.isActive():
+                            dom.destroy()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()
+        finally:
+            conn.close()
+    for sid in ids:
+        folder = base / sid
+        if folder.exists():
+            log.info("vm sweep: removing %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        base.rmdir()
+
+
+def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str]]:
+    """Pre-flight checks of the VM side: each ``(ok, line)`` says what is fine or what to do."""
+    lines: list[tuple[bool, str]] = []
+    uri = default_uri(settings)
+    cache = image_cache(root)
+    try:
+        _libvirt()
+        lines.append((True, "libvirt-python is installed"))
+    except FlakeError as exc:
+        lines.append((False, str(exc)))
+    else:
+        try:
+            conn = connect(uri)
+            try:
+                version = conn.getLibVersion()
+                lines.append((True, f"libvirt {version // 1000000}.{version // 1000 % 1000} answers at {uri}"))
+            finally:
+                conn.close()
+        except FlakeError as exc:
+            lines.append((False, str(exc)))
+    for tool, why in (("qemu-system-x86_64", "runs the guests"), ("qemu-img", "makes overlays"),
+                      ("debootstrap", "builds the debian image"), ("mkfs.ext4", "builds the debian image"),
+                      ("mkfs.vfat", "makes cloud-init seeds"), ("mcopy", "makes cloud-init seeds")):
+        found = shutil.which(tool)
+        lines.append((bool(found), f"{tool} {'found' if found else 'missing'} ({why})"
+                      + ("" if found else ": run scripts/setup")))
+    if os.path.exists("/dev/kvm"):
+        stat = os.stat("/dev/kvm")
+        if stat.st_mode & 0o060 != 0o060:
+            lines.append((False, "/dev/kvm is not group read-writable: libvirt then probes QEMU again on every "
+                                 "call (about a minute per start); run scripts/setup.d/30-libvirt.sh "
+                                 "(chgrp kvm /dev/kvm; chmod 0660 /dev/kvm)"))
+    kernel = debian_image_dir(cache) / "vmlinuz"
+    if settings.vm_accel == "tcg":
+        lines.append((True, "accelerator: TCG (from settings)"))
+    else:
+        works, why = probe_kvm(kernel if kernel.is_file() else None)
+        if works:
+            lines.append((True, f"KVM works: {why}"))
+        else:
+            ok = settings.vm_accel != "kvm"
+            lines.append((ok, f"KVM unusable ({why}); guests run under TCG"
+                          + ("" if ok else ": --vm-accel kvm will fail, use auto or tcg")))
+    target = debian_image_dir(cache)
+    if (target / "disk.qcow2").is_file():
+        lines.append((True, f"debian image cached in {target}"))
+    else:
+        lines.append((settings.vm_image != "debian",
+                      "debian image not built yet (built on first use: 1-2 min, needs root and debootstrap)"))
+    arch = sorted((cache / "arch").glob("*.qcow2")) if (cache / "arch").is_dir() else []
+    if arch:
+        lines.append((True, f"arch image cached: {arch[-1].name}"))
+    else:
+        lines.append((settings.vm_image != "arch",
+                      "arch image not downloaded yet (needs the internet once; offline use --vm-image debian)"))
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(cache).free
+        lines.append((free > 4 * GiB, f"{free / GiB:.1f} GiB free for images in {cache}"
+                      + ("" if free > 4 * GiB else ": the images need about 4 GiB")))
+    return lines
+
+
+__all__ = [
+    "VM", "VMPool", "Image", "ArchRecipe", "KeyPair", "sweep", "doctor", "resolve_image", "fetch_arch",
+    "build_debian", "download", "parse_sha256_file", "probe_kvm", "choose_accel", "default_uri",
+    "debian_recipe_hash", "image_cache", "connect",
+]
