@@ -75,6 +75,14 @@ def run(settings: Settings, write: Callable[[str], Any]) -> int:
     return 0 if ok else 1
 
 
+def _docker_endpoint(settings: Settings) -> str:
+    try:
+        from .docker import describe_endpoint
+    except ImportError:  # the docker extra is not installed
+        return f"{settings.docker_host or 'client default'} (from {settings.source('docker_host')})"
+    return describe_endpoint(settings)
+
+
 def header(settings: Settings) -> list[str]:
     """The report header: flake, system, Nix version, Docker and libvirt endpoints, VM image."""
     version = _nix(["--version"])
@@ -88,6 +96,6 @@ def header(settings: Settings) -> list[str]:
     return [
         f"flake: {flake}",
         f"system: {system}, nix {nix_version}",
-        f"docker: {settings.docker_host or 'client default'} (from {settings.source('docker_host')})",
+        f"docker: {_docker_endpoint(settings)}",
         f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {settings.describe('vm_accel')}",
     ]

@@ -28,6 +28,7 @@ log = logging.getLogger("pytest_flake")
 # fixture name -> marker added to every test that uses it (directly or through others)
 FIXTURE_MARKERS = {
     "flake": "nix",
+    "flake_docker": "docker",
     "docker_image": "docker",
     "docker_container": "docker",
     "vm": "vm",

@@ -43,26 +43,38 @@
         chmod +x $out/bin/web-server $www/cgi-bin/info
       '' // { meta.mainProgram = "web-server"; };
 
-      # A docker-archive as `docker save` writes it: one layer a store path.
-      dockerImage = server: run "docker-image-web-server.tar.gz" { inherit busybox server; } ''
-        tag=$(cat $server/share/web-server/www/index.html | cut -d' ' -f2)
+      # One image layer a store path, as dockerTools.buildLayeredImage does. A layer is
+      # a derivation of its own, so images that share a store path share the very same
+      # layer (same digest), and loading a new version loads only what changed.
+      layer = pkg: run "layer-${pkg.name}" { path = pkg; } ''
+        root=$PWD/root; mkdir -p $root/nix/store
+        cp -a $path $root/nix/store/
+        touch -h -d @1 $root/nix $root/nix/store
+        mkdir -p $out
+        tar -C $root -cf $out/layer.tar nix
+        sha256sum $out/layer.tar | cut -d' ' -f1 > $out/sha256
+      '';
+
+      # A docker-archive as `docker save` writes it, gzipped.
+      dockerImage = server: run "docker-image-web-server.tar.gz" {
+        inherit server;
+        layers = map layer [ busybox server ];
+      } ''
+        tag=$(cut -d' ' -f2 $server/share/web-server/www/index.html)
         work=$PWD/image; mkdir -p $work
-        layers=""; diffids=""
-        for path in $busybox $server; do
-          root=$PWD/root-$(basename $path); mkdir -p $root/nix/store
-          cp -a $path $root/nix/store/
-          tar -C $root -cf $PWD/layer.tar nix
-          sum=$(sha256sum $PWD/layer.tar | cut -d' ' -f1)
-          mkdir -p $work/$sum; mv $PWD/layer.tar $work/$sum/layer.tar
-          layers="$layers''${layers:+,}\"$sum/layer.tar\""
+        names=""; diffids=""
+        for l in $layers; do
+          sum=$(cat $l/sha256)
+          mkdir -p $work/$sum; cp $l/layer.tar $work/$sum/layer.tar
+          names="$names''${names:+,}\"$sum/layer.tar\""
           diffids="$diffids''${diffids:+,}\"sha256:$sum\""
         done
         printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["%s/bin/web-server"],"Env":["LISTEN=3031"],"ExposedPorts":{"3031/tcp":{}},"Labels":{"org.opencontainers.image.title":"web-server"}},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
           "$server" "$diffids" > $work/config.json
         config=$(sha256sum $work/config.json | cut -d' ' -f1).json
         mv $work/config.json $work/$config
-        printf '[{"Config":"%s","RepoTags":["web-server:%s"],"Layers":[%s]}]' "$config" "$tag" "$layers" > $work/manifest.json
-        cd $work && tar -cf - manifest.json $config */layer.tar | gzip -9 > $out
+        printf '[{"Config":"%s","RepoTags":["web-server:%s"],"Layers":[%s]}]' "$config" "$tag" "$names" > $work/manifest.json
+        cd $work && tar -cf - manifest.json $config */layer.tar | gzip -9n > $out
       '';
 
       webService = server: run "web-server.service" { inherit server; } ''
