@@ -1,75 +1,13 @@
-"""Helpers for the pytester tests: a clean environment, tiny offline flakes, a nix requirement."""
+"""Fixtures of the pytester tests: a clean environment, the tiny flake, a PATH without nix."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
+from flake_helpers import requires_nix, write_flake
 
 from pytest_flake.config import OPTIONS
-
-# A tiny flake that builds offline: each package is a `derivation` with busybox as builder.
-TINY_FLAKE = r'''
-{
-  outputs = { self }:
-    let
-      system = "x86_64-linux";
-      run = name: script: derivation {
-        inherit name system;
-        builder = "/bin/busybox";
-        args = [ "sh" "-euc" script ];
-      };
-      program = name: body: run name ''
-        mkdir -p $out/bin
-        cat > $out/bin/${name} <<'EOF'
-        #!/bin/busybox sh
-        ${body}
-        EOF
-        chmod +x $out/bin/${name}
-      '';
-    in {
-      packages.${system} = {
-        default = run "message" "echo @MESSAGE@ > $out";
-        # prints, but never opens a port
-        silent = program "silent" "echo \"starting on port $PORT\"; exec /bin/busybox sleep 60";
-        # exits at once with an error
-        crash = program "crash" "echo 'error: missing config file' >&2; exit 2";
-        # a web server honouring PORT
-        web = run "web" ''
-          mkdir -p $out/bin $out/www
-          echo "tiny web" > $out/www/index.html
-          printf '#!/bin/busybox sh\nexec /bin/busybox httpd -f -vv -p "127.0.0.1:$PORT" -h %s/www\n' $out > $out/bin/web
-          chmod +x $out/bin/web
-        '';
-        broken = run "broken" ''
-          for i in $(/bin/busybox seq 1 35); do echo "log line $i"; done
-          echo "compile error: widget.c:3" >&2
-          exit 3
-        '';
-      };
-    };
-}
-'''
-
-
-def write_flake(directory: Path, message: str = "hello") -> Path:
-    """Write the tiny flake into ``directory``; ``default`` is a file holding ``message``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "flake.nix").write_text(textwrap.dedent(TINY_FLAKE).replace("@MESSAGE@", message))
-    return directory
-
-
-def requires_nix() -> None:
-    """Skip without nix on PATH, except under CI, where a missing nix fails the test."""
-    if shutil.which("nix"):
-        return
-    message = "nix is not on PATH (scripts/setup installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

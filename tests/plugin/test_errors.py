@@ -58,7 +58,9 @@ def test_no_flake_given(pytester: pytest.Pytester, nix: None) -> None:
     pytester.makepyfile(USES_FLAKE)
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["UsageError: no flake to test (pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE))"])
+    result.stdout.fnmatch_lines([
+        "UsageError: no flake to test (pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE))",
+    ])
     assert_no_plugin_traceback(result)
 
 

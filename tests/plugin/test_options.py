@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from conftest import requires_nix, write_flake
+from flake_helpers import requires_nix, write_flake
 
 PASSING = "def test_ok():\n    pass\n"
 
@@ -93,7 +92,9 @@ def test_bad_choice_is_a_usage_error_listing_choices(pytester: pytest.Pytester,
     pytester.makeini("[pytest]\nvm_accel = xen\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: pytest-flake: ini 'vm_accel'='xen' is not valid (valid values: auto, kvm, tcg)"])
+    result.stderr.fnmatch_lines([
+        "ERROR: pytest-flake: ini 'vm_accel'='xen' is not valid (valid values: auto, kvm, tcg)",
+    ])
 
     pytester.makeini("[pytest]\n")
     monkeypatch.setenv("PYTEST_FLAKE_KEEP", "sometimes")

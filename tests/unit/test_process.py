@@ -147,7 +147,8 @@ def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
 
 
 def test_logs_collects_stdout_and_stderr() -> None:
-    script = "import sys, time; print('out line', flush=True); print('err line', file=sys.stderr, flush=True); time.sleep(60)"
+    script = ("import sys, time; print('out line', flush=True); "
+              "print('err line', file=sys.stderr, flush=True); time.sleep(60)")
     proc = Process(python(script))
     assert proc.logs() == ""
     with proc:
