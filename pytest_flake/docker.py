@@ -641,7 +641,7 @@ class Container:
         wait_for(self._probe, what=f"container {self.name} ({self.ref})", timeout=self.timeout,
                  on_timeout=self._safe_logs,
                  hint="the container runs but its ports do not answer; is the service listening on every "
-                      "address (0.0.0.0) inside the container, on the port given?")
+                      "address inside the container, on the port given?")
         self.started_seconds = time.monotonic() - started
         log.info("docker: %s ready in %.2fs%s", self.name, self.started_seconds,
                  "".join(f", {p} on 127.0.0.1:{self.port(p)}" for p in self.ports))

@@ -47,7 +47,9 @@ PORTABLECTL_HINT = ("install systemd-container in the guest (Debian/Ubuntu: apt-
 
 
 class Guest(Protocol):
-    """What a portable service needs of a machine: run a command, copy a file in."""
+    """What a portable service needs of a machine: a name, run a command, copy a file in."""
+
+    name: str
 
     def run(self, command: str) -> Any: ...
 

@@ -1,0 +1,34 @@
+"""pytest-flake: integration tests of Nix flakes with pytest.
+
+The fixtures (``flake``, ``http``, ``docker_image``, ``docker_container``, ``vm``,
+``vm_factory``, ``portable_service``) come with the plugin; the classes they return
+and the errors they raise are importable from here for type hints and ``pytest.raises``.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BuildError,
+    CheckFailed,
+    DockerError,
+    FlakeError,
+    FlakeTimeout,
+    InfrastructureError,
+    MissingOutputError,
+    MissingToolError,
+    NixError,
+    PortableError,
+    UsageError,
+    VMError,
+)
+from .httpcheck import HttpChecker, Response
+from .nix import Build, Flake, FlakeWarning
+from .process import Process
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Build", "BuildError", "CheckFailed", "DockerError", "Flake", "FlakeError", "FlakeTimeout", "FlakeWarning",
+    "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "PortableError",
+    "Process", "Response", "UsageError", "VMError", "__version__",
+]
