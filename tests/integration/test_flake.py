@@ -165,3 +165,40 @@ def test_git_flake_with_untracked_file_warns(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--flake", "path:repo")
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*FlakeWarning*")
+
+
+KILLED = '''
+import json, os, signal
+from pathlib import Path
+
+def test_killed(flake, flake_session):
+    server = flake.run(port=0)
+    Path(os.environ["REPORT"]).write_text(json.dumps({"pid": server.pid, "session": flake_session.id}))
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_killed_session_leaves_no_process(pytester: pytest.Pytester, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL skips every teardown: the server dies with its parent, the next session sweeps the rest."""
+    import json
+    import time
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(state))
+    monkeypatch.setenv("REPORT", str(tmp_path / "report.json"))
+    pytester.makepyfile(test_killed=KILLED)
+    killed = pytester.runpytest_subprocess(f"--flake=path:{EXAMPLE}", "-p", "no:cacheprovider")
+    assert killed.ret != 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{report['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{report['pid']}").exists(), "the server outlived the killed session"
+    registration = state / "sessions" / report["session"]
+    assert registration.is_dir()  # left behind by the killed session...
+
+    pytester.makepyfile(test_killed="def test_next():\n    pass\n")
+    pytester.runpytest_subprocess(f"--flake=path:{EXAMPLE}", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert not registration.exists()  # ...and swept by the next one
+    assert list((state / "sessions").iterdir()) == []
