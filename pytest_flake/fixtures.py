@@ -246,6 +246,67 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
 
 
 # --- vm ---------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from .vm import VM, VMPool
+
+
+@pytest.fixture(scope="session")
+def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
+    """The session's VMs: cached images, the KVM probe, the SSH key pair and the warm states.
+
+    Closing it at the end of the session removes every domain, overlay and saved state.
+    """
+    from .vm import VMPool
+
+    with VMPool(flake_settings, flake_session) as pool:
+        yield pool
+
+
+def _close_vm(request: pytest.FixtureRequest, machine: VM) -> None:
+    if keep_if_failed(request, f"VM {machine.name}", machine.ssh_command()):
+        machine.keep()
+    try:
+        machine.close()
+    except Exception as exc:  # one VM's teardown must not hide the others
+        log.warning("pytest-flake: could not remove VM %s: %s", machine.name, exc)
+
+
+@pytest.fixture
+def vm(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[VM]:
+    """A fresh VM of ``--vm-image`` (root over SSH), removed at the end of the test.
+
+    ``vm.run(cmd)`` -> testinfra CommandResult, ``vm.host`` (testinfra Host),
+    ``vm.forward(guest_port)`` -> a 127.0.0.1 port, ``vm.url(guest_port, path)``,
+    ``vm.copy_to(local, remote)``, ``vm.console_log()``. The first VM of an image boots
+    cold and is saved; later ones start warm from that state in seconds. The serial
+    console is attached to the report of a failed test.
+    """
+    with flake_vms.vm() as machine:
+        evidence(request, f"console of VM {machine.name}", machine.console_log)
+        yield machine
+        _close_vm(request, machine)
+
+
+@pytest.fixture
+def vm_factory(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[Callable[..., VM]]:
+    """Factory: ``vm_factory(image=None, memory=None, cpus=None) -> VM``, each started and ready.
+
+    ``image`` is ``arch``, ``debian``, a qcow2 path or URL (default ``--vm-image``);
+    ``memory`` in MiB and ``cpus`` default to ``--vm-memory`` and ``--vm-cpus``. All VMs
+    made are removed at the end of the test.
+    """
+    machines: list[VM] = []
+
+    def make(image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
+        machine = flake_vms.vm(image=image, memory=memory, cpus=cpus)
+        machine.__enter__()
+        machines.append(machine)
+        evidence(request, f"console of VM {machine.name}", machine.console_log)
+        return machine
+
+    yield make
+    for machine in reversed(machines):
+        _close_vm(request, machine)
 
 
 # --- portable ---------------------------------------------------------------------------
