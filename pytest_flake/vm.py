@@ -711,7 +711,8 @@ class VM:
         self.seed: Path | None = None
         self.ssh_port = 0
         self.warm = False
-        self.ready_seconds = 0.0
+        self.ready_seconds = 0.0  # start() to SSH ready, including saving a warm state
+        self.boot_seconds = 0.0  # start() to the first SSH answer
         self.kept = False
         self._dom: Any = None
         self._image: Image | None = None
@@ -756,9 +757,13 @@ class VM:
                 self.overlay.unlink(missing_ok=True)
         if not self.warm:
             self._cold_boot(image, accel)
+            self.boot_seconds = time.monotonic() - started
             if self.pool.warm and self.pool.warm_state(key) is None:
                 self._save_for_later(key, time.monotonic() - started)
         self.ready_seconds = time.monotonic() - started
+        if self.warm:
+            self.boot_seconds = self.ready_seconds
+        self.pool.starts.append((self.name, self.warm, self.ready_seconds))
         log.info("vm://%s: SSH ready on 127.0.0.1:%d after %.1fs (%s)", self.name, self.ssh_port,
                  self.ready_seconds, "warm start" if self.warm else "cold boot")
         return self
@@ -1071,6 +1076,7 @@ class VMPool:
         self._keys: KeyPair | None = None
         self._warm: dict[tuple[Any, ...], _WarmState] = {}
         self._vms: list[VM] = []
+        self.starts: list[tuple[str, bool, float]] = []  # (name, warm, seconds to SSH ready)
         self._count = 0
         self._lock = threading.RLock()
 

@@ -1,0 +1,217 @@
+"""VM images without daemons: the Arch recipe (download, checksum, cache) against a local
+HTTP server on 127.0.0.1, the Debian recipe hash, user images, seeds and keys."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytest_flake import vm
+from pytest_flake.errors import UsageError, VMError
+
+
+@dataclass
+class FakeMirror:
+    """A mirror on 127.0.0.1 serving ``files``; ``hits`` counts GETs per path."""
+
+    root: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+    server: http.server.ThreadingHTTPServer | None = None
+
+    def url(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def publish(self, version: str, content: bytes, *, claimed: str | None = None) -> None:
+        """Publish ``latest`` as ``version``; ``claimed`` is the hash the .SHA256 file says."""
+        digest = claimed or hashlib.sha256(content).hexdigest()
+        self.files["latest.qcow2"] = content
+        self.files["latest.qcow2.SHA256"] = f"{digest}  Arch-Linux-x86_64-cloudimg-{version}.qcow2\n".encode()
+
+    def recipe(self) -> vm.ArchRecipe:
+        return vm.ArchRecipe(url=self.url("latest.qcow2"), sha256_url=self.url("latest.qcow2.SHA256"),
+                             skip_units=("systemd-time-wait-sync.service",))
+
+
+@pytest.fixture
+def mirror() -> Iterator[FakeMirror]:
+    state = FakeMirror(root="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            name = self.path.lstrip("/")
+            state.hits[name] = state.hits.get(name, 0) + 1
+            body = state.files.get(name)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.server = server
+    state.root = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+FAKE = b"QFI\xfb" + os.urandom(3 * 1024 * 1024)
+
+
+def test_arch_downloads_checks_and_caches(mirror: FakeMirror, tmp_path: Path) -> None:
+    mirror.publish("20250101.1", FAKE)
+    image = vm.fetch_arch(tmp_path, mirror.recipe())
+    assert image.name == "arch"
+    assert image.disk == tmp_path / "arch" / "Arch-Linux-x86_64-cloudimg-20250101.1.qcow2"
+    assert image.disk.read_bytes() == FAKE
+    assert image.key == "arch-" + hashlib.sha256(FAKE).hexdigest()[:16]
+    assert image.cloud_init and image.skip_units == ("systemd-time-wait-sync.service",)
+    assert mirror.hits == {"latest.qcow2.SHA256": 1, "latest.qcow2": 1}
+    assert not list((tmp_path / "arch").glob("*.part"))
+
+    again = vm.fetch_arch(tmp_path, mirror.recipe())  # cached: only the checksum file is fetched
+    assert again == image
+    assert mirror.hits == {"latest.qcow2.SHA256": 2, "latest.qcow2": 1}
+
+
+def test_arch_new_version_replaces_the_old(mirror: FakeMirror, tmp_path: Path) -> None:
+    mirror.publish("20250101.1", FAKE)
+    old = vm.fetch_arch(tmp_path, mirror.recipe())
+    newer = FAKE[:-1] + b"!"
+    mirror.publish("20250201.2", newer)
+    new = vm.fetch_arch(tmp_path, mirror.recipe())
+    assert new.disk.name.endswith("20250201.2.qcow2") and new.disk.read_bytes() == newer
+    assert new.key != old.key
+    assert not old.disk.exists()
+    assert mirror.hits["latest.qcow2"] == 2
+
+
+def test_arch_checksum_mismatch_keeps_nothing(mirror: FakeMirror, tmp_path: Path) -> None:
+    mirror.publish("20250101.1", FAKE, claimed="0" * 64)
+    with pytest.raises(VMError, match="checksum mismatch") as err:
+        vm.fetch_arch(tmp_path, mirror.recipe())
+    assert "0" * 64 in str(err.value) and hashlib.sha256(FAKE).hexdigest() in str(err.value)
+    assert list((tmp_path / "arch").iterdir()) == []
+
+
+def test_arch_offline_uses_the_cache_or_says_what_to_do(mirror: FakeMirror, tmp_path: Path) -> None:
+    mirror.publish("20250101.1", FAKE)
+    recipe = mirror.recipe()
+    with pytest.raises(VMError, match="unreachable and nothing is cached") as err:
+        vm.fetch_arch(tmp_path / "empty", vm.ArchRecipe(url=mirror.url("gone"), sha256_url=mirror.url("gone")))
+    assert "--vm-image debian" in str(err.value)
+    cached = vm.fetch_arch(tmp_path, recipe)
+    assert mirror.server is not None
+    mirror.server.shutdown()
+    mirror.server.server_close()
+    offline = vm.fetch_arch(tmp_path, recipe)
+    assert offline.disk == cached.disk and offline.key == cached.key
+
+
+def test_download_failure_leaves_no_partial_file(mirror: FakeMirror, tmp_path: Path) -> None:
+    with pytest.raises(VMError, match="404"):
+        vm.download(mirror.url("missing.qcow2"), tmp_path / "x.qcow2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror.files["big.qcow2"] = FAKE
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(vm.shutil, "disk_usage", lambda _p: usage._replace(free=1024))
+    with pytest.raises(VMError, match="no space for"):
+        vm.download(mirror.url("big.qcow2"), tmp_path / "big.qcow2")
+    assert not (tmp_path / "big.qcow2").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ab" * 32 + "  Arch-Linux-x86_64-cloudimg-20250101.1.qcow2\n",
+         ("ab" * 32, "Arch-Linux-x86_64-cloudimg-20250101.1.qcow2")),
+        ("cd" * 32 + " *image.img\n", ("cd" * 32, "image.img")),
+        ("# comment\n" + "AB" * 32 + "  notes.txt\n" + "ef" * 32 + "  disk.qcow2\n", ("ef" * 32, "disk.qcow2")),
+    ],
+)
+def test_parse_sha256_file(text: str, expected: tuple[str, str]) -> None:
+    assert vm.parse_sha256_file(text) == expected
+
+
+def test_parse_sha256_file_without_entries() -> None:
+    with pytest.raises(VMError, match="names no image"):
+        vm.parse_sha256_file("<html>not found</html>")
+
+
+def test_the_shipped_arch_recipe() -> None:
+    recipe = vm.ArchRecipe.load()
+    assert recipe.url.startswith("https://") and recipe.sha256_url == recipe.url + ".SHA256"
+    for unit in ("systemd-time-wait-sync.service", "pacman-init.service",
+                 "archlinux-keyring-wkd-sync.service", "systemd-networkd-wait-online.service"):
+        assert unit in recipe.skip_units
+
+
+def test_debian_recipe_hash_follows_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(vm.RECIPES, tmp_path / "vms")
+    monkeypatch.setattr(vm, "RECIPES", tmp_path / "vms")
+    before = vm.debian_recipe_hash()
+    assert vm.debian_image_dir(tmp_path) == tmp_path / f"debian-{before}"
+    packages = tmp_path / "vms" / "debian" / "packages.txt"
+    packages.write_text(packages.read_text() + "curl\n")
+    assert vm.debian_recipe_hash() != before
+
+
+def test_debian_recipe_has_what_portable_services_need() -> None:
+    packages = (vm.RECIPES / "debian" / "packages.txt").read_text().split()
+    for name in ("systemd", "systemd-container", "dbus", "openssh-server", "linux-image-cloud-amd64"):
+        assert name in packages
+
+
+def test_cached_debian_image_is_used_without_building(tmp_path: Path) -> None:
+    folder = vm.debian_image_dir(tmp_path)
+    folder.mkdir(parents=True)
+    for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
+        (folder / name).write_bytes(b"x")
+    (folder / "cmdline").write_text("root=/dev/vda console=ttyS0\n")
+    (folder / "hostkeys.pub").write_text("ssh-ed25519 AAAAC3Nza root@pf-debian\nssh-rsa AAAAB3 root@pf-debian\n")
+    image = vm.resolve_image("debian", tmp_path)
+    assert image.kernel == folder / "vmlinuz" and image.cmdline == "root=/dev/vda console=ttyS0"
+    assert image.hostkeys == ("ssh-ed25519 AAAAC3Nza", "ssh-rsa AAAAB3")
+    assert image.key == folder.name and not image.cloud_init
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
+def test_user_image_path(tmp_path: Path) -> None:
+    disk = tmp_path / "mine.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    image = vm.resolve_image(str(disk), tmp_path / "cache")
+    assert image.disk == disk and image.disk_format == "qcow2" and image.cloud_init
+    assert image.kernel is None
+    with pytest.raises(UsageError, match="neither arch, debian"):
+        vm.resolve_image(str(tmp_path / "nope.qcow2"), tmp_path / "cache")
+
+
+def test_user_image_url_is_downloaded_once(mirror: FakeMirror, tmp_path: Path) -> None:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    raw = b"\0" * (1024 * 1024)
+    mirror.files["custom.img"] = raw
+    first = vm.resolve_image(mirror.url("custom.img"), tmp_path)
+    second = vm.resolve_image(mirror.url("custom.img"), tmp_path)
+    assert first == second and first.disk_format == "raw" and first.disk.read_bytes() == raw
+    assert mirror.hits["custom.img"] == 1
