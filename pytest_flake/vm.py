@@ -967,6 +967,8 @@ class VM:
         sftp = self._connection().open_sftp()
         try:
             if source.is_dir():
+                with contextlib.suppress(OSError):
+                    sftp.mkdir(remote)
                 for path in sorted(source.rglob("*")):
                     target = f"{remote.rstrip('/')}/{path.relative_to(source).as_posix()}"
                     if path.is_dir():

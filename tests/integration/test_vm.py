@@ -1,0 +1,202 @@
+"""VMs on the real libvirt daemon with the ``debian`` image (run with ``--vm-image debian``).
+
+Nothing is faked: guests boot under libvirt (TCG where KVM does not work), SSH is real,
+forwards are real QEMU host forwards. Under CI a missing libvirt fails these tests:
+the fixtures raise, nothing here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pytest_flake.config import Settings
+from pytest_flake.errors import FlakeTimeout
+from pytest_flake.session import Session
+from pytest_flake.vm import VM, VMPool, connect, default_uri
+from pytest_flake.waiting import NotReady, wait_for
+
+
+def domain_names(settings: Settings) -> set[str]:
+    conn = connect(default_uri(settings))
+    try:
+        return {dom.name() for dom in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            next(handle)
+            for line in handle:
+                local, state = line.split()[1], line.split()[3]
+                address, hexport = local.split(":")
+                if state == "0A" and int(hexport, 16) == port:
+                    found.add(address)
+    return found
+
+
+def test_ssh_and_testinfra(vm: VM) -> None:
+    result = vm.run("id -u; . /etc/os-release; echo $VERSION_CODENAME")
+    assert result.rc == 0 and result.stdout.split() == ["0", "bookworm"]
+    assert vm.run(["sh", "-c", "exit 3"]).rc == 3
+    assert vm.run(["echo", "it's; $(not run)"]).stdout == "it's; $(not run)\n"
+    host = vm.host
+    assert host.user().name == "root"
+    assert host.file("/etc/os-release").contains("bookworm")
+    assert host.service("ssh").is_running
+    assert host.package("systemd-container").is_installed
+    assert host.file("/usr/bin/portablectl").exists and host.file("/usr/bin/systemd-dissect").exists
+    assert host.run("touch /root/writable").rc == 0
+    assert vm.name.startswith("pf-") and vm.name in domain_names(vm.pool.settings)
+    assert "-vm-" in vm.name
+
+
+def test_forwarded_port_answers_on_loopback_only(vm: VM, http) -> None:  # type: ignore[no-untyped-def]
+    assert vm.run("mkdir -p /srv/www && echo hello-from-the-guest > /srv/www/index.html").rc == 0
+    assert vm.run("busybox httpd -p 8080 -h /srv/www").rc == 0
+    port = vm.forward(8080)
+    assert vm.forward(8080) == port  # one forward per guest port
+    assert vm.url(8080, "/index.html") == f"http://127.0.0.1:{port}/index.html"
+    http.get(vm.url(8080, "/index.html"), retry_for=20).expect(200, contains="hello-from-the-guest")
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+    assert listening_addresses(vm.ssh_port) == {"0100007F"}
+
+
+def test_guest_reaches_nothing_outside(vm: VM) -> None:
+    # restrict=on: the guest cannot open connections to the host (10.0.2.2) or beyond
+    assert vm.run("timeout 5 bash -c 'echo > /dev/tcp/127.0.0.1/22'").rc == 0  # the probe itself works
+    assert vm.run("timeout 5 bash -c 'echo > /dev/tcp/10.0.2.2/22'").rc != 0
+
+
+def test_copy_to(vm: VM, tmp_path: Path) -> None:
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from a copied script\n")
+    script.chmod(0o755)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("A")
+    vm.copy_to(script, "/root/hello.sh")
+    vm.copy_to(tree, "/root/tree")
+    assert vm.run("/root/hello.sh").stdout == "hello from a copied script\n"
+    assert vm.run("cat /root/tree/sub/a.txt").stdout == "A"
+
+
+def test_console_log(vm: VM) -> None:
+    vm.run("echo marker-on-the-console > /dev/ttyS0")
+    wait_for(lambda: None if "marker-on-the-console" in vm.console_log() else _not_yet("console"),
+             what="console marker", timeout=10)
+
+
+def _not_yet(what: str) -> None:
+    raise NotReady(what)
+
+
+def test_second_vm_starts_warm_from_the_saved_state(vm_factory: Callable[..., VM], flake_vms: VMPool) -> None:
+    first = vm_factory()
+    second = vm_factory()
+    assert second.warm, "the second VM of an image must restore the saved state"
+    assert first.name != second.name and first.ssh_port != second.ssh_port
+    assert first.run("echo one > /root/mark").rc == 0
+    assert second.run("test -e /root/mark").rc == 1  # each VM has its own overlay
+    assert second.run("systemctl is-system-running --wait || true").stdout.strip() in ("running", "degraded")
+    cold = [seconds for _, warm, seconds in flake_vms.starts if not warm]
+    warm = [seconds for _, warm, seconds in flake_vms.starts if warm]
+    assert cold and warm
+    print(f"\ncold boot to SSH ready: {cold[0]:.1f}s; warm start to SSH ready: {min(warm):.1f}s "
+          f"(x{cold[0] / min(warm):.1f} faster)")
+    assert min(warm) < cold[0]
+
+
+def test_guest_that_never_answers_ssh(flake_session: Session, flake_settings: Settings, tmp_path: Path) -> None:
+    disk = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    env = {"PYTEST_FLAKE_TIMEOUT": "8", "PYTEST_FLAKE_VM_ACCEL": "tcg"}
+    if flake_settings.libvirt_uri:
+        env["LIBVIRT_DEFAULT_URI"] = flake_settings.libvirt_uri
+    settings = Settings.resolve(lambda n: None, lambda n: None, tmp_path, environ=env)
+    with Session(root=flake_session.root) as session, VMPool(settings, session) as pool:
+        machine = pool.vm(image=str(disk))
+        with pytest.raises(FlakeTimeout, match="SSH on 127.0.0.1") as err:
+            with machine:
+                pass
+        assert "console" in "\n".join(getattr(err.value, "__notes__", []))
+        assert machine.name not in domain_names(settings)
+        assert not machine.overlay.exists()
+    assert not (session.root / "vms" / session.id).exists()
+
+
+INNER = """
+import os, time
+
+def test_inner(vm):
+    with open(os.environ["PF_INNER_OUT"], "w") as out:
+        out.write(vm.name)
+    assert vm.run("true").rc == 0
+    if os.environ.get("PF_INNER_HANG"):
+        time.sleep(600)
+"""
+
+
+def _inner_run(tmp_path: Path, root: Path, *, hang: bool) -> subprocess.Popen[bytes]:
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER))
+    env = dict(os.environ, PYTEST_FLAKE_STATE=str(root), PF_INNER_OUT=str(tmp_path / "name"))
+    if hang:
+        env["PF_INNER_HANG"] = "1"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--vm-image", "debian",
+            "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")]
+    return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_session_end_leaves_nothing(flake_session: Session, flake_settings: Settings, tmp_path: Path) -> None:
+    proc = _inner_run(tmp_path, flake_session.root, hang=False)
+    output = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, output
+    name = (tmp_path / "name").read_text()
+    session_id = name.split("-vm-")[0]
+    assert name not in domain_names(flake_settings)
+    assert not any(n.startswith(session_id) for n in domain_names(flake_settings))
+    vms = flake_session.root / "vms"
+    assert not (vms / session_id).exists()
+    leftovers = list(vms.rglob(f"{session_id}*")) if vms.exists() else []
+    assert leftovers == []
+
+
+def test_killed_session_is_swept_by_the_next(flake_session: Session, flake_settings: Settings,
+                                             tmp_path: Path) -> None:
+    proc = _inner_run(tmp_path, flake_session.root, hang=True)
+    try:
+        name = wait_for(lambda: (tmp_path / "name").read_text() or _not_yet("no name"),
+                        what="the inner session's VM", timeout=400, interval=1, transient=(OSError,))
+        session_id = name.split("-vm-")[0]
+        wait_for(lambda: name in domain_names(flake_settings) or _not_yet("domain"), what="domain", timeout=60)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert name in domain_names(flake_settings)  # SIGKILL left the guest running
+    assert (flake_session.root / "vms" / session_id).exists()
+
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = dict(os.environ, PYTEST_FLAKE_STATE=str(flake_session.root))
+    nxt = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                          "--rootdir", str(tmp_path / "next"), str(tmp_path / "next")],
+                         cwd=tmp_path / "next", env=env, capture_output=True, text=True, timeout=300)
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert not any(n.startswith(session_id) for n in domain_names(flake_settings))
+    assert not (flake_session.root / "vms" / session_id).exists()
+    assert not (flake_session.root / "sessions" / session_id).exists()
