@@ -157,3 +157,14 @@ def test_accel_auto_probes_once_per_boot(tmp_path: Path, monkeypatch: pytest.Mon
 def test_kvm_probe_without_a_kernel_does_not_trust_the_device(tmp_path: Path) -> None:
     works, why = vm.probe_kvm(None)
     assert not works and why
+
+
+def test_unreachable_libvirt_says_how_to_start_it(tmp_path: Path) -> None:
+    with pytest.raises(VMError, match="unreachable") as err:
+        vm.connect(f"qemu+unix:///system?socket={tmp_path}/nothing-listens-here")
+    assert "libvirtd" in str(err.value) and "--libvirt-uri" in str(err.value)
+
+
+def test_sweep_ignores_foreign_names(tmp_path: Path) -> None:
+    vm.sweep(["not-ours", ""], settings(tmp_path), root=tmp_path)  # returns before touching libvirt
+    assert not (tmp_path / "vms").exists()
