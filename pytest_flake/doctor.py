@@ -92,10 +92,15 @@ def header(settings: Settings) -> list[str]:
         probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
         system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
     flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
-    libvirt = settings.libvirt_uri or "qemu:///system (root) / qemu:///session"
+    try:
+        from .vm import default_uri, describe_accel
+
+        libvirt, accel = f"{default_uri(settings)} (from {settings.source('libvirt_uri')})", describe_accel(settings)
+    except ImportError:  # the vm extra is not installed
+        libvirt, accel = settings.libvirt_uri or "qemu:///system (root) / qemu:///session", settings.vm_accel
     return [
         f"flake: {flake}",
         f"system: {system}, nix {nix_version}",
         f"docker: {_docker_endpoint(settings)}",
-        f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {settings.describe('vm_accel')}",
+        f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {accel}",
     ]

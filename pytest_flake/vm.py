@@ -55,7 +55,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_flake")
 
-RECIPES = Path(os.environ.get("PYTEST_FLAKE_VMS") or Path(__file__).resolve().parent.parent / "vms")
+def _recipes() -> Path:
+    """``vms/``: next to the package in a checkout, inside it when installed from a wheel."""
+    explicit = os.environ.get("PYTEST_FLAKE_VMS")
+    if explicit:
+        return Path(explicit)
+    here = Path(__file__).resolve().parent
+    installed = here / "vms"
+    return installed if (installed / "domain.xml").is_file() else here.parent / "vms"
+
+
+RECIPES = _recipes()
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 NETDEV_ID = "pfnet"
 MiB = 1024 * 1024
@@ -539,6 +549,18 @@ def choose_accel(settings: Settings, kernel: Path | None, cache: Path) -> str:
             cache.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
     return "kvm" if works else "tcg"
+
+
+def describe_accel(settings: Settings, cache: Path | None = None) -> str:
+    """The accelerator for the report header, from the setting or the cached probe (never probes)."""
+    if settings.vm_accel in ("kvm", "tcg"):
+        return f"{settings.vm_accel} (from {settings.source('vm_accel')})"
+    marker = (cache or image_cache()) / "kvm-probe.json"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(marker.read_text())
+        if data.get("boot_id") == _boot_id():
+            return f"{'kvm' if data['works'] else 'tcg'} (auto: {data.get('why', 'probed')})"
+    return "auto (KVM is probed when the first VM starts)"
 
 
 # --------------------------------------------------------------------------- saved states
