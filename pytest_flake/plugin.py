@@ -25,21 +25,23 @@ from .session import Session
 
 log = logging.getLogger("pytest_flake")
 
-# fixture name -> marker added to every test that uses it (directly or through others)
-FIXTURE_MARKERS = {
-    "flake": "nix",
-    "flake_docker": "docker",
-    "docker_image": "docker",
-    "docker_container": "docker",
-    "vm": "vm",
-    "vm_factory": "vm",
-    "portable_service": "portable",
+# fixture name -> markers added to every test that uses it (directly or through others)
+FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "flake": ("nix",),
+    "flake_docker": ("docker",),
+    "docker_image": ("docker",),
+    "docker_container": ("docker",),
+    "flake_vms": ("vm",),
+    "vm": ("vm",),
+    "vm_factory": ("vm",),
+    "portable_service": ("portable", "vm"),  # a portable service always runs in a VM
 }
 MARKERS = (
     "nix: uses Nix to build flake outputs (added automatically to tests using the flake fixture)",
     "docker: needs a Docker daemon (added automatically to tests using docker_image/docker_container)",
     "vm: boots virtual machines through libvirt (added automatically to tests using vm/vm_factory)",
-    "portable: attaches systemd portable services in a VM (added automatically to tests using portable_service)",
+    "portable: attaches systemd portable services in a VM (added automatically, with vm, to tests using "
+    "portable_service)",
     "flake(ref): test this flake reference instead of --flake, for one test, class or module",
 )
 # component modules that own resources a killed session may have left behind
@@ -162,7 +164,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        for marker in sorted({m for f, m in FIXTURE_MARKERS.items() if f in names}):
+        for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
 
 
