@@ -254,7 +254,8 @@ if TYPE_CHECKING:
 def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
     """The session's VMs: cached images, the KVM probe, the SSH key pair and the warm states.
 
-    Closing it at the end of the session removes every domain, overlay and saved state.
+    Closing it at the end of the session removes every domain and overlay; the warm states
+    in the image cache stay for the next session (``PYTEST_FLAKE_VM_WARM=0`` turns them off).
     """
     from .vm import VMPool
 

@@ -11,6 +11,16 @@ state with a fresh name, fresh ports and a fresh overlay, and answer SSH within
 seconds instead of half a minute. Anything that goes wrong with a restore falls back
 to a cold boot.
 
+Saved states outlive the session: each lives in ``<state>/images/warm/<slot>/`` (the
+save file, the overlay it belongs to, the SSH key pair authorised in that guest, its
+host keys, and ``state.json`` with everything that makes it valid: the image and its
+disk, memory, CPUs, accelerator, libvirt URI, the domain template, the QEMU binary and
+version, the libvirt version). The next session's first VM restores it in seconds. A
+state whose ``state.json`` does not match is stale: the session boots cold and replaces
+it. States are written under a lock into a temporary folder that is renamed into place
+when complete; readers only copy. ``PYTEST_FLAKE_VM_WARM=0`` turns warm starts off (every
+VM boots cold, nothing is saved); deleting ``<state>/images/warm`` drops the states.
+
 Every domain and file carries the session id, so :func:`sweep` can remove what a
 killed session left behind. This module never imports pytest; libvirt and paramiko
 are imported when first needed.
@@ -35,7 +45,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -605,9 +615,15 @@ def copy_save_with_xml(src: Path, dst: Path, new_xml: str) -> None:
         handle.write(payload.ljust(data_len, b"\0"))
 
 
-def _edit_domain_xml(xml: str, *, name: str, overlay: Path, console: Path, netdev: str) -> str:
+def _edit_domain_xml(xml: str, *, name: str, overlay: Path, console: Path, netdev: str,
+                     session: str | None = None) -> str:
     ET.register_namespace("qemu", QEMU_NS)
     root = ET.fromstring(xml)
+    if session is not None:  # the state may come from an earlier session
+        for tag in ("title", "description"):
+            element = root.find(tag)
+            if element is not None and element.text:
+                element.text = re.sub(rf"{PREFIX}[0-9a-f]+", session, element.text)
     for tag, value in (("name", name), ("uuid", str(uuid.uuid4()))):
         element = root.find(tag)
         if element is None:
@@ -631,14 +647,277 @@ def _edit_domain_xml(xml: str, *, name: str, overlay: Path, console: Path, netde
     return ET.tostring(root, encoding="unicode")
 
 
-@dataclass
-class _WarmState:
-    """A saved running guest: the save image, the overlay it belongs to, its host keys."""
+# --------------------------------------------------------------------------- warm states across sessions
 
-    save: Path
-    overlay: Path
+WARM_FORMAT = 1  # bump when the layout of a warm state changes
+WARM_ENV = "PYTEST_FLAKE_VM_WARM"
+_WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
+
+
+def warm_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether warm starts are on: ``PYTEST_FLAKE_VM_WARM`` unset or not one of 0, false, no, off."""
+    value = (os.environ if environ is None else environ).get(WARM_ENV, "")
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _file_id(path: Path | None) -> str:
+    """``size:mtime_ns:inode`` of a file (a rebuilt image changes it), ``""`` for none, ``missing``."""
+    if path is None:
+        return ""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+
+
+@dataclass(frozen=True)
+class Hypervisor:
+    """What of the host's QEMU and libvirt a saved state depends on."""
+
+    qemu_binary: str
+    qemu_version: int
+    libvirt_version: int
+
+    @classmethod
+    def of(cls, conn: Any, accel: str) -> Hypervisor:
+        """Ask libvirt which QEMU it runs for this accelerator, and the versions of both."""
+        binary = ""
+        with contextlib.suppress(Exception):
+            caps = conn.getDomainCapabilities(None, "x86_64", "pc", "kvm" if accel == "kvm" else "qemu", 0)
+            found = re.search(r"<path>([^<]+)</path>", caps)
+            binary = found.group(1) if found else ""
+        binary = binary or shutil.which("qemu-system-x86_64") or ""
+        return cls(qemu_binary=binary, qemu_version=int(conn.getVersion()),
+                   libvirt_version=int(conn.getLibVersion()))
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and flags (a KVM guest saved on one CPU may not restore on another)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+
+
+def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hypervisor: Hypervisor,
+             template: Path | None = None) -> dict[str, Any]:
+    """Everything a saved state depends on: any difference makes it unusable."""
+    return {
+        "format": WARM_FORMAT,
+        "image": image.key,
+        "disk": str(image.disk),
+        "disk_id": _file_id(image.disk),
+        "kernel_id": _file_id(image.kernel),
+        "initrd_id": _file_id(image.initrd),
+        "cmdline": image.cmdline or "",
+        "cloud_init": image.cloud_init,
+        "skip_units": list(image.skip_units),
+        "memory": int(memory),
+        "cpus": int(cpus),
+        "accel": accel,
+        "host_cpu": _host_cpu() if accel == "kvm" else "",
+        "uri": uri,
+        "template": _hash_files(template or RECIPES / "domain.xml"),
+        "qemu_binary": hypervisor.qemu_binary,
+        "qemu_binary_id": _file_id(Path(hypervisor.qemu_binary)) if hypervisor.qemu_binary else "",
+        "qemu_version": hypervisor.qemu_version,
+        "libvirt_version": hypervisor.libvirt_version,
+    }
+
+
+def warm_slot(key: dict[str, Any]) -> str:
+    """The folder name of a key's state: what a user would call "the same VM"; the rest only validates.
+
+    A state of the same slot with another key (a new QEMU, a rebuilt image) is stale and replaced.
+    """
+    slot = {name: key.get(name) for name in ("disk", "memory", "cpus", "accel", "uri")}
+    return hashlib.sha256(json.dumps(slot, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _WarmState:
+    """A saved running guest: the save image, the overlay it belongs to, its keys and host keys."""
+
+    dir: Path
+    id: str  # unique per written state: a failed restore drops only the state it tried
     hostkeys: tuple[str, ...]
     boot_seconds: float
+    created_by: str = ""  # the session that saved it
+
+    @property
+    def save(self) -> Path:
+        return self.dir / "state.save"
+
+    @property
+    def overlay(self) -> Path:
+        return self.dir / "overlay.qcow2"
+
+    @property
+    def private_key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def public_key(self) -> str:
+        return (self.dir / "id_ed25519.pub").read_text().strip()
+
+
+class WarmStore:
+    """Warm states kept across sessions in ``<image cache>/warm``: ``<slot>/`` each, ``<slot>.lock`` beside.
+
+    Writers hold the slot's lock and write into ``.<slot>.<session>.tmp`` that is renamed into
+    place once complete; readers take no lock and only copy out of a complete state.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _lock(self, slot: str) -> contextlib.AbstractContextManager[None]:
+        return _locked(self.root / f"{slot}.lock")
+
+    def load(self, key: dict[str, Any]) -> _WarmState | None:
+        """The complete state saved for exactly ``key``, else None (stale or incomplete ones are ignored)."""
+        return self._read(self.root / warm_slot(key), key)
+
+    @staticmethod
+    def _read(folder: Path, key: dict[str, Any] | None) -> _WarmState | None:
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            if key is not None and meta.get("key") != key:
+                log.info("vm: the warm state in %s is stale (made for another image, size or QEMU)", folder)
+                return None
+            sizes = meta["sizes"]
+            for name in _WARM_FILES:
+                if (folder / name).stat().st_size != sizes[name]:
+                    raise ValueError(f"{name} is incomplete")
+            return _WarmState(dir=folder, id=str(meta["id"]), hostkeys=tuple(meta["hostkeys"]),
+                              boot_seconds=float(meta.get("boot_seconds", 0.0)),
+                              created_by=str(meta.get("session", "")))
+        except FileNotFoundError:
+            if folder.exists():
+                _incomplete(folder, "a file is missing")
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _incomplete(folder, str(exc))
+            return None
+
+    def drop(self, state: _WarmState) -> None:
+        """Remove ``state`` (a restore of it failed) unless another session replaced it meanwhile."""
+        slot = state.dir.name
+        with self._lock(slot):
+            current = self._read(state.dir, None)
+            if current is None or current.id == state.id:
+                log.warning("vm: dropping the warm state %s", state.dir)
+                _remove_tree(state.dir)
+
+    @contextlib.contextmanager
+    def create(self, key: dict[str, Any], session_id: str) -> Iterator[Path | None]:
+        """A temporary folder to write the state of ``key`` into, published when the block ends.
+
+        Yields None when a valid state appeared meanwhile (another session saved it). The
+        caller writes ``state.save``, ``overlay.qcow2`` and the key pair; :meth:`publish`
+        adds ``state.json`` and renames the folder into place.
+        """
+        slot = warm_slot(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            self.root.chmod(0o700)  # the states hold private keys and guest memory
+        with self._lock(slot):
+            for leftover in self.root.glob(f".{slot}.*.tmp"):  # writers that died mid-write
+                log.info("vm: removing the incomplete warm state %s", leftover)
+                _remove_tree(leftover)
+            if self.load(key) is not None:
+                yield None
+                return
+            tmp = self.root / f".{slot}.{session_id}.tmp"
+            tmp.mkdir(mode=0o700)
+            try:
+                yield tmp
+            except BaseException:
+                _remove_tree(tmp)
+                raise
+            if not (tmp / "state.json").is_file():  # the caller gave up
+                _remove_tree(tmp)
+                return
+            final = self.root / slot
+            if final.exists():  # stale or incomplete: moved aside first, so the rename stays atomic
+                _remove_tree(final)
+            os.rename(tmp, final)
+            log.info("vm: warm state saved in %s", final)
+        self.prune()
+
+    @staticmethod
+    def publish(tmp: Path, key: dict[str, Any], *, hostkeys: tuple[str, ...], boot_seconds: float,
+                session_id: str) -> None:
+        """Write ``state.json`` (the key and the size of every file) once the files are complete."""
+        for name in _WARM_FILES:
+            os.chmod(tmp / name, 0o600)
+        meta = {
+            "id": uuid.uuid4().hex, "key": key, "hostkeys": list(hostkeys), "boot_seconds": boot_seconds,
+            "session": session_id, "created": time.time(),
+            "sizes": {name: (tmp / name).stat().st_size for name in _WARM_FILES},
+        }
+        fd = os.open(tmp / "state.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(meta, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def prune(self) -> None:
+        """Remove the states of images that no longer exist (an older recipe's Debian image)."""
+        if not self.root.is_dir():
+            return
+        for trash in self.root.glob(".*.trash"):  # a removal that was interrupted
+            shutil.rmtree(trash, ignore_errors=True)
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                disk = json.loads((folder / "state.json").read_text())["key"]["disk"]
+                if not Path(disk).exists():
+                    log.info("vm: removing the warm state %s of a removed image", folder)
+                    _remove_tree(folder)
+
+    def sweep(self, session_ids: list[str]) -> None:
+        """Remove the half-written states of dead sessions (complete states stay)."""
+        if not self.root.is_dir():
+            return
+        for sid in session_ids:
+            for leftover in self.root.glob(f".*.{sid}.tmp"):
+                log.info("vm sweep: removing the incomplete warm state %s", leftover)
+                _remove_tree(leftover)
+
+    def usage(self) -> tuple[int, int]:
+        """``(number of complete states, bytes they take on disk)``."""
+        count = size = 0
+        if not self.root.is_dir():
+            return 0, 0
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or not (folder / "state.json").is_file():
+                continue
+            count += 1
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    size += path.stat().st_blocks * 512
+        return count, size
+
+
+def _remove_tree(folder: Path) -> None:
+    """Rename aside, then delete: nobody ever sees a half-deleted state under its real name."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".{folder.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.trash")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _incomplete(folder: Path, why: str) -> None:
+    log.warning("vm: ignoring the incomplete warm state %s (%s); the next save replaces it", folder, why)
 
 
 # --------------------------------------------------------------------------- SSH
@@ -732,7 +1011,9 @@ class VM:
         self.console = self.dir / f"{self.name}.console.log"
         self.seed: Path | None = None
         self.ssh_port = 0
-        self.warm = False
+        self.warm = False  # restored from a saved state (of this session or an earlier one)
+        self.warm_from = ""  # the session that saved the state it was restored from
+        self.keys: KeyPair | None = None  # the key pair authorised in this guest
         self.ready_seconds = 0.0  # start() to SSH ready, including saving a warm state
         self.boot_seconds = 0.0  # start() to the first SSH answer
         self.kept = False
@@ -761,26 +1042,39 @@ class VM:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def boot_kind(self) -> str:
+        """``warm`` (restored from a saved state) or ``cold`` (booted)."""
+        return "warm" if self.warm else "cold"
+
     def start(self) -> VM:
         """Start the guest (warm from a saved state when one fits, else cold) and wait for SSH."""
         started = time.monotonic()
         self.pool.register(self)
         image = self._image = self.pool.image(self.image_spec)
         accel = self.pool.accel(image)
-        key = (image.key, self.memory, self.cpus, accel)
-        state = self.pool.warm_state(key)
+        key: dict[str, Any] | None = None
+        if self.pool.warm:
+            try:
+                key = self.pool.warm_key(image, self.memory, self.cpus, accel)
+            except Exception as exc:  # warm starts are an optimisation: never an error
+                log.warning("vm://%s: no warm starts (%s)", self.name, exc)
+        state = self.pool.store.load(key) if key is not None else None
         if state is not None:
             try:
                 self._restore(state)
                 self.warm = True
+                self.warm_from = state.created_by
             except FlakeError as exc:
                 log.warning("vm://%s: warm start failed, booting cold: %s", self.name, exc)
                 self._drop_domain()
                 self.overlay.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.pool.store.drop(state)
         if not self.warm:
             self._cold_boot(image, accel)
             self.boot_seconds = time.monotonic() - started
-            if self.pool.warm and self.pool.warm_state(key) is None:
+            if key is not None and self.pool.store.load(key) is None:
                 self._save_for_later(key, time.monotonic() - started)
         self.ready_seconds = time.monotonic() - started
         if self.warm:
@@ -802,12 +1096,13 @@ class VM:
         _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b", str(image.disk),
               str(self.overlay)], what=f"vm://{self.name}: overlay")
         self.console.write_text("")
-        oem = [_credential("ssh.authorized_keys.root", self.pool.keys.public)]
+        self.keys = self.pool.keys
+        oem = [_credential("ssh.authorized_keys.root", self.keys.public)]
         for unit in image.skip_units:
             oem.append(_credential(f"systemd.unit-dropin.{unit}", _skip_dropin(unit)))
         seed_disk = ""
         if image.cloud_init:
-            self.seed = make_seed(self.dir / f"{self.name}.seed.img", self.pool.keys.public, image.skip_units,
+            self.seed = make_seed(self.dir / f"{self.name}.seed.img", self.keys.public, image.skip_units,
                                   self.name)
             seed_disk = (f"    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n"
                          f"      <source file='{self.seed}'/>\n      <target dev='vdb' bus='virtio'/>\n"
@@ -844,44 +1139,63 @@ class VM:
             self._hostkeys = image.hostkeys
             self._wait_ssh()
 
-    def _save_for_later(self, key: tuple[Any, ...], boot_seconds: float) -> None:
-        """Save the fresh guest and its overlay as the warm state of ``key``, then resume it."""
+    def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
+        """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
+
+        Failing to save is only a warning (the next VM boots cold too); losing the guest is an error.
+        """
         libvirt = _libvirt()
-        warm_dir = self.dir / "warm"
-        warm_dir.mkdir(exist_ok=True)
-        save = warm_dir / f"{self.name}.save"
-        overlay = warm_dir / f"{self.name}.qcow2"
-        self._disconnect()
+        store, keys = self.pool.store, self.keys
+        assert keys is not None
         try:
-            with _step(f"vm://{self.name}: saving the booted guest for warm starts"):
-                self._dom.save(str(save))
-                self._dom = None
-                subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(self.overlay), str(overlay)],
-                               check=True)
-                self.pool.conn.restoreFlags(str(save), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-                self._dom = self.pool.conn.lookupByName(self.name)
+            with store.create(key, self.pool.session.id) as tmp:
+                if tmp is None:
+                    return  # another session saved one meanwhile
+                self._disconnect()
+                try:
+                    with _step(f"vm://{self.name}: saving the booted guest for warm starts"):
+                        self._dom.save(str(tmp / "state.save"))
+                        self._dom = None
+                        subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(self.overlay),
+                                        str(tmp / "overlay.qcow2")], check=True)
+                        self.pool.conn.restoreFlags(str(tmp / "state.save"), None,
+                                                    libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                        self._dom = self.pool.conn.lookupByName(self.name)
+                except (libvirt.libvirtError, subprocess.CalledProcessError, OSError) as exc:
+                    if self._dom is None:
+                        raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
+                    raise
+                shutil.copyfile(keys.private, tmp / "id_ed25519")
+                (tmp / "id_ed25519.pub").write_text(keys.public + "\n")
+                store.publish(tmp, key, hostkeys=self._hostkeys, boot_seconds=boot_seconds,
+                              session_id=self.pool.session.id)
+        except VMError:
+            raise
         except (libvirt.libvirtError, subprocess.CalledProcessError, OSError) as exc:
             log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
-            save.unlink(missing_ok=True)
-            overlay.unlink(missing_ok=True)
             if self._dom is None:
                 raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
-            return
-        self.pool.set_warm_state(key, _WarmState(save=save, overlay=overlay, hostkeys=self._hostkeys,
-                                                 boot_seconds=boot_seconds))
-        self._wait_ssh()
+        if self._client is None:
+            self._wait_ssh()
 
     def _restore(self, state: _WarmState) -> None:
         libvirt = _libvirt()
         self.ssh_port = free_port()
         copy = self.dir / f"{self.name}.save"
-        with _step(f"vm://{self.name}: warm start from {state.save.name}"):
+        private = self.dir / f"{self.name}.id_ed25519"
+        with _step(f"vm://{self.name}: warm start from {state.dir.name}"
+                   + (f" (saved by {state.created_by})" if state.created_by else "")):
             try:
                 subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(state.overlay), str(self.overlay)],
                                check=True)
+                fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(state.private_key.read_bytes())
+                self.keys = KeyPair(private=private, public=state.public_key)
                 self.console.write_text("")
                 xml = _edit_domain_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
-                                       console=self.console, netdev=self._netdev())
+                                       console=self.console, netdev=self._netdev(),
+                                       session=self.pool.session.id)
                 copy_save_with_xml(state.save, copy, xml)
                 self.pool.conn.restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
                 self._dom = self.pool.conn.lookupByName(self.name)
@@ -905,7 +1219,7 @@ class VM:
             if not self._hostkeys and image is not None and image.cloud_init:
                 self._hostkeys = _hostkey_lines_from_console(self.console_log())
             try:
-                return _ssh_client(self.ssh_port, self.pool.keys.private, self._hostkeys, timeout=5)
+                return _ssh_client(self.ssh_port, self._private_key(), self._hostkeys, timeout=5)
             except paramiko.BadHostKeyException as exc:
                 raise VMError(f"vm://{self.name}: SSH host key mismatch on 127.0.0.1:{self.ssh_port}: {exc}",
                               hint="the image changed under its cache; delete the cached image") from exc
@@ -929,13 +1243,16 @@ class VM:
 
     # ---- access
 
+    def _private_key(self) -> Path:
+        return (self.keys or self.pool.keys).private
+
     def _connection(self) -> paramiko.SSHClient:
         with self._lock:
             transport = self._client.get_transport() if self._client is not None else None
             if transport is None or not transport.is_active():
                 if self._closed:
                     raise VMError(f"vm://{self.name} is closed")
-                self._client = _ssh_client(self.ssh_port, self.pool.keys.private, self._hostkeys)
+                self._client = _ssh_client(self.ssh_port, self._private_key(), self._hostkeys)
             assert self._client is not None
             return self._client
 
@@ -1016,7 +1333,7 @@ class VM:
 
     def ssh_command(self) -> str:
         """How a person reaches this VM from a shell (for --flake-keep)."""
-        return (f"ssh -i {shlex.quote(str(self.pool.keys.private))} -p {self.ssh_port} "
+        return (f"ssh -i {shlex.quote(str(self._private_key()))} -p {self.ssh_port} "
                 "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
 
     def keep(self) -> None:
@@ -1064,6 +1381,7 @@ class VM:
             ("remove the overlay", lambda: self.overlay.unlink(missing_ok=True)),
             ("remove the seed", lambda: self.seed.unlink(missing_ok=True) if self.seed else None),
             ("remove the console log", lambda: self.console.unlink(missing_ok=True)),
+            ("remove the key copy", lambda: (self.dir / f"{self.name}.id_ed25519").unlink(missing_ok=True)),
         ]
         for what, action in steps:
             try:
@@ -1087,18 +1405,19 @@ class VMPool:
     Closing the pool closes every VM it made and removes the session's VM folder.
     """
 
-    def __init__(self, settings: Settings, session: Session, *, warm: bool = True) -> None:
+    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None) -> None:
         self.settings = settings
         self.session = session
-        self.warm = warm
+        self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
         self.uri = default_uri(settings)
         self.cache = image_cache(session.root)
+        self.store = WarmStore(self.cache / "warm")
         self.dir = session.root / "vms" / session.id
         self._conn: Any = None
         self._images: dict[str, Image] = {}
         self._accel: str | None = None
         self._keys: KeyPair | None = None
-        self._warm: dict[tuple[Any, ...], _WarmState] = {}
+        self._hypervisors: dict[str, Hypervisor] = {}
         self._vms: list[VM] = []
         self.starts: list[tuple[str, bool, float]] = []  # (name, warm, seconds to SSH ready)
         self._count = 0
@@ -1156,17 +1475,13 @@ class VMPool:
             return "  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
         return ""
 
-    def warm_state(self, key: tuple[Any, ...]) -> _WarmState | None:
+    def warm_key(self, image: Image, memory: int, cpus: int, accel: str) -> dict[str, Any]:
+        """The validity key of a warm state of this image and size here (see :func:`warm_key`)."""
         with self._lock:
-            state = self._warm.get(key)
-            if state is not None and not (state.save.is_file() and state.overlay.is_file()):
-                del self._warm[key]
-                return None
-            return state
-
-    def set_warm_state(self, key: tuple[Any, ...], state: _WarmState) -> None:
-        with self._lock:
-            self._warm[key] = state
+            if accel not in self._hypervisors:
+                self._hypervisors[accel] = Hypervisor.of(self.conn, accel)
+            hypervisor = self._hypervisors[accel]
+        return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor)
 
     def register(self, vm: VM) -> None:
         with self._lock:
@@ -1178,18 +1493,13 @@ class VMPool:
                 self._vms.remove(vm)
 
     def close(self) -> None:
-        """Close every VM and remove the saved states and the session's VM folder."""
+        """Close every VM and remove the session's VM folder (the warm states in the cache stay)."""
         for vm in list(self._vms):
             try:
                 vm.close()
             except Exception as exc:
                 log.error("vm://%s: close failed: %s", vm.name, exc)
         kept = [vm for vm in self._vms if vm.kept]
-        for state in self._warm.values():
-            for path in (state.save, state.overlay):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        self._warm.clear()
         if not kept:
             shutil.rmtree(self.dir, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -1204,11 +1514,15 @@ class VMPool:
 
 
 def sweep(session_ids: list[str], settings: Settings, root: Path | None = None) -> None:
-    """Remove the domains, overlays and saved states of dead sessions (killed runs)."""
+    """Remove the domains, overlays and half-written warm states of dead sessions (killed runs).
+
+    Complete warm states in the image cache are not a session's: they stay.
+    """
     ids = [sid for sid in session_ids if sid.startswith(PREFIX)]
     if not ids:
         return
     base = (root or state_dir()) / "vms"
+    WarmStore(image_cache(root) / "warm").sweep(ids)
     try:
         conn = connect(default_uri(settings))
     except FlakeError as exc:
@@ -1292,6 +1606,12 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
     else:
         lines.append((settings.vm_image != "arch",
                       "arch image not downloaded yet (needs the internet once; offline use --vm-image debian)"))
+    count, size = WarmStore(cache / "warm").usage()
+    if not warm_enabled():
+        lines.append((True, f"warm starts off (${WARM_ENV}); {count} warm state(s) cached"))
+    else:
+        lines.append((True, f"{count} warm state(s) cached in {cache / 'warm'} ({size / MiB:.0f} MiB)"
+                      + ("; the first VM of each image and size boots cold once" if not count else "")))
     with contextlib.suppress(OSError):
         cache.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache).free

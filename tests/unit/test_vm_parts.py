@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,198 @@ def test_unreachable_libvirt_says_how_to_start_it(tmp_path: Path) -> None:
 def test_sweep_ignores_foreign_names(tmp_path: Path) -> None:
     vm.sweep(["not-ours", ""], settings(tmp_path), root=tmp_path)  # returns before touching libvirt
     assert not (tmp_path / "vms").exists()
+
+
+# --------------------------------------------------------------------------- warm states across sessions
+
+HYPERVISOR = vm.Hypervisor(qemu_binary="/usr/bin/qemu-system-x86_64", qemu_version=7002022, libvirt_version=9000000)
+
+
+def fake_image(tmp_path: Path, name: str = "debian-abc") -> vm.Image:
+    folder = tmp_path / "images" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in ("disk.qcow2", "vmlinuz", "initrd.img"):
+        (folder / file).write_bytes(b"x" * 100)
+    return vm.Image(name="debian", disk=folder / "disk.qcow2", key=name, kernel=folder / "vmlinuz",
+                    initrd=folder / "initrd.img", cmdline="root=/dev/vda")
+
+
+def key_of(image: vm.Image, **changes: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(memory=1024, cpus=1, accel="tcg", uri="qemu:///system", hypervisor=HYPERVISOR)
+    args.update(changes)
+    return vm.warm_key(image, **args)
+
+
+def test_warm_key_covers_what_makes_a_state_unusable(tmp_path: Path) -> None:
+    image = fake_image(tmp_path)
+    base = key_of(image)
+    assert key_of(image) == base  # stable
+    template = tmp_path / "domain.xml"
+    template.write_text((vm.RECIPES / "domain.xml").read_text() + "<!-- changed -->")
+    variants = {
+        "memory": key_of(image, memory=2048),
+        "cpus": key_of(image, cpus=2),
+        "accel": key_of(image, accel="kvm"),
+        "uri": key_of(image, uri="qemu:///session"),
+        "template": key_of(image, template=template),
+        "qemu version": key_of(image, hypervisor=vm.Hypervisor(HYPERVISOR.qemu_binary, 8000000, 9000000)),
+        "libvirt version": key_of(image, hypervisor=vm.Hypervisor(HYPERVISOR.qemu_binary, 7002022, 10000000)),
+        "qemu binary": key_of(image, hypervisor=vm.Hypervisor("/opt/qemu/bin/qemu-system-x86_64", 7002022,
+                                                              9000000)),
+        "image": key_of(fake_image(tmp_path, "debian-def")),
+    }
+    for what, key in variants.items():
+        assert key != base, what
+    # the same image rebuilt in place (same recipe, same path): another disk under the overlay
+    image.disk.write_bytes(b"y" * 200)
+    assert key_of(image) != base
+    assert key_of(image, template=vm.RECIPES / "domain.xml")["template"] == base["template"]
+    # one folder per image and size: a new QEMU or a rebuilt image replaces the state in it
+    assert vm.warm_slot(key_of(image)) == vm.warm_slot(base)
+    assert vm.warm_slot(variants["qemu version"]) == vm.warm_slot(base)
+    assert vm.warm_slot(variants["memory"]) != vm.warm_slot(base)
+    assert vm.warm_slot(variants["cpus"]) != vm.warm_slot(base)
+
+
+def test_warm_starts_can_be_turned_off() -> None:
+    assert vm.warm_enabled({}) and vm.warm_enabled({"PYTEST_FLAKE_VM_WARM": "1"})
+    for off in ("0", "false", "no", "off", " OFF "):
+        assert not vm.warm_enabled({"PYTEST_FLAKE_VM_WARM": off})
+
+
+def write_state(store: vm.WarmStore, key: dict[str, Any], session: str = "pf-00000001") -> Path:
+    with store.create(key, session) as tmp:
+        assert tmp is not None and tmp.name.endswith(f".{session}.tmp")
+        (tmp / "state.save").write_bytes(b"S" * 1000)
+        (tmp / "overlay.qcow2").write_bytes(b"O" * 500)
+        (tmp / "id_ed25519").write_bytes(b"PRIVATE")
+        (tmp / "id_ed25519.pub").write_text("ssh-ed25519 AAAA warm\n")
+        vm.WarmStore.publish(tmp, key, hostkeys=("ssh-ed25519 HOSTKEY",), boot_seconds=30.0,
+                             session_id=session)
+    return store.root / vm.warm_slot(key)
+
+
+def test_warm_state_round_trip_and_modes(tmp_path: Path) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    key = key_of(fake_image(tmp_path))
+    assert store.load(key) is None
+    folder = write_state(store, key)
+    state = store.load(key)
+    assert state is not None and state.dir == folder
+    assert state.hostkeys == ("ssh-ed25519 HOSTKEY",) and state.created_by == "pf-00000001"
+    assert state.public_key == "ssh-ed25519 AAAA warm"
+    assert state.private_key.stat().st_mode & 0o777 == 0o600
+    assert store.root.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in store.root.iterdir() if p.is_dir()] == [folder.name]  # no temporary folder left
+    assert store.usage()[0] == 1
+    with store.create(key, "pf-00000002") as tmp:
+        assert tmp is None  # a valid state exists: nothing to write
+
+
+def test_stale_warm_state_is_ignored_then_replaced(tmp_path: Path) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    image = fake_image(tmp_path)
+    old = key_of(image)
+    write_state(store, old)
+    new = key_of(image, hypervisor=vm.Hypervisor(HYPERVISOR.qemu_binary, 8000000, 9000000))  # QEMU upgraded
+    assert store.load(new) is None
+    write_state(store, new, session="pf-00000002")
+    state = store.load(new)
+    assert state is not None and state.created_by == "pf-00000002"
+    assert store.load(old) is None and store.usage()[0] == 1
+
+
+@pytest.mark.parametrize("damage", ["no state.json", "truncated save", "missing overlay", "bad json"])
+def test_incomplete_warm_state_is_ignored_then_replaced(tmp_path: Path, damage: str) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    key = key_of(fake_image(tmp_path))
+    folder = write_state(store, key)
+    if damage == "no state.json":
+        (folder / "state.json").unlink()
+    elif damage == "truncated save":
+        with open(folder / "state.save", "r+b") as handle:
+            handle.truncate(10)
+    elif damage == "missing overlay":
+        (folder / "overlay.qcow2").unlink()
+    else:
+        (folder / "state.json").write_text("{not json")
+    assert store.load(key) is None
+    assert store.usage()[0] == (0 if damage == "no state.json" else 1)
+    write_state(store, key, session="pf-00000002")
+    state = store.load(key)
+    assert state is not None and state.created_by == "pf-00000002"
+    assert not list(store.root.glob(".*"))  # the damaged one is gone, not set aside
+
+
+def test_half_written_states_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    key = key_of(fake_image(tmp_path))
+    slot = vm.warm_slot(key)
+    crashed = store.root / f".{slot}.pf-deadbeef.tmp"
+    crashed.mkdir(parents=True)
+    (crashed / "state.save").write_bytes(b"half")
+    other = store.root / ".0123456789abcdef.pf-dead0002.tmp"
+    other.mkdir()
+    assert store.load(key) is None  # never read
+    write_state(store, key)  # a writer holds the slot's lock: leftovers of that slot are dead
+    assert not crashed.exists() and other.exists()
+    store.sweep(["pf-dead0002"])  # a dead session's half-written states go; complete ones stay
+    assert not other.exists() and store.load(key) is not None
+
+
+def test_sweep_keeps_the_warm_states(tmp_path: Path) -> None:
+    store = vm.WarmStore(vm.image_cache(tmp_path) / "warm")
+    key = key_of(fake_image(tmp_path))
+    write_state(store, key, session="pf-00000001")
+    leftover = store.root / ".0123456789abcdef.pf-00000001.tmp"
+    leftover.mkdir()
+    (tmp_path / "vms" / "pf-00000001").mkdir(parents=True)
+    vm.sweep(["pf-00000001"], settings(tmp_path, LIBVIRT_DEFAULT_URI=f"qemu+unix:///system?socket={tmp_path}/none"),
+             root=tmp_path)
+    assert not (tmp_path / "vms" / "pf-00000001").exists() and not leftover.exists()
+    assert store.load(key) is not None
+
+
+def test_failed_restore_drops_only_the_state_it_tried(tmp_path: Path) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    key = key_of(fake_image(tmp_path))
+    write_state(store, key)
+    tried = store.load(key)
+    assert tried is not None
+    shutil.rmtree(tried.dir)
+    write_state(store, key, session="pf-00000002")  # another session replaced it meanwhile
+    store.drop(tried)
+    assert store.load(key) is not None
+    current = store.load(key)
+    assert current is not None
+    store.drop(current)
+    assert store.load(key) is None and not list(store.root.glob(".*.trash"))
+
+
+def test_states_of_removed_images_are_pruned(tmp_path: Path) -> None:
+    store = vm.WarmStore(tmp_path / "warm")
+    old_image, new_image = fake_image(tmp_path, "debian-old"), fake_image(tmp_path, "debian-new")
+    write_state(store, key_of(old_image))
+    shutil.rmtree(old_image.disk.parent)  # a new recipe's build removes the older image
+    write_state(store, key_of(new_image))
+    assert store.usage()[0] == 1 and store.load(key_of(new_image)) is not None
+
+
+def test_restored_domain_names_the_new_session(tmp_path: Path) -> None:
+    xml = XML.replace("<name>", "<title>pytest-flake VM of session pf-aaaa0000</title>\n  "
+                      "<description>pytest-flake session=pf-aaaa0000 image=debian-x</description>\n  <name>", 1)
+    new = vm._edit_domain_xml(xml, name="pf-bbbb1111-vm-1", overlay=tmp_path / "o.qcow2", console=tmp_path / "c",
+                              netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22",
+                              session="pf-bbbb1111")
+    assert "pf-aaaa0000" not in new
+    assert "session=pf-bbbb1111 image=debian-x" in new and "session pf-bbbb1111" in new
+
+
+def test_pool_reads_the_warm_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_flake.session import Session
+
+    monkeypatch.setenv("PYTEST_FLAKE_VM_WARM", "0")
+    pool = vm.VMPool(settings(tmp_path), Session(root=tmp_path))
+    assert not pool.warm and pool.store.root == tmp_path / "images" / "warm"
+    monkeypatch.delenv("PYTEST_FLAKE_VM_WARM")
+    assert vm.VMPool(settings(tmp_path), Session(root=tmp_path)).warm
