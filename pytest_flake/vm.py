@@ -756,12 +756,28 @@ class _WarmState:
         return self.dir / "overlay.qcow2"
 
     @property
+    def console(self) -> Path:
+        """The serial console of the cold boot that made this state (may be missing)."""
+        return self.dir / "console.log"
+
+    @property
     def private_key(self) -> Path:
         return self.dir / "id_ed25519"
 
     @property
     def public_key(self) -> str:
         return (self.dir / "id_ed25519.pub").read_text().strip()
+
+
+def _boot_log_of(state: _WarmState) -> str:
+    """What a warm-started console begins with: the saved boot log and a line that says so."""
+    try:
+        boot = state.console.read_text(errors="replace")
+    except OSError:
+        boot = ""
+    origin = f" saved by session {state.created_by}" if state.created_by else ""
+    marker = f"[pytest-flake: restored from a warm state{origin}; the lines above are its boot]\n"
+    return (boot if boot.endswith("\n") or not boot else boot + "\n") + marker
 
 
 class WarmStore:
@@ -1167,6 +1183,8 @@ class VM:
                     raise
                 shutil.copyfile(keys.private, tmp / "id_ed25519")
                 (tmp / "id_ed25519.pub").write_text(keys.public + "\n")
+                with contextlib.suppress(OSError):  # the boot log, for the console of warm starts
+                    shutil.copyfile(self.console, tmp / "console.log")
                 store.publish(tmp, key, hostkeys=self._hostkeys, boot_seconds=boot_seconds,
                               session_id=self.pool.session.id)
         except VMError:
@@ -1192,7 +1210,7 @@ class VM:
                 with os.fdopen(fd, "wb") as out:
                     out.write(state.private_key.read_bytes())
                 self.keys = KeyPair(private=private, public=state.public_key)
-                self.console.write_text("")
+                self.console.write_text(_boot_log_of(state))
                 xml = _edit_domain_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
                                        console=self.console, netdev=self._netdev(),
                                        session=self.pool.session.id)
@@ -1325,7 +1343,11 @@ class VM:
             sftp.close()
 
     def console_log(self) -> str:
-        """The serial console of the guest so far (of a warm start: since the restore)."""
+        """The serial console of the guest so far.
+
+        A warm start begins with the boot log of the cold boot its state was saved from,
+        then a line that says so, then what the guest wrote since the restore.
+        """
         try:
             return str(self.console.read_text(errors="replace"))
         except OSError:

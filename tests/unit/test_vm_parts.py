@@ -364,3 +364,12 @@ def test_pool_reads_the_warm_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not pool.warm and pool.store.root == tmp_path / "images" / "warm"
     monkeypatch.delenv("PYTEST_FLAKE_VM_WARM")
     assert vm.VMPool(settings(tmp_path), Session(root=tmp_path)).warm
+
+
+def test_warm_console_begins_with_the_saved_boot_log(tmp_path: Path) -> None:
+    state = vm._WarmState(dir=tmp_path, id="x", hostkeys=(), boot_seconds=30.0, created_by="pf-12345678")
+    assert vm._boot_log_of(state) == (
+        "[pytest-flake: restored from a warm state saved by session pf-12345678; the lines above are its boot]\n")
+    (tmp_path / "console.log").write_text("Linux version 6.1\nlogin:")
+    text = vm._boot_log_of(state)
+    assert text.startswith("Linux version 6.1\nlogin:\n[pytest-flake: restored from a warm state")
