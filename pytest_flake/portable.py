@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -302,8 +303,9 @@ class PortableService:
 
     def __init__(self, guest: Guest, image: PortableImage | Path | str, *, profile: str = "default",
                  runtime: bool = True, timeout: float = 60.0, remote_dir: str = REMOTE_DIR,
-                 resolve: Callable[[str], Path] | None = None) -> None:
+                 resolve: Callable[[str], Path] | None = None, settle: float = 1.0) -> None:
         self.guest = guest
+        self.settle = settle
         self._resolve = resolve
         self.image = self._open(image)
         self.profile = profile
@@ -470,32 +472,70 @@ class PortableService:
     def _services(self) -> list[str]:
         return [u for u in self.units if u.endswith(".service") and "@." not in u]
 
+    def _states(self, name: str, units: Sequence[str]) -> tuple[str, dict[str, dict[str, str]]]:
+        """In one guest command: ``portablectl is-attached name`` and, per unit, ActiveState,
+        MainPID, InvocationID, ExecMainStartTimestampMonotonic and its main process's Comm."""
+        result = self._run(["sh", "-c", _STATE_SCRIPT, "sh", name, *units])
+        attached = "detached"
+        states: dict[str, dict[str, str]] = {}
+        current: dict[str, str] = {}
+        for line in str(result.stdout).splitlines():
+            key, _, value = line.partition("=")
+            if key == "Attached":
+                attached = value.strip() or "detached"
+            elif key == "Unit":
+                current = states.setdefault(value, {})
+            elif key:
+                current[key] = value
+        return attached, states
+
     def _start_stamp(self, unit: str) -> int:
-        result = self._run(["systemctl", "show", "-P", "ExecMainStartTimestampMonotonic", unit])
         try:
-            return int(str(result.stdout).strip() or 0)
-        except ValueError:
+            return int(self._states(self.name, [unit])[1][unit].get("ExecMainStartTimestampMonotonic") or 0)
+        except (KeyError, ValueError):
             return 0
 
     def _wait_running(self, name: str, restarted_after: dict[str, int] | None = None) -> None:
+        """Wait until the image is attached and each service runs its own program, and stays up.
+
+        ``active`` alone is not enough: a simple service is active from the fork on, while
+        systemd still sets up its mounts and before its program is even executed (the
+        process is then called ``(name)``). So a service counts as running once its main
+        process has executed its program and the same invocation is still up ``settle``
+        seconds later.
+        """
         services = self._services()
+        first_seen: dict[str, tuple[str, str, float]] = {}  # unit -> (invocation, main pid, when)
 
         def probe() -> None:
-            state = self.attached_state(name)
+            state, states = self._states(name, services)
+            for unit in services:  # a failed unit leaves the image "attached", not "running"
+                if states.get(unit, {}).get("ActiveState") == "failed":
+                    raise _UnitFailed(unit)
             if not state.startswith("running"):
                 raise NotReady(f"portablectl is-attached {name}: {state}")
             for unit in services:
-                active = str(self._run(["systemctl", "is-active", unit]).stdout).strip()
-                if active == "failed":
-                    raise _UnitFailed(unit)
+                unit_state = states.get(unit, {})
+                active = unit_state.get("ActiveState", "")
                 if active != "active":
-                    raise NotReady(f"{unit} is {active}")
-                if restarted_after and self._start_stamp(unit) <= restarted_after.get(unit, -1):
+                    raise NotReady(f"{unit} is {active or 'unknown'}")
+                stamp = int(unit_state.get("ExecMainStartTimestampMonotonic") or 0)
+                if restarted_after and stamp <= restarted_after.get(unit, -1):
                     raise NotReady(f"{unit} still runs from the old image")
+                pid = unit_state.get("MainPID", "0")
+                if pid != "0" and unit_state.get("Comm", "").startswith("("):
+                    raise NotReady(f"{unit}: systemd is still setting up its process {pid}")
+                invocation = (unit_state.get("InvocationID", ""), pid)
+                seen = first_seen.get(unit)
+                if seen is None or seen[:2] != invocation:
+                    first_seen[unit] = (*invocation, time.monotonic())
+                    raise NotReady(f"{unit} started (pid {pid}); checking that it stays up")
+                if time.monotonic() - seen[2] < self.settle:
+                    raise NotReady(f"{unit} up for {time.monotonic() - seen[2]:.1f}s")
 
         try:
-            wait_for(probe, what=f"portable service {name} running", timeout=self.timeout, interval=0.3,
-                     on_timeout=self.status)
+            wait_for(probe, what=f"portable service {name} running", timeout=self.timeout, interval=0.2,
+                     max_interval=0.5, on_timeout=self.status)
         except _UnitFailed as failed:
             raise CheckFailed(f"{failed.unit} of portable service {name} failed to start\n"
                               f"{self.status(failed.unit)}\n{self.journal(failed.unit)}") from None
@@ -543,6 +583,17 @@ class PortableService:
 
     def __repr__(self) -> str:
         return f"<PortableService {self.name} units={self.units} attached={self.attached}>"
+
+
+# $1 is the image name, the other arguments unit names: prints Attached=, then per unit
+# Unit=, systemctl show's key=value lines, and Comm= of its main process
+_STATE_SCRIPT = (
+    'echo "Attached=$(portablectl is-attached "$1")"; shift; '
+    'for unit; do echo "Unit=$unit"; '
+    'systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic "$unit"; '
+    'pid=$(systemctl show -P MainPID "$unit"); '
+    'if [ "${pid:-0}" -gt 0 ]; then echo "Comm=$(cat "/proc/$pid/comm" 2>/dev/null)"; fi; done'
+)
 
 
 class _UnitFailed(Exception):

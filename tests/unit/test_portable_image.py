@@ -132,6 +132,9 @@ class FakeGuest:
         self.unit_state = unit_state
         self.attached: str | None = None
         self.stamp = 100
+        self.comm = "busybox"
+        self.polls = 0
+        self.exec_fails_after: int | None = None
 
     def run(self, command: str) -> SimpleNamespace:
         self.commands.append(command)
@@ -151,8 +154,19 @@ class FakeGuest:
             rc = 0 if out != "detached" else 1
         elif command.startswith("systemctl is-active"):
             out = self.unit_state if self.attached else "inactive"
-        elif command.startswith("systemctl show -P ExecMainStartTimestampMonotonic"):
-            out = str(self.stamp)
+        elif command.startswith("sh -c 'echo \"Attached="):
+            self.polls += 1
+            if self.exec_fails_after is not None and self.polls > self.exec_fails_after:
+                self.unit_state, self.comm = "failed", ""
+            name, *units = command.split("' sh ", 1)[1].split()
+            state = self.unit_state if self.attached else "inactive"
+            # as portablectl says it: an image whose unit failed is attached, not running
+            attached = "detached" if name != self.attached else (
+                "attached-runtime" if state == "failed" else "running-runtime")
+            out = f"Attached={attached}\n"
+            for unit in units:
+                out += (f"Unit={unit}\nActiveState={state}\nMainPID=42\nInvocationID=run{self.stamp}\n"
+                        f"ExecMainStartTimestampMonotonic={self.stamp}\nComm={self.comm}\n")
         elif command.startswith(("systemctl status", "journalctl")):
             out = "web-server.service - web-server\n   Active: failed (Result: exit-code)"
         return SimpleNamespace(rc=rc, stdout=out + "\n", stderr="")
@@ -170,7 +184,7 @@ def test_attach_reattach_detach_commands(tmp_path):
     v1 = fake_image(tmp_path, "web-server_1.0")
     v2 = fake_image(tmp_path, "web-server_1.1")
     guest = FakeGuest()
-    with PortableService(guest, v1, profile="trusted", timeout=5) as service:
+    with PortableService(guest, v1, profile="trusted", timeout=5, settle=0.1) as service:
         assert service.is_active()
         assert "portablectl attach --now --profile=trusted --runtime /root/web-server_1.0.raw" in guest.commands
         assert guest.copied == [(v1.path, "/root/web-server_1.0.raw")]
@@ -186,7 +200,7 @@ def test_attach_reattach_detach_commands(tmp_path):
 def test_reattach_to_another_prefix_is_refused(tmp_path):
     v1 = fake_image(tmp_path, "web-server_1")
     other = fake_image(tmp_path, "db_1", "db.service")
-    with PortableService(FakeGuest(), v1, timeout=5) as service:
+    with PortableService(FakeGuest(), v1, timeout=5, settle=0.1) as service:
         with pytest.raises(PortableError, match="the prefixes differ"):
             service.reattach(other)
 
@@ -205,3 +219,20 @@ def test_unit_that_fails_to_start_shows_status_and_journal(tmp_path):
         PortableService(guest, v1, timeout=5).__enter__()
     assert guest.attached is None  # a failed start still detaches
     assert guest.commands[-1] == "rm -rf /root/web-server_1.raw"
+
+
+def test_active_is_not_running_until_the_program_was_executed(tmp_path):
+    """A simple service is active from the fork on; its exec may still fail (status 203/EXEC)."""
+    guest = FakeGuest()
+    guest.comm = "(-program)"  # systemd still sets up the process: nothing was executed yet
+    guest.exec_fails_after = 3
+    with pytest.raises(CheckFailed, match="web-server.service of portable service web-server_1 failed to start"):
+        PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=10, settle=0.1).__enter__()
+    assert guest.polls > 3
+
+
+def test_running_only_once_the_same_invocation_stayed_up(tmp_path):
+    guest = FakeGuest()
+    with PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=10, settle=0.2):
+        state_polls = [c for c in guest.commands if c.startswith("sh -c 'echo \"Attached=")]
+        assert len(state_polls) >= 2  # seen once, then again after the settle time
