@@ -33,6 +33,17 @@ def _libvirt_answers() -> bool:
     return False
 
 
+@pytest.fixture
+def nix() -> None:
+    """For tests that need nix: skip without it, except under CI, where a missing nix fails."""
+    if shutil.which("nix"):
+        return
+    message = "nix is not on PATH (scripts/setup installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI a run that would skip every integration test is a failure: check first."""
     if not os.environ.get("CI") or session.config.getoption("collectonly"):

@@ -6,7 +6,6 @@ The inner test file uses only the ``flake``/``http`` API of the design notes (pl
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,19 +15,8 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 
 
-def requires_nix() -> None:
-    """Skip without nix on PATH, except under CI, where a missing nix fails the test."""
-    if shutil.which("nix"):
-        return
-    message = "nix is not on PATH (scripts/setup installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(autouse=True)
-def _nix(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    requires_nix()
+def _nix(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, nix: None) -> None:
     for name in ("PYTEST_FLAKE", "PYTEST_FLAKE_SYSTEM", "PYTEST_FLAKE_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")  # keep inner runs quick

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flake_helpers import requires_nix, write_flake
+from flake_helpers import write_flake
 
 from pytest_flake.config import OPTIONS
 
@@ -19,11 +19,6 @@ def clean_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
     # pytester restores sys.modules after every inner run, so a heavy third-party plugin
     # (hypothesis) would be imported again each time: keep it out of the inner runs.
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
-
-
-@pytest.fixture
-def nix() -> None:
-    requires_nix()
 
 
 @pytest.fixture

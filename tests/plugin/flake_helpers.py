@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import textwrap
 from pathlib import Path
-
-import pytest
 
 # A tiny flake that builds offline: each package is a `derivation` with busybox as builder.
 TINY_FLAKE = r'''
@@ -59,13 +55,3 @@ def write_flake(directory: Path, message: str = "hello") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "flake.nix").write_text(textwrap.dedent(TINY_FLAKE).replace("@MESSAGE@", message))
     return directory
-
-
-def requires_nix() -> None:
-    """Skip without nix on PATH, except under CI, where a missing nix fails the test."""
-    if shutil.which("nix"):
-        return
-    message = "nix is not on PATH (scripts/setup installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flake_helpers import requires_nix, write_flake
+from flake_helpers import write_flake
 
 PASSING = "def test_ok():\n    pass\n"
 
@@ -40,9 +40,9 @@ def test_default_flake_is_the_invocation_directory(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines([f"pytest-flake: flake: {pytester.path} (from flake.nix in the invocation directory)"])
 
 
+@pytest.mark.usefixtures("nix")
 def test_header_names_system_nix_docker_and_vm_settings(pytester: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    requires_nix()
     pytester.makepyfile(PASSING)
     pytester.makeini("[pytest]\nvm_accel = tcg\n")
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/test-docker.sock")
@@ -234,8 +234,8 @@ def test_strict_markers_with_our_markers(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*'bogus' not found in `markers` configuration option*"])
 
 
+@pytest.mark.usefixtures("nix")
 def test_doctor_ok(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    requires_nix()
     from pytest_flake import doctor
 
     monkeypatch.setattr(doctor, "COMPONENTS", ())  # only the Nix checks: docker and vm have their own tests
@@ -262,8 +262,8 @@ def test_doctor_fails_without_nix(pytester: pytest.Pytester, no_nix_path: object
     ])
 
 
+@pytest.mark.usefixtures("nix")
 def test_flake_marker_overrides_flake_for_one_test(pytester: pytest.Pytester) -> None:
-    requires_nix()
     main = write_flake(pytester.path / "main", message="from-main").resolve()
     other = write_flake(pytester.path / "other", message="from-other").resolve()
     pytester.makepyfile(f"""
@@ -293,8 +293,8 @@ def test_flake_marker_overrides_flake_for_one_test(pytester: pytest.Pytester) ->
     pytester.runpytest("--flake", "path:./main").assert_outcomes(passed=4)
 
 
+@pytest.mark.usefixtures("nix")
 def test_flake_marker_without_ref_is_an_error(pytester: pytest.Pytester) -> None:
-    requires_nix()
     write_flake(pytester.path / "main")
     pytester.makepyfile("""
         import pytest
