@@ -124,12 +124,14 @@ def _marker_ref(config: pytest.Config) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[Flake]:
+def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Flake:
     """The flake under test (``--flake``, or a test's ``@pytest.mark.flake(ref)``).
 
     ``flake.outputs()`` lists ``packages.<system>``; ``flake.build(attr)`` builds once per
     session; ``flake.run(attr, port=...)`` starts the main program and stops its process
-    group at the end of the test.
+    group at the end of the test that started it (fixtures included). For a server that
+    many tests share, start a ``pytest_flake.Process`` in a session fixture of your own:
+    ``with Process([flake.program(), ...], port=0) as server: yield server``.
     """
     config = request.config
 
@@ -139,11 +141,10 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
             raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
         return ref
 
-    instance = Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
-                     system=flake_settings.flake_system, ref_for=ref_for,
-                     on_run=lambda process: _register_process(config, process),
-                     log_dir=flake_session.dir)
-    yield instance
+    return Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
+                 system=flake_settings.flake_system, ref_for=ref_for,
+                 on_run=lambda process: _register_process(config, process),
+                 log_dir=flake_session.dir)
 
 
 def _register_process(config: pytest.Config, process: Any) -> None:

@@ -145,7 +145,6 @@ def sweep_dead_sessions(current: Session, settings: Settings) -> None:
         except Exception as exc:  # one component's trouble must not stop the others
             log.warning("pytest-flake: could not sweep %s resources of %s: %s", name.rsplit(".", 1)[-1],
                         ", ".join(dead), exc)
-            continue
     for session_id in dead:
         current.forget(session_id)
 
