@@ -178,9 +178,9 @@ class Flake:
         raw = (self._ref_for() if self._ref_for else None) or self._default_ref
         ref, directory = normalize_ref(raw, self._invocation_dir)
         if ref not in self._checked:
-            self._checked.add(ref)
             if directory is not None:
-                self._check_directory(ref, directory)
+                self._check_directory(ref, directory)  # raises again on every use until it is fixed
+            self._checked.add(ref)
         return ref
 
     def _check_directory(self, ref: str, directory: Path) -> None:
@@ -245,7 +245,7 @@ class Flake:
         value = self.eval(attr, apply="p: (p.meta or {}).mainProgram or null")
         return value if isinstance(value, str) else None
 
-    def _missing(self, attr: str, stderr: str) -> MissingOutputError:
+    def _missing(self, attr: str) -> MissingOutputError:
         path = self.attr_path(attr)
         outputs = self.outputs() if path.startswith("packages.") else []
         return MissingOutputError(
@@ -268,7 +268,7 @@ class Flake:
         seconds = time.monotonic() - started
         if proc.returncode != 0:
             if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
-                raise self._missing(attr, proc.stderr)
+                raise self._missing(attr)
             errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
             reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
             raise BuildError(
