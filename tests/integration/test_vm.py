@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -273,3 +274,40 @@ def test_killed_session_is_swept_by_the_next(flake_session: Session, flake_setti
     assert not any(n.startswith(session_id) for n in domain_names(flake_settings))
     assert not (flake_session.root / "vms" / session_id).exists()
     assert not (flake_session.root / "sessions" / session_id).exists()
+
+
+KEPT = """
+import os
+
+
+def test_fails(vm):
+    open(os.environ["NAME_FILE"], "w").write(vm.name)
+    assert vm.run("false").rc == 0
+"""
+
+
+def test_flake_keep_keeps_the_vm_of_a_failed_test_until_the_next_session(
+        flake_session: Session, flake_settings: Settings, tmp_path: Path) -> None:
+    for name, text in (("kept/test_kept.py", KEPT), ("next/test_nothing.py", "def test_nothing():\n    pass\n")):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_text(text)
+    env = dict(os.environ, PYTEST_FLAKE_STATE=str(flake_session.root), NAME_FILE=str(tmp_path / "name"))
+
+    def session(folder: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--vm-image=debian",
+                               *args, "--rootdir", str(tmp_path / folder), str(tmp_path / folder)],
+                              cwd=tmp_path / folder, env=env, capture_output=True, text=True, timeout=600)
+
+    kept = session("kept", "--flake-keep")
+    assert kept.returncode == 1, kept.stdout + kept.stderr
+    name = (tmp_path / "name").read_text()
+    line = next(ln for ln in kept.stdout.splitlines() if ln.startswith("pytest-flake: kept VM"))
+    assert f"kept VM {name} of failed test_kept.py::test_fails: ssh -i " in line
+    port = int(re.search(r" -p (\d+) ", line).group(1))  # type: ignore[union-attr]
+    assert name in domain_names(flake_settings)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        assert conn.recv(64).startswith(b"SSH-2.0-")  # the printed command reaches the kept guest
+
+    nxt = session("next")
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert name not in domain_names(flake_settings)  # swept by the next session
