@@ -1,6 +1,10 @@
-# The plugin itself, editable, with everything its test suite imports.
-if ! python3 -c 'import pytest_flake, testinfra, tenacity, requests, pytest_timeout, docker, libvirt, paramiko' 2>/dev/null \
-   || ! python3 -c 'import importlib.metadata as m; m.entry_points(group="pytest11")["flake"]' 2>/dev/null; then
-  say "installing pytest-flake (editable) with its test dependencies"
+# The plugin itself, editable from this checkout, with everything its test suite imports.
+# Reinstalled when another checkout's copy is the one installed.
+installed=$(cd / && python3 -c 'import pytest_flake, testinfra, tenacity, requests, pytest_timeout, docker, libvirt, paramiko
+import importlib.metadata as m, os
+m.entry_points(group="pytest11")["flake"]
+print(os.path.dirname(os.path.dirname(os.path.realpath(pytest_flake.__file__))))' 2>/dev/null || true)
+if [ "$installed" != "$(realpath "$PROJECT_DIR")" ]; then
+  say "installing pytest-flake (editable, from $PROJECT_DIR) with its test dependencies"
   python3 -m pip install -q --disable-pip-version-check -e "$PROJECT_DIR[test,docker,vm]" >/dev/null
 fi
