@@ -11,7 +11,7 @@ Two families, kept apart on purpose:
 Timeouts subclass both ``FlakeError`` and ``TimeoutError``.
 
 Messages are one line that names the thing and the fix; long evidence (a build log,
-a console log, container logs) goes into ``add_note`` so it follows the message.
+a console log, container logs) goes into a note (:func:`add_note`) so it follows the message.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FlakeError(Exception):
         text = message if not hint else f"{message} ({hint})"
         super().__init__(text)
         if details:
-            self.add_note(details)
+            add_note(self, details)
 
 
 class UsageError(FlakeError):
@@ -74,6 +74,21 @@ class FlakeTimeout(FlakeError, TimeoutError):
 
 class CheckFailed(AssertionError):
     """The system under test failed a check; reported by pytest as a test failure."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` on every Python this package supports.
+
+    ``BaseException.add_note`` is new in 3.11; on 3.10 the note goes into ``__notes__``
+    directly, which is where 3.11 keeps it and where pytest reads it on every version.
+    """
+    if not isinstance(note, str):
+        raise TypeError(f"a note must be a str, not {type(note).__name__}")
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        notes = []
+        exc.__notes__ = notes
+    notes.append(note)
 
 
 def tail(text: str, lines: int = 25) -> str:

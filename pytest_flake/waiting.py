@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import tenacity
 
-from .errors import FlakeTimeout
+from .errors import FlakeTimeout, add_note
 
 log = logging.getLogger("pytest_flake")
 
@@ -67,7 +67,7 @@ def wait_for(
             except Exception as evidence_exc:  # evidence must never hide the timeout
                 evidence = f"(could not collect logs: {evidence_exc})"
             if evidence:
-                err.add_note(evidence)
+                add_note(err, evidence)
         raise err from last
     log.debug("%s: ready after %.2fs", what, time.monotonic() - started)
     return result
