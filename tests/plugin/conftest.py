@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flake_helpers import write_flake
+from tests.plugin.flake_helpers import write_flake
 
 from pytest_flake.config import OPTIONS
 
