@@ -73,7 +73,34 @@ class FlakeTimeout(FlakeError, TimeoutError):
 
 
 class CheckFailed(AssertionError):
-    """The system under test failed a check; reported by pytest as a test failure."""
+    """The system under test failed a check; reported by pytest as a test failure.
+
+    A failed guest command or wait carries what it saw: ``rc`` (None when no command ran),
+    ``stdout``, ``stderr`` and ``journal`` (the tail of the guest's journal, or of the unit's).
+    """
+
+    def __init__(self, message: str = "", *, rc: int | None = None, stdout: str = "", stderr: str = "",
+                 journal: str = "") -> None:
+        super().__init__(message)
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.journal = journal
+
+
+class CheckTimeout(CheckFailed, FlakeTimeout):
+    """A guest wait (``wait_until_succeeds``, ``wait_for_unit``...) ran out of time.
+
+    Both a :class:`CheckFailed` (a test failure, with rc, stdout, stderr and journal of the
+    last attempt) and a :class:`FlakeTimeout`; a check that fails at once is not one.
+    """
+
+    def __init__(self, message: str = "", *, rc: int | None = None, stdout: str = "", stderr: str = "",
+                 journal: str = "") -> None:
+        CheckFailed.__init__(self, message, rc=rc, stdout=stdout, stderr=stderr, journal=journal)
+        self.message = message
+        self.hint = None
+        self.details = None
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -84,11 +111,16 @@ def add_note(exc: BaseException, note: str) -> None:
     """
     if not isinstance(note, str):
         raise TypeError(f"a note must be a str, not {type(note).__name__}")
-    notes = getattr(exc, "__notes__", None)
+    notes: list[str] | None = getattr(exc, "__notes__", None)
     if notes is None:
         notes = []
-        exc.__notes__ = notes
+        setattr(exc, "__notes__", notes)  # noqa: B010 (no such attribute before 3.11 for type checkers)
     notes.append(note)
+
+
+def notes_of(exc: BaseException) -> str:
+    """The notes of ``exc`` as one text (empty without notes), on every supported Python."""
+    return "\n".join(getattr(exc, "__notes__", None) or [])
 
 
 def tail(text: str, lines: int = 25) -> str:

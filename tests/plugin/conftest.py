@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.plugin.flake_helpers import write_flake
 
 from pytest_flake.config import OPTIONS
+from tests.plugin.flake_helpers import write_flake
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.plugin.flake_helpers import write_flake
 
 PASSING = "def test_ok():\n    pass\n"
