@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import (
     BuildError,
     CheckFailed,
+    CheckTimeout,
     DockerError,
     FlakeError,
     FlakeTimeout,
@@ -21,6 +22,7 @@ from .errors import (
     UsageError,
     VMError,
 )
+from .guest import Guest, GuestCommands
 from .httpcheck import HttpChecker, Response
 from .nix import Build, Flake, FlakeWarning
 from .process import Process
@@ -28,7 +30,8 @@ from .process import Process
 __version__ = "0.1.0"
 
 __all__ = [
-    "Build", "BuildError", "CheckFailed", "DockerError", "Flake", "FlakeError", "FlakeTimeout", "FlakeWarning",
+    "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "Flake", "FlakeError", "FlakeTimeout",
+    "FlakeWarning", "Guest", "GuestCommands",
     "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "PortableError",
     "Process", "Response", "UsageError", "VMError", "__version__",
 ]

@@ -51,7 +51,8 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
-from .errors import FlakeError, MissingToolError, UsageError, VMError, tail
+from .errors import CheckTimeout, FlakeError, FlakeTimeout, MissingToolError, UsageError, VMError, tail
+from .guest import GuestCommands
 from .session import PREFIX, state_dir
 from .waiting import NotReady, free_port, wait_for
 
@@ -1006,7 +1007,7 @@ def _pinned_backend_class() -> type:
 # --------------------------------------------------------------------------- VM
 
 
-class VM:
+class VM(GuestCommands):
     """One libvirt guest reachable over SSH; a context manager.
 
     ``vm.run("cmd")`` and ``vm.host`` (a testinfra Host) share one SSH connection;
@@ -1341,6 +1342,58 @@ class VM:
             sftp.chmod(remote, source.stat().st_mode & 0o7777)
         finally:
             sftp.close()
+
+    @property
+    def wait_timeout(self) -> float:
+        """Default ``timeout`` of ``wait_until_succeeds``, ``wait_for_unit``...: ``--flake-timeout``."""
+        return float(self.pool.settings.flake_timeout)
+
+    def copy_from(self, remote: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file or a folder (recursively) out of the guest over SFTP; modes are kept."""
+        import stat
+
+        target = Path(local)
+        sftp = self._connection().open_sftp()
+        try:
+            try:
+                info = sftp.stat(remote)
+            except OSError as exc:
+                raise UsageError(f"vm://{self.name}: copy_from: {remote} does not exist in the guest") from exc
+
+            def get(src: str, dst: Path, mode: int) -> None:
+                if stat.S_ISDIR(mode):
+                    dst.mkdir(parents=True, exist_ok=True)
+                    for entry in sftp.listdir_attr(src):
+                        get(f"{src.rstrip('/')}/{entry.filename}", dst / entry.filename, entry.st_mode or 0)
+                else:
+                    sftp.get(src, str(dst))
+                    dst.chmod(mode & 0o7777)
+
+            get(remote, target, info.st_mode or 0)
+        finally:
+            sftp.close()
+
+    def wait_for_console_text(self, regex: str, timeout: float | None = None) -> str:
+        """Wait until the serial console matches ``regex`` (searched in the whole log); the match.
+
+        A warm-started VM's console begins with the boot log of its saved state, so match
+        on text the guest writes after the test started something.
+        """
+        __tracebackhide__ = True
+        pattern = re.compile(regex, re.MULTILINE)
+
+        def probe() -> str:
+            found = pattern.search(self.console_log())
+            if found is None:
+                raise NotReady(f"no match for {regex!r} yet")
+            return found.group(0)
+
+        try:
+            return wait_for(probe, what=f"vm://{self.name}: console text {regex!r}",
+                            timeout=self.wait_timeout if timeout is None else float(timeout), interval=0.3,
+                            max_interval=1.0)
+        except FlakeTimeout as exc:
+            raise CheckTimeout(f"{exc}\n--- console (last lines):\n{tail(self.console_log(), 30)}") from exc
 
     def console_log(self) -> str:
         """The serial console of the guest so far.
