@@ -276,13 +276,20 @@ class ArchRecipe:
         )
 
 
-def parse_sha256_file(text: str) -> tuple[str, str]:
-    """``(hash, file name)`` of the image named in a ``.SHA256`` file (``HASH  NAME`` lines)."""
+def parse_sha256_file(text: str, wanted: str | None = None) -> tuple[str, str]:
+    """``(hash, file name)`` of the image named in a ``.SHA256`` file (``HASH  NAME`` lines).
+
+    Arch's ``latest/*.SHA256`` names the unversioned file (``HASH  Arch-Linux-x86_64-cloudimg.qcow2``):
+    the entry named ``wanted`` (the download's own file name) wins, then the first image entry.
+    """
     entries = []
     for line in text.splitlines():
         parts = line.strip().split()
         if len(parts) >= 2 and re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
             entries.append((parts[0].lower(), parts[-1].lstrip("*")))
+    for digest, name in entries:
+        if wanted is not None and Path(name).name == wanted:
+            return digest, name
     for digest, name in entries:
         if name.endswith((".qcow2", ".img", ".raw")):
             return digest, name
@@ -358,10 +365,30 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, timeou
     return actual
 
 
+def _arch_checksum(recipe: ArchRecipe) -> tuple[str, Path]:
+    """The SHA256 the checksum file gives for the image, and the cache file name of that version.
+
+    The ``latest`` file names are unversioned, so the cached copy carries the first hex digits of
+    its hash (``Arch-Linux-x86_64-cloudimg-<hash>.qcow2``); a versioned name is kept as it is.
+    """
+    import requests
+
+    response = requests.get(recipe.sha256_url, timeout=30)
+    response.raise_for_status()
+    wanted = Path(recipe.url.split("?")[0]).name
+    digest, name = parse_sha256_file(response.text, wanted)
+    path = Path(Path(name).name)
+    if path.name == wanted:
+        path = path.with_name(f"{path.stem}-{digest[:16]}{path.suffix}")
+    return digest, path
+
+
 def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
     """The Arch cloud image: the cached copy of the version the checksum file names, else a download.
 
-    Offline, the newest cached version is used (with a warning) rather than failing.
+    A checksum mismatch is downloaded once more, with the checksum file read again: at a release
+    the ``latest`` link can move between the two downloads. Offline, the newest cached version
+    is used (with a warning) rather than failing.
     """
     import requests
 
@@ -370,9 +397,7 @@ def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".arch.lock"):
         try:
-            response = requests.get(recipe.sha256_url, timeout=30)
-            response.raise_for_status()
-            digest, name = parse_sha256_file(response.text)
+            digest, name = _arch_checksum(recipe)
         except requests.RequestException as exc:
             cached = sorted((p for p in folder.glob("*.sha256")), key=lambda p: p.stat().st_mtime)
             if cached:
@@ -385,13 +410,30 @@ def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
                 f"the Arch image checksum {recipe.sha256_url} is unreachable and nothing is cached: {exc}",
                 hint="connect to the internet once, or use --vm-image debian (built offline)",
             ) from exc
-        disk = folder / Path(name).name
-        stamp = folder / (disk.name + ".sha256")
-        if disk.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
-            log.info("arch: using the cached %s", disk.name)
-            return _arch_image(disk, digest, recipe)
-        with _step(f"arch: downloading {disk.name}"):
-            download(recipe.url, disk, expected_sha256=digest)
+        for attempt in (1, 2):
+            disk = folder / name
+            stamp = folder / (disk.name + ".sha256")
+            if disk.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+                log.info("arch: using the cached %s", disk.name)
+                return _arch_image(disk, digest, recipe)
+            with _step(f"arch: downloading {disk.name}"):
+                actual = download(recipe.url, disk)
+            if actual == digest:
+                break
+            disk.unlink(missing_ok=True)
+            if attempt == 2:
+                raise VMError(
+                    f"checksum mismatch for {recipe.url}: got sha256 {actual}, the checksum file says {digest} "
+                    "(downloaded twice)",
+                    hint="the download is corrupt or the mirror is changing; run again later",
+                )
+            log.warning("arch: %s has sha256 %s, the checksum file says %s; the release may have moved "
+                        "meanwhile: reading the checksum file and downloading once more", recipe.url, actual, digest)
+            try:
+                digest, name = _arch_checksum(recipe)
+            except requests.RequestException as exc:
+                raise VMError(f"checksum mismatch for {recipe.url}, and {recipe.sha256_url} is now "
+                              f"unreachable: {exc}", hint="run again later") from exc
         stamp.write_text(digest + "\n")
         for old in folder.iterdir():  # older versions are not needed any more
             if old.name not in (disk.name, stamp.name):

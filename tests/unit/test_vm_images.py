@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import pytest
 
 from pytest_flake import vm
 from pytest_flake.errors import UsageError, VMError
+
+IMAGE = "latest/Arch-Linux-x86_64-cloudimg.qcow2"
 
 
 @dataclass
@@ -27,18 +29,23 @@ class FakeMirror:
     files: dict[str, bytes] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
     server: http.server.ThreadingHTTPServer | None = None
+    after_get: Callable[[str], None] | None = None  # called after each GET with the path served
 
     def url(self, name: str) -> str:
         return f"{self.root}/{name}"
 
-    def publish(self, version: str, content: bytes, *, claimed: str | None = None) -> None:
-        """Publish ``latest`` as ``version``; ``claimed`` is the hash the .SHA256 file says."""
+    def publish(self, content: bytes, *, claimed: str | None = None, checksum_only: bool = False) -> None:
+        """Publish ``latest`` as Arch's mirrors do: the ``.SHA256`` file names the unversioned file.
+
+        ``claimed`` is the hash the .SHA256 file says (default: the real one).
+        """
         digest = claimed or hashlib.sha256(content).hexdigest()
-        self.files["latest.qcow2"] = content
-        self.files["latest.qcow2.SHA256"] = f"{digest}  Arch-Linux-x86_64-cloudimg-{version}.qcow2\n".encode()
+        if not checksum_only:
+            self.files[IMAGE] = content
+        self.files[IMAGE + ".SHA256"] = f"{digest}  Arch-Linux-x86_64-cloudimg.qcow2\n".encode()
 
     def recipe(self) -> vm.ArchRecipe:
-        return vm.ArchRecipe(url=self.url("latest.qcow2"), sha256_url=self.url("latest.qcow2.SHA256"),
+        return vm.ArchRecipe(url=self.url(IMAGE), sha256_url=self.url(IMAGE + ".SHA256"),
                              skip_units=("systemd-time-wait-sync.service",))
 
 
@@ -58,6 +65,8 @@ def mirror() -> Iterator[FakeMirror]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            if state.after_get is not None:
+                state.after_get(name)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -75,44 +84,70 @@ def mirror() -> Iterator[FakeMirror]:
 FAKE = b"QFI\xfb" + os.urandom(3 * 1024 * 1024)
 
 
+SHA = IMAGE + ".SHA256"
+
+
 def test_arch_downloads_checks_and_caches(mirror: FakeMirror, tmp_path: Path) -> None:
-    mirror.publish("20250101.1", FAKE)
+    mirror.publish(FAKE)
     image = vm.fetch_arch(tmp_path, mirror.recipe())
+    digest = hashlib.sha256(FAKE).hexdigest()
     assert image.name == "arch"
-    assert image.disk == tmp_path / "arch" / "Arch-Linux-x86_64-cloudimg-20250101.1.qcow2"
+    # the checksum file names the unversioned file: the cached copy carries the hash
+    assert image.disk == tmp_path / "arch" / f"Arch-Linux-x86_64-cloudimg-{digest[:16]}.qcow2"
     assert image.disk.read_bytes() == FAKE
-    assert image.key == "arch-" + hashlib.sha256(FAKE).hexdigest()[:16]
+    assert image.key == "arch-" + digest[:16]
     assert image.cloud_init and image.skip_units == ("systemd-time-wait-sync.service",)
-    assert mirror.hits == {"latest.qcow2.SHA256": 1, "latest.qcow2": 1}
+    assert mirror.hits == {SHA: 1, IMAGE: 1}
     assert not list((tmp_path / "arch").glob("*.part"))
 
     again = vm.fetch_arch(tmp_path, mirror.recipe())  # cached: only the checksum file is fetched
     assert again == image
-    assert mirror.hits == {"latest.qcow2.SHA256": 2, "latest.qcow2": 1}
+    assert mirror.hits == {SHA: 2, IMAGE: 1}
 
 
 def test_arch_new_version_replaces_the_old(mirror: FakeMirror, tmp_path: Path) -> None:
-    mirror.publish("20250101.1", FAKE)
+    mirror.publish(FAKE)
     old = vm.fetch_arch(tmp_path, mirror.recipe())
     newer = FAKE[:-1] + b"!"
-    mirror.publish("20250201.2", newer)
+    mirror.publish(newer)
     new = vm.fetch_arch(tmp_path, mirror.recipe())
-    assert new.disk.name.endswith("20250201.2.qcow2") and new.disk.read_bytes() == newer
+    assert new.disk.name == f"Arch-Linux-x86_64-cloudimg-{hashlib.sha256(newer).hexdigest()[:16]}.qcow2"
+    assert new.disk.read_bytes() == newer
     assert new.key != old.key
     assert not old.disk.exists()
-    assert mirror.hits["latest.qcow2"] == 2
+    assert mirror.hits[IMAGE] == 2
+
+
+def test_arch_release_moving_between_the_downloads_is_downloaded_once_more(mirror: FakeMirror,
+                                                                           tmp_path: Path) -> None:
+    """The checksum file was read before a release, the image after it: the second try matches."""
+    newer = FAKE[:-1] + b"!"
+    mirror.publish(FAKE, checksum_only=True)
+    mirror.files[IMAGE] = newer  # the link moved after the checksum file was read
+
+    def release_done(name: str) -> None:
+        if name == IMAGE:
+            mirror.publish(newer, checksum_only=True)
+
+    mirror.after_get = release_done
+    image = vm.fetch_arch(tmp_path, mirror.recipe())
+    assert image.disk.read_bytes() == newer and image.key == "arch-" + hashlib.sha256(newer).hexdigest()[:16]
+    assert mirror.hits == {SHA: 2, IMAGE: 2}
+    assert sorted(p.name for p in (tmp_path / "arch").iterdir()) == [image.disk.name, image.disk.name + ".sha256"]
 
 
 def test_arch_checksum_mismatch_keeps_nothing(mirror: FakeMirror, tmp_path: Path) -> None:
-    mirror.publish("20250101.1", FAKE, claimed="0" * 64)
+    mirror.publish(FAKE, claimed="0" * 64)
     with pytest.raises(VMError, match="checksum mismatch") as err:
         vm.fetch_arch(tmp_path, mirror.recipe())
     assert "0" * 64 in str(err.value) and hashlib.sha256(FAKE).hexdigest() in str(err.value)
+    assert "downloaded twice" in str(err.value)
+    assert mirror.hits == {SHA: 2, IMAGE: 2}  # once more before giving up, not more
     assert list((tmp_path / "arch").iterdir()) == []
 
 
 def test_arch_offline_uses_the_cache_or_says_what_to_do(mirror: FakeMirror, tmp_path: Path) -> None:
-    mirror.publish("20250101.1", FAKE)
+    mirror.publish(FAKE)
     recipe = mirror.recipe()
     with pytest.raises(VMError, match="unreachable and nothing is cached") as err:
         vm.fetch_arch(tmp_path / "empty", vm.ArchRecipe(url=mirror.url("gone"), sha256_url=mirror.url("gone")))
@@ -143,6 +178,8 @@ def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: p
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # what Arch's latest/Arch-Linux-x86_64-cloudimg.qcow2.SHA256 holds: the unversioned name
+        ("ab" * 32 + "  Arch-Linux-x86_64-cloudimg.qcow2\n", ("ab" * 32, "Arch-Linux-x86_64-cloudimg.qcow2")),
         ("ab" * 32 + "  Arch-Linux-x86_64-cloudimg-20250101.1.qcow2\n",
          ("ab" * 32, "Arch-Linux-x86_64-cloudimg-20250101.1.qcow2")),
         ("cd" * 32 + " *image.img\n", ("cd" * 32, "image.img")),
@@ -151,6 +188,12 @@ def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: p
 )
 def test_parse_sha256_file(text: str, expected: tuple[str, str]) -> None:
     assert vm.parse_sha256_file(text) == expected
+
+
+def test_parse_sha256_file_prefers_the_downloaded_name() -> None:
+    text = "ab" * 32 + "  Arch-Linux-x86_64-basic.qcow2\n" + "cd" * 32 + "  Arch-Linux-x86_64-cloudimg.qcow2\n"
+    assert vm.parse_sha256_file(text, "Arch-Linux-x86_64-cloudimg.qcow2") == ("cd" * 32,
+                                                                              "Arch-Linux-x86_64-cloudimg.qcow2")
 
 
 def test_parse_sha256_file_without_entries() -> None:
