@@ -8,6 +8,7 @@ Nothing here imports pytest: ``plugin.py`` hands in the three lookups.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ class Option:
     help: str
     env: str | None = None
     default: Any = None
-    kind: str = "str"  # str | int | float | bool
+    kind: str = "str"  # str | int | float | bool | size (bytes, from "8G", "8GiB", "10240M")
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
 
@@ -49,6 +50,9 @@ OPTIONS: tuple[Option, ...] = (
            kind="int", metavar="MIB"),
     Option("vm_cpus", "--vm-cpus", "virtual CPUs of each VM", env="PYTEST_FLAKE_VM_CPUS", default=1, kind="int",
            metavar="N"),
+    Option("vm_disk_size", "--vm-disk-size", "disk size of each VM, e.g. 8G, 12GiB, 10240M (the overlay is made "
+           "this big and cloud images grow their root into it; never less than the image's own disk)",
+           env="PYTEST_FLAKE_VM_DISK_SIZE", default="8G", kind="size", metavar="SIZE"),
     Option("docker_host", "--docker-host", "Docker endpoint, e.g. unix:///run/docker.sock (default: DOCKER_HOST, "
            "else the client's default)", env="DOCKER_HOST", metavar="URL"),
     Option("flake_keep", "--flake-keep", "keep the containers and VMs of failed tests and print how to reach them",
@@ -59,6 +63,20 @@ OPTIONS: tuple[Option, ...] = (
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``8G``, ``8GiB``, ``8 GB`` (binary units, as qemu-img reads them), ``10240M``; ValueError else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt])(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"{text!r} is not a size")
+    return size
 
 
 def _convert(opt: Option, raw: Any, source: str) -> Any:
@@ -72,6 +90,12 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         if text in _FALSE:
             return False
         raise UsageError(f"{where}={raw!r} is not a boolean", hint="use one of: 1, 0, true, false, yes, no")
+    if opt.kind == "size":
+        try:
+            return parse_size(str(raw))
+        except ValueError:
+            raise UsageError(f"{where}={raw!r} is not a size", hint="give a number with a unit: 8G, 12GiB, 10240M") \
+                from None
     if opt.kind in ("int", "float"):
         try:
             number: float = int(raw) if opt.kind == "int" else float(raw)
@@ -99,6 +123,7 @@ class Settings:
     vm_accel: str
     vm_memory: int
     vm_cpus: int
+    vm_disk_size: int
     docker_host: str | None
     flake_keep: bool
     flake_timeout: float
@@ -142,7 +167,8 @@ class Settings:
             if raw not in (None, "", []):
                 values[opt.name], sources[opt.name] = _convert(opt, raw, "ini"), f"ini {opt.name}"
                 continue
-            values[opt.name], sources[opt.name] = opt.default, "default"
+            values[opt.name] = parse_size(opt.default) if opt.kind == "size" else opt.default
+            sources[opt.name] = "default"
         if values["flake"] is None and (invocation_dir / "flake.nix").is_file():
             values["flake"], sources["flake"] = str(invocation_dir), "flake.nix in the invocation directory"
         return cls(invocation_dir=invocation_dir, sources=sources, **values)

@@ -446,9 +446,31 @@ def _arch_image(disk: Path, digest: str, recipe: ArchRecipe) -> Image:
                  cloud_init=recipe.cloud_init, skip_units=recipe.skip_units)
 
 
+def _disk_info(path: Path) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(_run(["qemu-img", "info", "--output=json", "-U", str(path)],
+                                           what=f"qemu-img info {path}"))
+    return info
+
+
 def _disk_format(path: Path) -> str:
-    info = json.loads(_run(["qemu-img", "info", "--output=json", "-U", str(path)], what=f"qemu-img info {path}"))
-    return str(info.get("format", "raw"))
+    return str(_disk_info(path).get("format", "raw"))
+
+
+def create_overlay(image: Image, overlay: Path, size: int) -> int:
+    """A qcow2 overlay over ``image``'s disk, ``size`` bytes big (never less than the image's disk).
+
+    Returns the overlay's virtual size. Cloud images grow their root file system into it on
+    first boot (cloud-init's growpart and resize_rootfs; on Arch a btrfs resize).
+    """
+    base = int(_disk_info(image.disk).get("virtual-size") or 0)
+    if size < base:
+        log.warning("vm: --vm-disk-size %.1f GiB is less than the %s image's disk (%.1f GiB); using the image's size",
+                    size / GiB, image.name, base / GiB)
+        size = base
+    overlay.unlink(missing_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b", str(image.disk),
+          str(overlay), str(size)], what=f"overlay {overlay.name}")
+    return size
 
 
 def resolve_image(spec: str, cache: Path) -> Image:
@@ -746,7 +768,7 @@ def _host_cpu() -> str:
 
 
 def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hypervisor: Hypervisor,
-             template: Path | None = None) -> dict[str, Any]:
+             template: Path | None = None, disk_size: int = 0) -> dict[str, Any]:
     """Everything a saved state depends on: any difference makes it unusable."""
     return {
         "format": WARM_FORMAT,
@@ -760,6 +782,7 @@ def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hype
         "skip_units": list(image.skip_units),
         "memory": int(memory),
         "cpus": int(cpus),
+        "disk_size": int(disk_size),
         "accel": accel,
         "host_cpu": _host_cpu() if accel == "kvm" else "",
         "uri": uri,
@@ -777,6 +800,8 @@ def warm_slot(key: dict[str, Any]) -> str:
     A state of the same slot with another key (a new QEMU, a rebuilt image) is stale and replaced.
     """
     slot = {name: key.get(name) for name in ("disk", "memory", "cpus", "accel", "uri")}
+    if key.get("disk_size"):
+        slot["disk_size"] = key["disk_size"]
     return hashlib.sha256(json.dumps(slot, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -1064,6 +1089,7 @@ class VM(GuestCommands):
         self.image_spec = image or pool.settings.vm_image
         self.memory = int(memory or pool.settings.vm_memory)
         self.cpus = int(cpus or pool.settings.vm_cpus)
+        self.disk_size = int(pool.settings.vm_disk_size)  # bytes; the overlay's virtual size
         self.name = pool.next_name()
         self.dir = pool.dir
         self.overlay = self.dir / f"{self.name}.qcow2"
@@ -1115,7 +1141,7 @@ class VM(GuestCommands):
         key: dict[str, Any] | None = None
         if self.pool.warm:
             try:
-                key = self.pool.warm_key(image, self.memory, self.cpus, accel)
+                key = self.pool.warm_key(image, self.memory, self.cpus, accel, self.disk_size)
             except Exception as exc:  # warm starts are an optimisation: never an error
                 log.warning("vm://%s: no warm starts (%s)", self.name, exc)
         state = self.pool.store.load(key) if key is not None else None
@@ -1151,9 +1177,7 @@ class VM(GuestCommands):
     def _cold_boot(self, image: Image, accel: str) -> None:
         conn = self.pool.conn
         self.ssh_port = free_port()
-        self.overlay.unlink(missing_ok=True)
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b", str(image.disk),
-              str(self.overlay)], what=f"vm://{self.name}: overlay")
+        self.disk_size = create_overlay(image, self.overlay, self.disk_size)
         self.console.write_text("")
         self.keys = self.pool.keys
         oem = [_credential("ssh.authorized_keys.root", self.keys.public)]
@@ -1592,13 +1616,14 @@ class VMPool:
             return "  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
         return ""
 
-    def warm_key(self, image: Image, memory: int, cpus: int, accel: str) -> dict[str, Any]:
+    def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]:
         """The validity key of a warm state of this image and size here (see :func:`warm_key`)."""
         with self._lock:
             if accel not in self._hypervisors:
                 self._hypervisors[accel] = Hypervisor.of(self.conn, accel)
             hypervisor = self._hypervisors[accel]
-        return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor)
+        return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor,
+                        disk_size=disk_size)
 
     def register(self, vm: VM) -> None:
         with self._lock:
