@@ -29,8 +29,8 @@ def test_disk_size_option_env_and_default(tmp_path: Path) -> None:
     from_ini = Settings.resolve(lambda n: None, lambda n: "10240M" if n == "vm_disk_size" else None, tmp_path,
                                 environ={})
     assert from_ini.vm_disk_size == 10 * vm.GiB and from_ini.source("vm_disk_size") == "ini vm_disk_size"
-    from_option = Settings.resolve(lambda n: "6g" if n == "vm_disk_size" else None, lambda n: "10240M" if n == "vm_disk_size" else None,
-                                   tmp_path,
+    from_option = Settings.resolve(lambda n: "6g" if n == "vm_disk_size" else None,
+                                   lambda n: "10240M" if n == "vm_disk_size" else None, tmp_path,
                                    environ={"PYTEST_FLAKE_VM_DISK_SIZE": "12G"})
     assert from_option.vm_disk_size == 6 * vm.GiB and from_option.source("vm_disk_size") == "--vm-disk-size"
 
