@@ -127,8 +127,9 @@ def _marker_ref(config: pytest.Config) -> str | None:
 def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Flake:
     """The flake under test (``--flake``, or a test's ``@pytest.mark.flake(ref)``).
 
-    ``flake.outputs()`` lists ``packages.<system>``; ``flake.build(attr)`` builds once per
-    session; ``flake.run(attr, port=...)`` starts the main program and stops its process
+    ``flake.outputs()`` lists ``packages.<system>``, ``flake.apps()`` ``apps.<system>``;
+    ``flake.build(attr)`` builds once per session; ``flake.run(attr, port=...)`` starts what
+    ``nix run .#attr`` runs (waiting ``--flake-timeout`` for the port) and stops its process
     group at the end of the test that started it (fixtures included). For a server that
     many tests share, start a ``pytest_flake.Process`` in a session fixture of your own:
     ``with Process([flake.program(), ...], port=0) as server: yield server``.
@@ -144,7 +145,7 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
     return Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
                  system=flake_settings.flake_system, ref_for=ref_for,
                  on_run=lambda process: _register_process(config, process),
-                 log_dir=flake_session.dir)
+                 log_dir=flake_session.dir, timeout=flake_settings.flake_timeout)
 
 
 def _register_process(config: pytest.Config, process: Any) -> None:

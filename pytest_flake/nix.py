@@ -33,7 +33,7 @@ INSTALL_HINT = (
 # Top-level flake output groups: an attribute starting with one of these is a full path.
 OUTPUT_GROUPS = (
     "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
-    "defaultPackage", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
+    "defaultPackage", "defaultApp", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
 )
 _REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "http:", "https:", "tarball+",
                    "file+", "flake:", "indirect:", "hg+")
@@ -43,6 +43,45 @@ def _without_download_noise(log_text: str) -> str:
     """A build log without the retries of an unreachable binary cache."""
     return "\n".join(line for line in log_text.splitlines()
                      if not (line.startswith("warning:") and "unable to download" in line))
+
+
+def _nix_string(value: str) -> str:
+    """``value`` as a Nix string literal (quotes, backslashes and ``${`` escaped)."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+               .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+# Everything `nix run` decides on, in one evaluation: the first candidate attribute that
+# exists; for an app its type, its program and the program's string context (what must be
+# built for it to exist); for a package its name, pname, meta.mainProgram, the name that
+# builtins.parseDrvName leaves without the version, and the output `nix run` uses.
+_RUN_FACTS = """
+let
+  flake = builtins.getFlake @REF@;
+  lookup = path: builtins.foldl'
+    (v: k: if builtins.isAttrs v && builtins.hasAttr k v then builtins.getAttr k v else null) flake path;
+  found = builtins.filter (path: lookup path != null) @CANDIDATES@;
+  str = x: if builtins.isString x then x else null;
+  facts = path: v:
+    if builtins.elem (builtins.head path) [ "apps" "defaultApp" ] then {
+      kind = "app";
+      type = str (v.type or null);
+      program = if builtins.isString (v.program or null) then builtins.unsafeDiscardStringContext v.program else null;
+      context = if builtins.isString (v.program or null) then builtins.getContext v.program else { };
+    } else {
+      kind = "package";
+      type = str (v.type or null);
+      name = str (v.name or null);
+      pname = str (v.pname or null);
+      mainProgram = if builtins.isAttrs (v.meta or null) then str (v.meta.mainProgram or null) else null;
+      parsedName = if builtins.isString (v.name or null) then (builtins.parseDrvName v.name).name else null;
+      outputName = str (v.outputName or null);
+    };
+in
+if found == [ ] then { found = null; }
+else { found = builtins.head found; } // facts (builtins.head found) (lookup (builtins.head found))
+"""
 
 
 class FlakeWarning(UserWarning):
@@ -159,6 +198,7 @@ class Flake:
         ref_for: Callable[[], str | None] | None = None,
         on_run: Callable[[Any], None] | None = None,
         log_dir: Path | None = None,
+        timeout: float = 120.0,
     ) -> None:
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
@@ -170,6 +210,8 @@ class Flake:
         self._checked: set[str] = set()
         self._on_run = on_run
         self._log_dir = log_dir
+        self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
+        self._programs: dict[tuple[str, str], Path] = {}
 
     # -- references -------------------------------------------------------------------
     @property
@@ -218,16 +260,24 @@ class Flake:
     # -- evaluation ---------------------------------------------------------------------
     def outputs(self) -> list[str]:
         """Names of the packages under ``packages.<system>``."""
-        key = (self.ref, "outputs")
+        return self._names_under("packages")
+
+    def apps(self) -> list[str]:
+        """Names of the apps under ``apps.<system>`` (empty when the flake has none)."""
+        return self._names_under("apps")
+
+    def _names_under(self, group: str) -> list[str]:
+        key = (self.ref, "outputs" if group == "packages" else f"names|{group}")
         if key not in self._evals:
-            proc = self.nix.run(["eval", "--json", f"{self.ref}#packages", "--apply",
-                                 f'p: if p ? "{self.system}" then builtins.attrNames p."{self.system}" else null'],
+            system = _nix_string(self.system)
+            proc = self.nix.run(["eval", "--json", f"{self.ref}#{group}", "--apply",
+                                 f"g: if g ? {system} then builtins.attrNames g.{system} else null"],
                                 check=False)
             if proc.returncode != 0:
                 if "does not provide attribute" in proc.stderr:
                     self._evals[key] = []
                 else:
-                    raise NixError(f"cannot evaluate the outputs of flake {self.ref} (nix exit code {proc.returncode})",
+                    raise NixError(f"cannot evaluate the {group} of flake {self.ref} (nix exit code {proc.returncode})",
                                    details=tail(proc.stderr))
             else:
                 self._evals[key] = json.loads(proc.stdout) or []
@@ -293,33 +343,136 @@ class Flake:
         out = outputs.get("out") or next(iter(outputs.values()))
         return Build(attr=attr, out=out, outputs=outputs, drv=drv, seconds=seconds)
 
+    # -- programs (what `nix run` runs) ---------------------------------------------------
+    def _run_candidates(self, attr: str) -> list[str]:
+        """The attribute paths ``nix run REF#attr`` tries, in its order."""
+        name = (attr.split("#", 1)[1] if "#" in attr else attr) or "default"
+        if name.split(".", 1)[0] in OUTPUT_GROUPS and "." in name:
+            return [name]
+        system = self.system
+        if name == "default":
+            return [f"apps.{system}.default", f"defaultApp.{system}",
+                    f"packages.{system}.default", f"defaultPackage.{system}"]
+        return [f"apps.{system}.{name}", f"packages.{system}.{name}", f"legacyPackages.{system}.{name}"]
+
+    def _run_facts(self, attr: str) -> dict[str, Any]:
+        """What ``nix run`` decides on for ``attr``, from one ``nix eval`` per session."""
+        candidates = self._run_candidates(attr)
+        key = (self.ref, "run|" + ",".join(candidates))
+        if key not in self._evals:
+            paths = " ".join("[ " + " ".join(_nix_string(part) for part in c.split(".")) + " ]" for c in candidates)
+            expr = _RUN_FACTS.replace("@REF@", _nix_string(self.ref)).replace("@CANDIDATES@", f"[ {paths} ]")
+            # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode.
+            proc = self.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
+            if proc.returncode != 0:
+                errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
+                reason = f": {errors[-1]}" if errors else f" (nix exit code {proc.returncode})"
+                raise NixError(f"cannot evaluate what 'nix run {self.ref}#{attr}' would run{reason}",
+                               details=tail(proc.stderr))
+            facts = json.loads(proc.stdout)
+            if facts.get("found") is None:
+                raise MissingOutputError(
+                    f"flake {self.ref} has no app or package '{attr}' (looked for {', '.join(candidates)})",
+                    hint=f"apps under apps.{self.system}: {format_choices(self.apps())}; "
+                         f"packages under packages.{self.system}: {format_choices(self.outputs())}")
+            facts["found"] = ".".join(facts["found"])
+            self._evals[key] = facts
+        return dict(self._evals[key])
+
     def program(self, attr: str = "default") -> Path:
-        """The main program of a package: ``meta.mainProgram``, else the only/first file in ``bin/``."""
-        build = self.build(attr)
-        name = self.main_program(attr)
-        bindir = build.out / "bin"
-        if name:
-            program = bindir / name
-            if not program.exists():
-                raise UsageError(f"{build.attr}: meta.mainProgram is '{name}' but {program} does not exist")
-            return program
-        candidates = sorted(p for p in bindir.iterdir() if os.access(p, os.X_OK)) if bindir.is_dir() else []
-        if not candidates:
-            raise UsageError(f"{build.attr} has no program to run: no meta.mainProgram and nothing in {bindir}",
-                             hint="set meta.mainProgram in the package, or run a file of the build yourself")
-        return candidates[0]
+        """The program ``nix run REF#attr`` runs, built; the path to execute.
+
+        ``apps.<system>.<attr>.program`` first (what its string refers to is built); else
+        the package's ``bin/`` + ``meta.mainProgram``, else ``pname``, else the name without
+        its version (``builtins.parseDrvName``), the first that exists; a lone file in
+        ``bin/`` only when none of those names exists.
+        """
+        key = (self.ref, attr)
+        cached = self._programs.get(key)
+        if cached is not None:
+            return cached
+        facts = self._run_facts(attr)
+        if facts["kind"] == "app":
+            program = self._app_program(facts)
+        else:
+            program = self._package_program(facts)
+        log.info("nix run %s#%s runs %s", self.ref, facts["found"], program)
+        self._programs[key] = program
+        return program
+
+    def _app_program(self, facts: dict[str, Any]) -> Path:
+        found = facts["found"]
+        hint = 'an app is { type = "app"; program = "${package}/bin/NAME"; }'
+        if facts.get("type") != "app":
+            raise UsageError(f"{found} has type {facts.get('type')!r}, not 'app'", hint=hint)
+        program = facts.get("program")
+        if not program:
+            raise UsageError(f"{found} has no program (a string)", hint=hint)
+        # getContext: {"/nix/store/...drv": {"outputs": ["out"]}} for each derivation output the
+        # string refers to; those must be built. Plain store paths ({"path": true}) exist already.
+        drvs = sorted(path for path, what in (facts.get("context") or {}).items() if what.get("outputs"))
+        if drvs:
+            # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
+            proc = self.nix.run(["build", "--json", "--no-link", *drvs], check=False)
+            if proc.returncode != 0:
+                errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
+                reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
+                raise BuildError(f"nix build of the program of {found} failed{reason}",
+                                 hint="run 'nix run -L' on it to see the whole log",
+                                 details=tail(_without_download_noise(proc.stderr), 30))
+        path = Path(program)
+        if not path.is_file():
+            if path.parent.is_dir():
+                where = f"{path.parent} has {format_choices(sorted(p.name for p in path.parent.iterdir()))}"
+            else:
+                where = f"{path.parent} does not exist"
+            raise UsageError(f"{found}: program {program} does not exist ({where})",
+                             hint="point the app's program at a file the package installs")
+        if not os.access(path, os.X_OK):
+            raise UsageError(f"{found}: program {program} is not executable",
+                             hint="install it with mode 0755 (chmod +x in the build)")
+        return path
+
+    def _package_program(self, facts: dict[str, Any]) -> Path:
+        found = facts["found"]
+        if facts.get("type") != "derivation":
+            raise UsageError(f"{found} is neither a package nor an app (type {facts.get('type')!r})",
+                             hint="run a package (a derivation) or an app ({ type = \"app\"; program = ...; })")
+        build = self.build(found)
+        out = build.outputs.get(facts.get("outputName") or "out", build.out)
+        bindir = out / "bin"
+        files = sorted(p.name for p in bindir.iterdir() if not p.is_dir()) if bindir.is_dir() else []
+        listing = f"{bindir} has {format_choices(files)}" if bindir.is_dir() else f"{out} has no bin/"
+        fix = (f"set meta.mainProgram to the file to run, or add an app: apps.{self.system}.NAME = "
+               '{ type = "app"; program = "${package}/bin/FILE"; }')
+        main: str | None = facts.get("mainProgram")
+        if main:
+            if (bindir / main).is_file():
+                return bindir / main
+            raise UsageError(f"{found}: meta.mainProgram is '{main}' but {bindir / main} does not exist ({listing})",
+                             hint="set meta.mainProgram to a file the package installs in bin/")
+        names: list[str] = list(dict.fromkeys(n for n in (facts.get("pname"), facts.get("parsedName")) if n))
+        for name in names:
+            if (bindir / name).is_file():
+                return bindir / name
+        if len(files) == 1:
+            return bindir / files[0]
+        tried = "".join(f", no bin/{n}" for n in names)
+        raise UsageError(f"{found} has no program to run: no meta.mainProgram{tried}, and not a lone file in bin/ "
+                         f"({listing})", hint=fix)
 
     def run(self, attr: str = "default", args: Sequence[str] = (), env: dict[str, str] | None = None,
-            port: int | None = None, timeout: float = 60) -> Process:
-        """Build the package, start its main program, and wait until ``port`` accepts connections.
+            port: int | None = None, timeout: float | None = None) -> Process:
+        """Build and start what ``nix run REF#attr`` runs, and wait until ``port`` accepts connections.
 
-        Returns a started :class:`~pytest_flake.process.Process`; under pytest it is
-        stopped (its whole process group) at the end of the test, or earlier with
-        ``stop()`` or a ``with`` block.
+        ``timeout`` defaults to the session's ``--flake-timeout``. Returns a started
+        :class:`~pytest_flake.process.Process`; under pytest it is stopped (its whole
+        process group) at the end of the test, or earlier with ``stop()`` or a ``with`` block.
         """
         program = self.program(attr)
-        process = Process([str(program), *args], env=env, port=port, timeout=timeout,
-                          name=self.attr_path(attr).rsplit(".", 1)[-1], log_dir=self._log_dir)
+        name = ((attr.split("#", 1)[1] if "#" in attr else attr) or "default").rsplit(".", 1)[-1]
+        process = Process([str(program), *args], env=env, port=port,
+                          timeout=self.timeout if timeout is None else timeout, name=name, log_dir=self._log_dir)
         process.start()
         if self._on_run is not None:
             self._on_run(process)
