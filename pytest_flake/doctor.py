@@ -7,6 +7,7 @@ Component modules (docker, vm) contribute ``doctor(settings)`` lists of their ow
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -83,14 +84,17 @@ def _docker_endpoint(settings: Settings) -> str:
     return describe_endpoint(settings)
 
 
+def configured(settings: Settings) -> bool:
+    """Whether this run asks for pytest-flake at all: a flake, or a pytest-flake setting not at its default.
+
+    ``DOCKER_HOST`` and ``LIBVIRT_DEFAULT_URI`` belong to everybody: set alone, they are no such request.
+    """
+    shared = ("$DOCKER_HOST", "$LIBVIRT_DEFAULT_URI", "default")
+    return settings.flake is not None or any(source not in shared for source in settings.sources.values())
+
+
 def header(settings: Settings) -> list[str]:
-    """The report header: flake, system, Nix version, Docker and libvirt endpoints, VM image."""
-    version = _nix(["--version"])
-    nix_version = version.stdout.strip().rsplit(" ", 1)[-1] if version and version.returncode == 0 else "not found"
-    system = settings.flake_system or "unknown"
-    if settings.flake_system is None and version is not None:
-        probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
-        system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
+    """The report header: flake, Docker and libvirt endpoints, VM image. Runs no subprocess."""
     flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
     try:
         from .vm import default_uri, describe_accel
@@ -100,7 +104,49 @@ def header(settings: Settings) -> list[str]:
         libvirt, accel = settings.libvirt_uri or "qemu:///system (root) / qemu:///session", settings.vm_accel
     return [
         f"flake: {flake}",
-        f"system: {system}, nix {nix_version}",
         f"docker: {_docker_endpoint(settings)}",
         f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {accel}",
     ]
+
+
+def locked(metadata: dict[str, Any]) -> str:
+    """``git rev 1a2b3c4d5e6f (clean)``, ``git (dirty tree: uncommitted changes)``, or a path's hash."""
+    lock = metadata.get("locked") or {}
+    kind = lock.get("type", "?")
+    rev = metadata.get("revision") or lock.get("rev")
+    if kind in ("git", "github", "gitlab", "sourcehut", "hg"):
+        if rev:
+            return f"{kind} rev {rev[:12]} (clean)"
+        return f"{kind} (dirty tree: uncommitted changes, no revision)"
+    nar = lock.get("narHash", "?")
+    return f"{kind} {nar} (not under version control: no revision)"
+
+
+def nix_facts(settings: Settings, ref: str | None = None) -> list[str]:
+    """After collection, for a run that uses the plugin: Nix version, system, the flake's locked revision."""
+    version = _nix(["--version"])
+    if version is None:
+        return [f"nix: not found on PATH; {INSTALL_HINT}"]
+    if version.returncode != 0:
+        return [f"nix: 'nix --version' failed with exit code {version.returncode}; try: pytest --flake-doctor"]
+    nix_version = version.stdout.strip().rsplit(" ", 1)[-1]
+    system = settings.flake_system
+    if system is None:
+        probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
+        system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
+    lines = [f"system: {system}, nix {nix_version}"]
+    ref = ref or settings.flake
+    if ref:
+        from .nix import normalize_ref
+
+        nix_ref, _ = normalize_ref(ref, settings.invocation_dir)
+        meta = _nix(["flake", "metadata", "--json", nix_ref])
+        if meta is not None and meta.returncode == 0:
+            try:
+                lines.append(f"flake locked: {locked(json.loads(meta.stdout))}")
+            except ValueError:
+                lines.append("flake locked: unknown (unreadable 'nix flake metadata --json')")
+        else:
+            err = [line for line in (meta.stderr if meta else "timed out").splitlines() if line.strip()][-1:]
+            lines.append(f"flake locked: unknown ({' '.join(err)})")
+    return lines

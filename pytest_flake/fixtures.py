@@ -19,13 +19,39 @@ from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
-from .session import Session
+from .session import Session, sweep_dead_sessions
 
 log = logging.getLogger("pytest_flake")
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[Session]()
 CURRENT_ITEM = pytest.StashKey["pytest.Item | None"]()
+# a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
+SETTINGS_ERROR = pytest.StashKey[str]()
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    """The resolved settings; a bad value is a usage error here, when something needs them."""
+    error = config.stash.get(SETTINGS_ERROR, None)
+    if error is not None:
+        raise pytest.UsageError(error)
+    return config.stash[SETTINGS_KEY]
+
+
+def ensure_session(config: pytest.Config) -> Session:
+    """The session's id and directory, made when a test first needs them.
+
+    The sweep of sessions that were killed (their containers, domains, processes and
+    files) runs then, once: a run that never uses a fixture of the plugin creates no
+    directory and contacts no daemon.
+    """
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        settings = settings_of(config)
+        session = Session().__enter__()
+        config.stash[SESSION_KEY] = session
+        sweep_dead_sessions(session, settings)
+    return session
 
 
 class TestState:
@@ -102,13 +128,13 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str) -> bool:
 @pytest.fixture(scope="session")
 def flake_settings(request: pytest.FixtureRequest) -> Settings:
     """The resolved pytest-flake settings (option > env > ini > default)."""
-    return request.config.stash[SETTINGS_KEY]
+    return settings_of(request.config)
 
 
 @pytest.fixture(scope="session")
 def flake_session(request: pytest.FixtureRequest) -> Session:
     """This test session's id and state directory; resources are labelled with the id."""
-    return request.config.stash[SESSION_KEY]
+    return ensure_session(request.config)
 
 
 def _marker_ref(config: pytest.Config) -> str | None:

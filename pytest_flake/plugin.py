@@ -6,7 +6,6 @@ Registered through the ``pytest11`` entry point ``flake``; do not also list it i
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -20,8 +19,8 @@ from . import doctor
 from .config import OPTIONS, Settings
 from .errors import FlakeError
 from .fixtures import *  # noqa: F403  (fixtures are registered by being imported here)
-from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_KEY, TEST_STATE, TestState
-from .session import Session
+from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState
+from .session import SWEEPERS, sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
 
@@ -44,8 +43,9 @@ MARKERS = (
     "portable_service)",
     "flake(ref): test this flake reference instead of --flake, for one test, class or module",
 )
-# component modules that own resources a killed session may have left behind
-SWEEPERS = ("pytest_flake.docker", "pytest_flake.vm")
+# fixtures of the plugin that need neither settings nor a session: using only these is not using the plugin
+LIGHT_FIXTURES = frozenset({"http"})
+USES_PLUGIN = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,7 +87,12 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
-    config.stash[SETTINGS_KEY] = _resolve_settings(config)
+    try:
+        config.stash[SETTINGS_KEY] = _resolve_settings(config)
+    except pytest.UsageError as exc:
+        if str(exc).startswith("pytest-flake: --"):
+            raise  # a bad value typed on the command line fails at once
+        config.stash[SETTINGS_ERROR] = str(exc)  # from env or ini: only a run that uses the plugin fails
     _teardown_on_sigterm()
 
 
@@ -113,40 +118,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """What the settings say, without running anything (nix facts come after collection)."""
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is None:
+    if settings is None or not doctor.configured(settings):
         return []
     return ["pytest-flake: " + line for line in doctor.header(settings)]
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    if SETTINGS_KEY not in config.stash:
-        return
-    flake_session = Session().__enter__()
-    config.stash[SESSION_KEY] = flake_session
-    sweep_dead_sessions(flake_session, config.stash[SETTINGS_KEY])
+def uses_plugin(item: pytest.Item) -> bool:
+    """Whether a test uses a fixture of pytest-flake (other than the stand-alone ``http``)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name, defs in (getattr(info, "name2fixturedefs", None) or {}).items():
+        if name in LIGHT_FIXTURES:
+            continue
+        if any(getattr(d.func, "__module__", "").startswith("pytest_flake.") for d in defs):
+            return True
+    return False
 
 
-def sweep_dead_sessions(current: Session, settings: Settings) -> None:
-    """Remove what killed sessions left: their processes, containers, domains and files."""
-    from .process import sweep as sweep_processes
-
-    dead = current.dead_sessions()
-    if not dead:
-        return
-    log.warning("pytest-flake: sweeping %d session(s) that did not end: %s", len(dead), ", ".join(dead))
-    for session_id in dead:
-        sweep_processes(current.session_dir(session_id))
-    for name in SWEEPERS:
-        try:
-            module: Any = importlib.import_module(name)
-            module.sweep(dead, settings)
-        except Exception as exc:  # one component's trouble must not stop the others
-            log.warning("pytest-flake: could not sweep %s resources of %s: %s", name.rsplit(".", 1)[-1],
-                        ", ".join(dead), exc)
-    for session_id in dead:
-        current.forget(session_id)
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """Nix facts (version, system, the flake's locked revision), only for a run that uses the plugin."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not config.stash.get(USES_PLUGIN, False):
+        return []
+    return ["pytest-flake: " + line for line in doctor.nix_facts(settings)]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -165,6 +160,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter asks for pytest_report_collectionfinish
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A bad setting fails the run here, and only when a selected test uses the plugin."""
+    config = session.config
+    used = any(uses_plugin(item) for item in session.items)
+    config.stash[USES_PLUGIN] = used
+    error = config.stash.get(SETTINGS_ERROR, None)
+    if used and error is not None:
+        raise pytest.UsageError(error)
 
 
 @pytest.hookimpl(tryfirst=True)

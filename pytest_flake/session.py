@@ -10,16 +10,20 @@ finds a registration whose process is gone sweeps what that session left behind
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("pytest_flake")
 
 LABEL = "pytest-flake.session"
 PREFIX = "pf-"
+# component modules that own resources a killed session may have left behind
+SWEEPERS = ("pytest_flake.docker", "pytest_flake.vm")
 
 
 def state_dir() -> Path:
@@ -99,3 +103,29 @@ class Session:
     def session_dir(self, session_id: str) -> Path:
         """The directory of any session (this one or a dead one) by id."""
         return self.root / "sessions" / session_id
+
+
+def sweep_dead_sessions(current: Session, settings: Any) -> list[str]:
+    """Remove what killed sessions left: their processes, containers, domains and files.
+
+    Called once per session, when a test first uses a fixture of the plugin (a run
+    that never uses it touches no daemon). Returns the ids of the sessions swept.
+    """
+    from .process import sweep as sweep_processes
+
+    dead = current.dead_sessions()
+    if not dead:
+        return dead
+    log.warning("pytest-flake: sweeping %d session(s) that did not end: %s", len(dead), ", ".join(dead))
+    for session_id in dead:
+        sweep_processes(current.session_dir(session_id))
+    for name in SWEEPERS:
+        try:
+            module: Any = importlib.import_module(name)
+            module.sweep(dead, settings)
+        except Exception as exc:  # one component's trouble must not stop the others
+            log.warning("pytest-flake: could not sweep %s resources of %s: %s", name.rsplit(".", 1)[-1],
+                        ", ".join(dead), exc)
+    for session_id in dead:
+        current.forget(session_id)
+    return dead

@@ -271,6 +271,6 @@ def test_failed_test_gets_logs_and_keep_keeps(pytester: pytest.Pytester, tmp_pat
     kept = json.loads(report.read_text())
     result.stdout.fnmatch_lines([f"*kept container {kept['container']}*docker --host * exec -it {kept['container']}*"])
     assert labelled(flake_docker, str(kept["session"])) == [kept["container"]]
-    pytester.makepyfile(test_failing="def test_nothing():\n    pass\n")
+    pytester.makepyfile(test_failing="def test_nothing(flake_session):\n    pass\n")  # uses the plugin: sweeps
     pytester.runpytest_subprocess("--flake", REF, "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert labelled(flake_docker, str(kept["session"])) == []

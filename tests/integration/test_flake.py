@@ -186,7 +186,7 @@ def test_killed_session_leaves_no_process(pytester: pytest.Pytester, tmp_path: P
     registration = state / "sessions" / report["session"]
     assert registration.is_dir()  # left behind by the killed session...
 
-    pytester.makepyfile(test_killed="def test_next():\n    pass\n")
+    pytester.makepyfile(test_killed="def test_next(flake_session):\n    pass\n")  # uses the plugin: sweeps
     pytester.runpytest_subprocess(f"--flake=path:{EXAMPLE}", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert not registration.exists()  # ...and swept by the next one
     assert list((state / "sessions").iterdir()) == []

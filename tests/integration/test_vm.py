@@ -265,7 +265,8 @@ def test_killed_session_is_swept_by_the_next(flake_session: Session, flake_setti
     assert (flake_session.root / "vms" / session_id).exists()
 
     (tmp_path / "next").mkdir()
-    (tmp_path / "next" / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    # the next session that uses the plugin sweeps (one that does not touches nothing)
+    (tmp_path / "next" / "test_nothing.py").write_text("def test_nothing(flake_session):\n    pass\n")
     env = dict(os.environ, PYTEST_FLAKE_STATE=str(flake_session.root))
     nxt = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                           "--rootdir", str(tmp_path / "next"), str(tmp_path / "next")],
@@ -288,7 +289,8 @@ def test_fails(vm):
 
 def test_flake_keep_keeps_the_vm_of_a_failed_test_until_the_next_session(
         flake_session: Session, flake_settings: Settings, tmp_path: Path) -> None:
-    for name, text in (("kept/test_kept.py", KEPT), ("next/test_nothing.py", "def test_nothing():\n    pass\n")):
+    nothing = "def test_nothing(flake_session):\n    pass\n"  # uses the plugin, so it sweeps
+    for name, text in (("kept/test_kept.py", KEPT), ("next/test_nothing.py", nothing)):
         (tmp_path / name).parent.mkdir()
         (tmp_path / name).write_text(text)
     env = dict(os.environ, PYTEST_FLAKE_STATE=str(flake_session.root), NAME_FILE=str(tmp_path / "name"))

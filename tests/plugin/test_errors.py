@@ -26,7 +26,7 @@ def test_no_nix_on_path(pytester: pytest.Pytester, no_nix_path: Path) -> None:
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
-        "pytest-flake: system: unknown, nix not found",
+        "pytest-flake: nix: not found on PATH*",
         "*ERROR at setup of test_outputs*",
         "MissingToolError: nix is not on PATH (install Nix: 'apt-get install nix-bin' on Debian/Ubuntu, "
         "or see https://nixos.org/download; then run scripts/setup)",

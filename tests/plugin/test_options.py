@@ -7,6 +7,7 @@ import pytest
 from tests.plugin.flake_helpers import write_flake
 
 PASSING = "def test_ok():\n    pass\n"
+USES = "def test_uses(flake_settings):\n    pass\n"
 
 
 def header_line(result: pytest.RunResult, start: str) -> str:
@@ -35,6 +36,8 @@ def test_option_beats_env_beats_ini_in_header(pytester: pytest.Pytester, monkeyp
 def test_default_flake_is_the_invocation_directory(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(PASSING)
     result = pytester.runpytest()
+    result.stdout.no_fnmatch_line("pytest-flake*")  # nothing asked for pytest-flake: it stays silent
+    result = pytester.runpytest("--vm-memory=512")
     result.stdout.fnmatch_lines(["pytest-flake: flake: none (pass --flake DIR)"])
     (pytester.path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
     result = pytester.runpytest()
@@ -44,14 +47,15 @@ def test_default_flake_is_the_invocation_directory(pytester: pytest.Pytester) ->
 @pytest.mark.usefixtures("nix")
 def test_header_names_system_nix_docker_and_vm_settings(pytester: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    pytester.makepyfile(PASSING)
+    pytester.makepyfile(USES)
     pytester.makeini("[pytest]\nvm_accel = tcg\n")
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/test-docker.sock")
     result = pytester.runpytest("--vm-image", "debian", "--flake-system", "aarch64-linux")
     result.stdout.fnmatch_lines([
-        "pytest-flake: system: aarch64-linux, nix 2.*",
         "pytest-flake: docker: unix:///tmp/test-docker.sock (from $DOCKER_HOST)",
         "pytest-flake: libvirt: *; vm image: debian (from --vm-image); accel: tcg (from ini vm_accel)",
+        "collected 1 item",
+        "pytest-flake: system: aarch64-linux, nix 2.*",
     ])
     result = pytester.runpytest()
     assert header_line(result, "pytest-flake: system: ").startswith("pytest-flake: system: x86_64-linux, nix 2.")
@@ -85,7 +89,7 @@ def test_bad_number_is_a_usage_error(pytester: pytest.Pytester) -> None:
 
 def test_bad_choice_is_a_usage_error_listing_choices(pytester: pytest.Pytester,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    pytester.makepyfile(PASSING)
+    pytester.makepyfile(USES)
     result = pytester.runpytest("--vm-accel=xen")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--vm-accel: invalid choice: 'xen' (choose from 'auto', 'kvm', 'tcg')"])
