@@ -264,3 +264,295 @@ def test_nix_run_passes_features_and_reports_failure(tmp_path: Path) -> None:
     with pytest.raises(NixError, match="'nix eval x' failed with exit code 7") as err:
         nix.run(["eval", "x"])
     assert "error: nope" in "\n".join(err.value.__notes__)
+
+
+# --- what flake.run() runs (nix run's rules), with a faked nix ----------------------------
+def _executable(path: Path, text: str = "#!/bin/sh\necho hi\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _package(path: str, name: str, *, pname: str | None = None, main: str | None = None,
+             parsed: str | None = None, output: str = "out") -> dict[str, object]:
+    """The facts nix eval returns for a package (parsedName: what parseDrvName leaves)."""
+    return {"found": path.split("."), "kind": "package", "type": "derivation", "name": name, "pname": pname,
+            "mainProgram": main, "parsedName": parsed or name, "outputName": output}
+
+
+def _app(path: str, program: str | None, context: dict[str, object] | None = None,
+         type_: str | None = "app") -> dict[str, object]:
+    return {"found": path.split("."), "kind": "app", "type": type_, "program": program, "context": context or {}}
+
+
+class RunNix(FakeNix):
+    """Also answers the one ``nix eval --impure --expr`` behind ``flake.run()``, ``#apps``
+    and ``nix build`` of the derivations an app's program names."""
+
+    def __init__(self, facts: dict[str, object] | None, *, apps: list[str] | None = None,
+                 eval_error: str | None = None, drv_build_error: str | None = None) -> None:
+        super().__init__()
+        self.facts = facts
+        self.apps = apps
+        self.eval_error = eval_error
+        self.drv_build_error = drv_build_error
+        self.exprs: list[str] = []
+        self.drv_builds: list[list[str]] = []
+
+    def package_out(self, attr: str, outputs: dict[str, Path]) -> None:
+        self.answers[attr] = (0, json.dumps([{"drvPath": f"/nix/store/x-{attr}.drv",
+                                              "outputs": {k: str(v) for k, v in outputs.items()}}]), "")
+
+    def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        args = list(args)
+        if "--expr" in args:
+            self.calls += 1
+            self.argvs.append(args)
+            self.exprs.append(args[args.index("--expr") + 1])
+            if self.eval_error:
+                return subprocess.CompletedProcess(args, 1, "", self.eval_error)
+            return subprocess.CompletedProcess(args, 0, json.dumps(self.facts), "")
+        if args[0] == "eval" and args[2].endswith("#apps"):
+            self.calls += 1
+            self.argvs.append(args)
+            if self.apps is None:
+                return subprocess.CompletedProcess(args, 1, "", "error: flake 'x' does not provide attribute 'apps'")
+            return subprocess.CompletedProcess(args, 0, json.dumps(self.apps), "")
+        if args[0] == "build" and not any("#" in a for a in args):
+            self.calls += 1
+            self.argvs.append(args)
+            drvs = [a for a in args[1:] if a.endswith(".drv")]
+            self.drv_builds.append(drvs)
+            if self.drv_build_error:
+                return subprocess.CompletedProcess(args, 1, "", self.drv_build_error)
+            return subprocess.CompletedProcess(args, 0, json.dumps([{"drvPath": d, "outputs": {}} for d in drvs]), "")
+        return super().run(args, check=check)
+
+
+def _pkg_flake(flake_dir: Path, tmp_path: Path, files: Sequence[str], **facts: str | None) -> tuple[Flake, Path]:
+    attr = f"packages.{SYSTEM}.tool"
+    out = tmp_path / "store" / "tool-out"
+    for file in files:
+        _executable(out / "bin" / file)
+    nix = RunNix(_package(attr, str(facts.pop("name", None) or "tool-1.0"), **facts))  # type: ignore[arg-type]
+    nix.package_out(attr, {"out": out})
+    return make_flake(flake_dir, nix), out / "bin"
+
+
+@pytest.mark.parametrize("files, facts, expected", [
+    # meta.mainProgram first, though pname's and the parsed name's files exist too
+    (["main", "hello", "tool"], {"main": "main", "pname": "hello", "parsed": "tool"}, "main"),
+    # then pname, though the parsed name's file exists
+    (["hello", "tool"], {"pname": "hello", "parsed": "tool"}, "hello"),
+    # then the name without its version (what parseDrvName gives), not the other file
+    (["busybox", "greeter"], {"name": "greeter-2", "parsed": "greeter"}, "greeter"),
+    # a pname whose file is missing: the parsed name's file
+    (["tool", "zzz"], {"pname": "hello", "parsed": "tool"}, "tool"),
+    # none of the names: the one lone file
+    (["solo"], {"pname": "hello", "parsed": "tool"}, "solo"),
+])
+def test_package_program_follows_nix_run(flake_dir: Path, tmp_path: Path, files: list[str],
+                                         facts: dict[str, str], expected: str) -> None:
+    flake, bindir = _pkg_flake(flake_dir, tmp_path, files, **facts)
+    assert flake.program("tool") == bindir / expected
+
+
+def test_main_program_that_is_missing_is_an_error_naming_it(flake_dir: Path, tmp_path: Path) -> None:
+    flake, bindir = _pkg_flake(flake_dir, tmp_path, ["tool"], main="ghost", parsed="tool")
+    with pytest.raises(UsageError) as err:
+        flake.program("tool")  # no fallback to bin/tool, as nix run and lib.getExe would fail
+    msg = str(err.value)
+    assert f"packages.{SYSTEM}.tool: meta.mainProgram is 'ghost' but {bindir}/ghost does not exist" in msg
+    assert f"{bindir} has tool" in msg
+    assert "\n" not in msg
+
+
+def test_two_files_and_no_matching_name_lists_bin_and_says_how_to_fix(flake_dir: Path, tmp_path: Path) -> None:
+    flake, bindir = _pkg_flake(flake_dir, tmp_path, ["beta", "alpha"], name="ambiguous-1.0", parsed="ambiguous")
+    with pytest.raises(UsageError) as err:
+        flake.program("tool")
+    msg = str(err.value)
+    assert f"packages.{SYSTEM}.tool has no program to run: no meta.mainProgram, no bin/ambiguous" in msg
+    assert f"{bindir} has alpha, beta" in msg
+    assert "set meta.mainProgram" in msg and f'apps.{SYSTEM}.NAME = {{ type = "app"' in msg
+    assert "\n" not in msg
+
+
+def test_package_without_bin(flake_dir: Path, tmp_path: Path) -> None:
+    flake, bindir = _pkg_flake(flake_dir, tmp_path, [], parsed="tool")
+    bindir.parent.mkdir(parents=True)
+    with pytest.raises(UsageError, match=f"no bin/tool, and not a lone file in bin/ \\({bindir.parent} has no bin/\\)"):
+        flake.program("tool")
+
+
+def test_package_program_is_in_the_output_nix_run_uses(flake_dir: Path, tmp_path: Path) -> None:
+    attr = f"packages.{SYSTEM}.split"
+    nix = RunNix(_package(attr, "split-1.0", parsed="split", output="bin"))
+    nix.package_out(attr, {"out": tmp_path / "out", "bin": tmp_path / "bin-output"})
+    _executable(tmp_path / "out" / "bin" / "split")
+    program = _executable(tmp_path / "bin-output" / "bin" / "split")
+    assert make_flake(flake_dir, nix).program("split") == program
+
+
+def test_app_program_context_is_built_then_run(flake_dir: Path, tmp_path: Path) -> None:
+    program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
+    drv = "/nix/store/aaaa-toolbox-1.0.drv"
+    context = {drv: {"outputs": ["out"]}, "/nix/store/bbbb-source": {"path": True},
+               "/nix/store/cccc-other.drv": {"allOutputs": True}}
+    nix = RunNix(_app(f"apps.{SYSTEM}.bye", str(program), context))
+    flake = make_flake(flake_dir, nix)
+    assert flake.program("bye") == program
+    assert nix.drv_builds == [[drv]]  # only derivation outputs are built; a source path is there already
+    build = next(a for a in nix.argvs if a[0] == "build")
+    assert build[:3] == ["build", "--json", "--no-link"]
+    assert not any(a for a in nix.argvs if a[0] == "build" and any("#" in x for x in a)), "built the package too"
+
+
+def test_app_without_derivation_context_builds_nothing(flake_dir: Path, tmp_path: Path) -> None:
+    program = _executable(tmp_path / "script")
+    nix = RunNix(_app(f"apps.{SYSTEM}.script", str(program), {str(program): {"path": True}}))
+    assert make_flake(flake_dir, nix).program("script") == program
+    assert nix.drv_builds == []
+
+
+@pytest.mark.parametrize("type_", ["derivation", None])
+def test_app_of_wrong_type_is_an_error(flake_dir: Path, tmp_path: Path, type_: str | None) -> None:
+    program = _executable(tmp_path / "bin" / "hi")
+    nix = RunNix(_app(f"apps.{SYSTEM}.hi", str(program), {"/nix/store/a.drv": {"outputs": ["out"]}}, type_=type_))
+    with pytest.raises(UsageError) as err:
+        make_flake(flake_dir, nix).program("hi")
+    assert str(err.value).startswith(f"apps.{SYSTEM}.hi has type {type_!r}, not 'app'")
+    assert 'type = "app"; program =' in str(err.value)
+    assert nix.drv_builds == []
+
+
+def test_app_program_that_does_not_exist(flake_dir: Path, tmp_path: Path) -> None:
+    _executable(tmp_path / "bin" / "hi")
+    _executable(tmp_path / "bin" / "bye")
+    missing = tmp_path / "bin" / "nope"
+    nix = RunNix(_app(f"apps.{SYSTEM}.nope", str(missing), {"/nix/store/a.drv": {"outputs": ["out"]}}))
+    with pytest.raises(UsageError) as err:
+        make_flake(flake_dir, nix).program("nope")
+    msg = str(err.value)
+    assert f"apps.{SYSTEM}.nope: program {missing} does not exist ({tmp_path / 'bin'} has bye, hi)" in msg
+    assert "\n" not in msg
+
+
+def test_app_program_that_is_not_executable(flake_dir: Path, tmp_path: Path) -> None:
+    program = tmp_path / "plain"
+    program.write_text("echo\n")
+    nix = RunNix(_app(f"apps.{SYSTEM}.plain", str(program)))
+    with pytest.raises(UsageError, match=f"program {program} is not executable"):
+        make_flake(flake_dir, nix).program("plain")
+
+
+def test_app_without_program(flake_dir: Path) -> None:
+    nix = RunNix(_app(f"apps.{SYSTEM}.x", None))
+    with pytest.raises(UsageError, match=f"apps.{SYSTEM}.x has no program"):
+        make_flake(flake_dir, nix).program("x")
+
+
+def test_failed_build_of_app_program_is_a_build_error(flake_dir: Path, tmp_path: Path) -> None:
+    nix = RunNix(_app(f"apps.{SYSTEM}.x", str(tmp_path / "x"), {"/nix/store/a.drv": {"outputs": ["out"]}}),
+                 drv_build_error="building...\nerror: builder for '/nix/store/a.drv' failed with exit code 1\n")
+    with pytest.raises(BuildError) as err:
+        make_flake(flake_dir, nix).program("x")
+    assert str(err.value).startswith(f"nix build of the program of apps.{SYSTEM}.x failed: error: builder for")
+
+
+@pytest.mark.parametrize("attr, candidates", [
+    ("default", [f"apps.{SYSTEM}.default", f"defaultApp.{SYSTEM}", f"packages.{SYSTEM}.default",
+                 f"defaultPackage.{SYSTEM}"]),
+    (".#", [f"apps.{SYSTEM}.default", f"defaultApp.{SYSTEM}", f"packages.{SYSTEM}.default",
+            f"defaultPackage.{SYSTEM}"]),
+    ("bye", [f"apps.{SYSTEM}.bye", f"packages.{SYSTEM}.bye", f"legacyPackages.{SYSTEM}.bye"]),
+    (".#bye", [f"apps.{SYSTEM}.bye", f"packages.{SYSTEM}.bye", f"legacyPackages.{SYSTEM}.bye"]),
+    (f"apps.{SYSTEM}.bye", [f"apps.{SYSTEM}.bye"]),
+    (f"packages.{SYSTEM}.bye", [f"packages.{SYSTEM}.bye"]),
+])
+def test_nix_run_candidates_are_looked_up_in_its_order(flake_dir: Path, attr: str, candidates: list[str]) -> None:
+    nix = RunNix({"found": None}, apps=[])
+    with pytest.raises(MissingOutputError) as err:
+        make_flake(flake_dir, nix).program(attr)
+    [expr] = nix.exprs
+    wanted = " ".join("[ " + " ".join(f'"{part}"' for part in c.split(".")) + " ]" for c in candidates)
+    assert f"[ {wanted} ]" in expr
+    assert f"(looked for {', '.join(candidates)})" in str(err.value)
+    assert f'builtins.getFlake "path:{flake_dir}"' in expr
+    assert "--impure" in nix.argvs[0]
+
+
+def test_missing_app_or_package_lists_both(flake_dir: Path) -> None:
+    nix = RunNix({"found": None}, apps=["bye", "default"])
+    with pytest.raises(MissingOutputError) as err:
+        make_flake(flake_dir, nix).program("nope")
+    msg = str(err.value)
+    assert msg.startswith(f"flake path:{flake_dir} has no app or package 'nope'")
+    assert f"apps under apps.{SYSTEM}: bye, default; packages under packages.{SYSTEM}: default, docker" in msg
+
+
+def test_failed_evaluation_names_the_nix_error(flake_dir: Path) -> None:
+    nix = RunNix(None, eval_error="warning: x\nerror: undefined variable 'pkgs'\n       at flake.nix:3\n")
+    with pytest.raises(NixError) as err:
+        make_flake(flake_dir, nix).program("x")
+    assert str(err.value) == (f"cannot evaluate what 'nix run path:{flake_dir}#x' would run: "
+                              "error: undefined variable 'pkgs'")
+
+
+def test_program_is_decided_once_per_session(flake_dir: Path, tmp_path: Path) -> None:
+    flake, bindir = _pkg_flake(flake_dir, tmp_path, ["tool"], parsed="tool")
+    assert flake.program("tool") == bindir / "tool"
+    calls = flake.nix.calls
+    assert flake.program("tool") == bindir / "tool"
+    assert flake.nix.calls == calls
+
+
+def test_ref_with_quotes_and_interpolation_is_escaped_for_nix(tmp_path: Path) -> None:
+    odd = tmp_path / 'a"b${c}\\d'
+    odd.mkdir()
+    (odd / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    nix = RunNix({"found": None}, apps=[])
+    with pytest.raises(MissingOutputError):
+        Flake(f"path:{odd}", system=SYSTEM, nix=nix).program()
+    assert f'builtins.getFlake "path:{tmp_path}/a\\"b\\${{c}}\\\\d"' in nix.exprs[0]
+
+
+def test_apps_lists_apps_of_the_system(flake_dir: Path) -> None:
+    nix = RunNix(None, apps=["bye", "default"])
+    flake = make_flake(flake_dir, nix)
+    assert flake.apps() == ["bye", "default"]
+    [argv] = nix.argvs
+    assert argv[:3] == ["eval", "--json", f"path:{flake_dir}#apps"]
+    assert argv[4] == f'g: if g ? "{SYSTEM}" then builtins.attrNames g."{SYSTEM}" else null'
+    assert flake.apps() == ["bye", "default"] and len(nix.argvs) == 1  # cached
+
+
+def test_flake_without_apps_has_an_empty_list(flake_dir: Path) -> None:
+    assert make_flake(flake_dir, RunNix(None, apps=None)).apps() == []
+
+
+def test_apps_evaluation_failure_is_a_nix_error(flake_dir: Path) -> None:
+    class Broken(RunNix):
+        def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess(list(args), 1, "", "error: syntax error, unexpected '}'\n")
+
+    with pytest.raises(NixError, match=f"cannot evaluate the apps of flake path:{flake_dir}"):
+        make_flake(flake_dir, Broken(None)).apps()
+
+
+@pytest.mark.parametrize("given, expected", [(None, 7.5), (3.0, 3.0)])
+def test_run_timeout_defaults_to_the_flake_timeout(flake_dir: Path, tmp_path: Path,
+                                                   given: float | None, expected: float) -> None:
+    flake, _bindir = _pkg_flake(flake_dir, tmp_path, ["tool"], parsed="tool")
+    flake.timeout = 7.5  # what the flake fixture passes: --flake-timeout
+    process = flake.run("tool", timeout=given)
+    try:
+        assert process.timeout == expected
+        assert process.name == "tool"
+    finally:
+        process.stop()
+
+
+def test_flake_timeout_is_passed_in() -> None:
+    assert Flake("path:/x", system=SYSTEM, nix=FakeNix(), timeout=42.0).timeout == 42.0
