@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
            env="PYTEST_FLAKE_KEEP", default=False, kind="bool"),
     Option("flake_timeout", "--flake-timeout", "seconds to wait for a service, container or guest to be ready",
            env="PYTEST_FLAKE_TIMEOUT", default=120.0, kind="float", metavar="SECONDS"),
+    Option("flake_targets", "--flake-targets", "targets the service fixture runs each test against, comma-separated: "
+           "local, docker, portable", env="PYTEST_FLAKE_TARGETS", default="local,docker,portable", kind="targets",
+           metavar="LIST"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -104,6 +107,13 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         if number <= 0:
             raise UsageError(f"{where}={raw!r} must be greater than 0")
         return number
+    if opt.kind == "targets":
+        from .service import parse_targets
+
+        try:
+            return ",".join(parse_targets(str(raw)))
+        except UsageError as exc:
+            raise UsageError(f"{where}={raw!r}: {exc}") from None
     text = str(raw).strip()
     if opt.choices and text not in opt.choices:
         raise UsageError(f"{where}={raw!r} is not valid", hint=f"valid values: {', '.join(opt.choices)}")
@@ -127,6 +137,7 @@ class Settings:
     docker_host: str | None
     flake_keep: bool
     flake_timeout: float
+    flake_targets: str
     invocation_dir: Path
     sources: Mapping[str, str] = field(default_factory=dict)
 

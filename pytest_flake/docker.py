@@ -511,8 +511,13 @@ class Docker:
     # containers
     def container(self, image: Image | str, *, ports: Sequence[int | str] = (),
                   env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None,
-                  name: str | None = None, labels: Mapping[str, str] | None = None) -> Container:
-        """A :class:`Container` (not started: use it as a context manager)."""
+                  name: str | None = None, labels: Mapping[str, str] | None = None,
+                  host_ports: Mapping[int | str, int] | None = None) -> Container:
+        """A :class:`Container` (not started: use it as a context manager).
+
+        ``host_ports`` pins container ports to given 127.0.0.1 ports (an upgrade keeps the old
+        container's port); the others get random ones.
+        """
         self._count += 1
         ref = image.ref if isinstance(image, Image) else str(image)
         if name is None:
@@ -522,7 +527,8 @@ class Docker:
         if self.session_id:
             all_labels[LABEL] = self.session_id
         return Container(self, ref, ports=ports, env=env, command=command, name=name, labels=all_labels,
-                         timeout=self.timeout, image=image if isinstance(image, Image) else None)
+                         timeout=self.timeout, image=image if isinstance(image, Image) else None,
+                         host_ports=host_ports)
 
     def containers(self, session_id: str) -> list[Any]:
         """Containers (running or not) labelled with a session id."""
@@ -574,7 +580,7 @@ class Container:
     def __init__(self, docker: Docker, ref: str, *, ports: Sequence[int | str] = (),
                  env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None,
                  name: str, labels: Mapping[str, str] | None = None, timeout: float = 120.0,
-                 image: Image | None = None) -> None:
+                 image: Image | None = None, host_ports: Mapping[int | str, int] | None = None) -> None:
         if isinstance(ports, (int, str)):
             ports = (ports,)
         self.docker = docker
@@ -587,6 +593,7 @@ class Container:
         self.labels = dict(labels or {})
         self.timeout = timeout
         self.keep = False
+        self.host_ports = {_port_key(p): int(h) for p, h in (host_ports or {}).items()}
         self._container: Any = None
         self._published: list[str] = []
         self._answering: set[str] = set()
@@ -621,7 +628,7 @@ class Container:
         started = time.monotonic()
         exposed = self._exposed()
         self._published = list(dict.fromkeys([*self.ports, *exposed]))
-        bindings = {p: ("127.0.0.1", None) for p in self._published}
+        bindings = {p: ("127.0.0.1", self.host_ports.get(p)) for p in self._published}
         try:
             self._container = client.containers.create(
                 self.ref, command=self.command, environment=self.env or None, name=self.name, labels=self.labels,

@@ -379,3 +379,91 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
                           f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
             continue
         service.close()
+
+
+# --- service ----------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from .guest import Guest
+    from .service import Service
+
+
+def _vm_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+    """A fresh VM of ``--vm-image`` for the portable target; its console goes to the report."""
+    pool: VMPool = request.getfixturevalue("flake_vms")
+    machine = pool.vm()
+    cleanups.append(lambda: _close_vm(request, machine))
+    evidence(request, f"console of VM {machine.name}", machine.console_log)
+    machine.__enter__()
+    return machine
+
+
+# where the service fixture's portable target runs: name -> fn(request, cleanups) -> a started guest
+# whose teardown is appended to cleanups (run after the service is detached)
+PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, list[Callable[[], None]]], Guest]] = {"vm": _vm_guest}
+
+
+def portable_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+    """The guest of the service fixture's portable target, on ``--flake-portable-host`` (``vm`` by default)."""
+    settings: Settings = request.getfixturevalue("flake_settings")
+    host = str(getattr(settings, "flake_portable_host", None) or "vm")
+    make = PORTABLE_HOSTS.get(host)
+    if make is None:
+        raise UsageError(f"--flake-portable-host={host} is not available",
+                         hint=f"valid hosts: {', '.join(sorted(PORTABLE_HOSTS))}")
+    return make(request, cleanups)
+
+
+@pytest.fixture
+def service(request: pytest.FixtureRequest) -> Iterator[Service]:
+    """One form of the service under test; the test runs once per target: [local], [docker], [portable].
+
+    Configure it with ``@pytest.mark.flake_service(port, local="default", docker="docker",
+    portable="portable", env=None)``. ``service.url(path)`` is where it answers on 127.0.0.1,
+    ``service.logs()`` what it wrote, ``service.upgrade(attr)`` replaces it with another build
+    (local: restart on the same port; docker: a new container on the same host port; portable:
+    ``portablectl reattach``), ``service.target`` names the form and ``service.vm`` is the guest
+    of the portable target (else None). ``--flake-targets`` chooses the targets; each variant
+    carries its markers (``nix``; ``docker``; ``vm`` and ``portable``). A failed variant's report
+    carries that target's evidence.
+    """
+    from .service import TARGETS, DockerService, LocalService, PortableTarget, ServiceSpec
+
+    node = request.node
+    target = getattr(request, "param", None)
+    if target not in TARGETS:
+        raise UsageError(f"{node.nodeid}: the service fixture is parametrised by pytest-flake, not by hand",
+                         hint="request 'service' from the test function or from its fixtures")
+    marker = node.get_closest_marker("flake_service")
+    if marker is None:
+        raise UsageError(f"{node.nodeid} uses the service fixture but has no flake_service marker",
+                         hint="add @pytest.mark.flake_service(PORT) with the port the service listens on")
+    spec = ServiceSpec.from_marker(marker.args, marker.kwargs, where=node.nodeid)
+    settings: Settings = request.getfixturevalue("flake_settings")
+    flake: Flake = request.getfixturevalue("flake")
+    timeout = float(settings.flake_timeout)
+    cleanups: list[Callable[[], None]] = []
+    svc: Service
+    if target == "local":
+        session: Session = request.getfixturevalue("flake_session")
+        svc = LocalService(spec, flake, timeout=timeout, log_dir=session.dir)
+    elif target == "docker":
+        svc = DockerService(spec, request.getfixturevalue("flake_docker"), request.getfixturevalue("docker_image"))
+    else:
+        svc = PortableTarget(spec, lambda: portable_guest(request, cleanups),
+                             resolve=lambda attr: flake.build(attr).out, timeout=timeout)
+    title = {"local": "output of", "docker": "logs of the container of", "portable": "journal of"}[target]
+    evidence(request, f"{title} {target} service {spec.attr(target)}", svc.logs)
+    try:
+        with svc:
+            yield svc
+            if keep_if_failed(request, f"{target} service", svc.how_to_reach()):
+                if isinstance(svc, DockerService):
+                    svc.keep()
+                elif isinstance(svc, PortableTarget):
+                    svc.portable = None  # stays attached in the kept guest
+    finally:
+        for step in reversed(cleanups):
+            try:
+                step()
+            except Exception as exc:  # one teardown step must not hide the others
+                log.warning("pytest-flake: service teardown of %s: %s", node.nodeid, exc)

@@ -42,6 +42,9 @@ MARKERS = (
     "portable: attaches systemd portable services in a VM (added automatically, with vm, to tests using "
     "portable_service)",
     "flake(ref): test this flake reference instead of --flake, for one test, class or module",
+    'flake_service(port, local="default", docker="docker", portable="portable", env=None): how the service '
+    "fixture runs the service: the port it listens on, the flake attribute of each target, and its environment "
+    "({port} in a value is the port of the local run)",
 )
 # fixtures of the plugin that need neither settings nor a session: using only these is not using the plugin
 LIGHT_FIXTURES = frozenset({"http"})
@@ -208,3 +211,15 @@ def _describe_error(exc: FlakeError) -> str:
     lines = [f"{type(exc).__name__}: {exc}"]
     lines += getattr(exc, "__notes__", [])
     return "\n".join(lines)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses ``service`` runs once per target of ``--flake-targets``, each with its markers."""
+    if "service" not in metafunc.fixturenames:
+        return
+    from .service import TARGET_MARKERS, TARGETS, parse_targets
+
+    settings = metafunc.config.stash.get(SETTINGS_KEY, None)
+    targets = parse_targets(settings.flake_targets) if settings is not None else TARGETS
+    params = [pytest.param(t, id=t, marks=[getattr(pytest.mark, m) for m in TARGET_MARKERS[t]]) for t in targets]
+    metafunc.parametrize("service", params, indirect=True)
