@@ -568,21 +568,62 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_kvm(kernel: Path | None, *, timeout: float = 12.0) -> tuple[bool, str]:
+KVM_DEVICE = "/dev/kvm"
+HOST_KERNEL_GLOBS = ("/boot/vmlinuz-*", "/boot/vmlinuz", "/usr/lib/modules/*/vmlinuz", "/lib/modules/*/vmlinuz")
+KVM_TRIAL = "kvm-trial"  # no kernel at hand: the first VM boots under KVM while its console is watched
+KVM_TRIAL_SECONDS = 30.0
+KVM_PROBE_SECONDS = 12.0
+# Lines a Linux kernel (or what it starts) writes to the serial console once it runs; firmware and
+# boot loaders (SeaBIOS, GRUB) also run where a KVM guest kernel hangs, so their output proves nothing.
+KERNEL_PROGRESS = re.compile(
+    r"Run /\S*init as init process|Freeing unused (?:kernel|decrypted)|systemd\[1\]|Welcome to (?!GRUB)|"
+    r"Cloud-init v\. |login: ",
+)
+
+
+def host_kernel() -> Path | None:
+    """The host's own kernel (``/boot/vmlinuz-*``, Arch's ``/usr/lib/modules/*/vmlinuz``), if readable."""
+    import glob
+
+    for pattern in HOST_KERNEL_GLOBS:
+        for found in sorted(glob.glob(pattern), reverse=True):
+            path = Path(found)
+            if path.is_file() and os.access(path, os.R_OK) and path.stat().st_size > 1024 * 1024:
+                return path
+    return None
+
+
+def probe_kernel(image: Image | None, cache: Path) -> tuple[Path | None, str]:
+    """A kernel to probe KVM with, and where it comes from: the image's, the cached debian image's, the host's."""
+    if image is not None and image.kernel is not None and image.kernel.is_file():
+        return image.kernel, f"the {image.name} image's kernel"
+    candidate = debian_image_dir(cache) / "vmlinuz"
+    if candidate.is_file():
+        return candidate, "the cached debian image's kernel"
+    host = host_kernel()
+    if host is not None:
+        return host, f"the host's kernel {host}"
+    return None, "no kernel at hand"
+
+
+def probe_kvm(kernel: Path | None, *, timeout: float | None = None, device: str | None = None,
+              qemu: str | None = None) -> tuple[bool, str]:
     """Whether KVM really runs a guest: boot ``kernel`` under KVM until it panics for lack of a root.
 
     ``/dev/kvm`` existing proves nothing (nested virtualisation can hang every guest), so
     a real kernel must get through its whole start-up. Returns ``(works, why)``.
     """
-    if not os.path.exists("/dev/kvm"):
-        return False, "/dev/kvm does not exist"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is not accessible to this user"
-    qemu = shutil.which("qemu-system-x86_64")
+    device = device or KVM_DEVICE
+    timeout = KVM_PROBE_SECONDS if timeout is None else timeout
+    if not os.path.exists(device):
+        return False, f"{device} does not exist"
+    if not os.access(device, os.R_OK | os.W_OK):
+        return False, f"{device} is not accessible to this user"
+    qemu = qemu or shutil.which("qemu-system-x86_64")
     if qemu is None:
         return False, "qemu-system-x86_64 is not installed"
     if kernel is None or not kernel.is_file():
-        return False, "no kernel to probe KVM with (build the debian image once); assuming it does not work"
+        return False, "no kernel to probe KVM with"
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="pf-kvm-probe-") as tmp:
@@ -604,25 +645,84 @@ def probe_kvm(kernel: Path | None, *, timeout: float = 12.0) -> tuple[bool, str]
         return False, f"qemu -accel kvm exited with {proc.returncode}: {tail(err.decode(errors='replace'), 3)}"
 
 
-def choose_accel(settings: Settings, kernel: Path | None, cache: Path) -> str:
-    """``kvm`` or ``tcg``: the setting when explicit, else the (cached per boot) probe result."""
+def kernel_progress(console: str) -> bool:
+    """Whether a serial console shows a Linux kernel running (not only firmware or a boot loader)."""
+    return KERNEL_PROGRESS.search(console) is not None
+
+
+def watch_kvm_first_boot(console: Callable[[], str], running: Callable[[], bool], *,
+                         answered: Callable[[], bool] = lambda: False, timeout: float = KVM_TRIAL_SECONDS,
+                         interval: float = 0.5) -> tuple[bool, str]:
+    """Watch the console of a first boot under KVM: ``(True, why)`` once the kernel shows progress.
+
+    ``answered()`` (the guest's SSH port answering) counts as progress too: a quiet kernel
+    command line may keep the console silent.
+
+    ``(False, why)`` when the guest stops, or when ``timeout`` passes without kernel progress
+    (a hanging KVM guest: the caller falls back to TCG).
+    """
+    started = time.monotonic()
+    while True:
+        if kernel_progress(console()) or answered():
+            return True, f"the first VM's kernel ran under KVM ({time.monotonic() - started:.1f}s to userspace)"
+        if not running():
+            return False, "the first VM under KVM stopped before its kernel showed progress"
+        if time.monotonic() - started >= timeout:
+            return False, (f"the first VM under KVM showed no kernel progress on its console in {timeout:g}s "
+                           "(a KVM guest kernel hangs here)")
+        time.sleep(interval)
+
+
+def _probe_marker(cache: Path) -> Path:
+    return cache / "kvm-probe.json"
+
+
+def cached_probe(cache: Path) -> tuple[bool, str] | None:
+    """The KVM decision made since this host booted, if any: ``(works, why)``."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(_probe_marker(cache).read_text())
+        if data.get("boot_id") == _boot_id():
+            return bool(data["works"]), str(data.get("why", "probed"))
+    return None
+
+
+def record_probe(cache: Path, works: bool, why: str) -> None:
+    """Remember a KVM decision until the host reboots."""
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = _probe_marker(cache).with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
+        tmp.replace(_probe_marker(cache))
+
+
+def choose_accel(settings: Settings, kernel: Path | None, cache: Path, *, kernel_source: str = "") -> str:
+    """``kvm``, ``tcg`` or :data:`KVM_TRIAL`: the setting when explicit, else the (cached per boot) probe.
+
+    With no kernel at hand (no debian image, none in ``/boot``), the answer is :data:`KVM_TRIAL`:
+    the first VM boots under KVM while its console is watched (see :func:`watch_kvm_first_boot`).
+    """
     if settings.vm_accel in ("kvm", "tcg"):
         return str(settings.vm_accel)
     uri = default_uri(settings)
     if not (uri.startswith("qemu:///") or uri.startswith("qemu+unix:///")):
         log.info("vm: libvirt %s is not local; using TCG (pass --vm-accel kvm to insist)", uri)
         return "tcg"
-    marker = cache / "kvm-probe.json"
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(marker.read_text())
-        if data.get("boot_id") == _boot_id():
-            return "kvm" if data["works"] else "tcg"
-    works, why = probe_kvm(kernel)
+    cached = cached_probe(cache)
+    if cached is not None:
+        return "kvm" if cached[0] else "tcg"
+    if kernel is None:
+        works, why = probe_kvm(None)
+        if not works and why == "no kernel to probe KVM with":
+            log.info("vm: no kernel at hand to probe KVM with; the first VM boots under KVM while its console "
+                     "is watched (%gs), else TCG", KVM_TRIAL_SECONDS)
+            return KVM_TRIAL
+        # /dev/kvm or QEMU is missing: no probe needed
+    else:
+        works, why = probe_kvm(kernel)
+        if kernel_source:
+            why = f"{why} (probed with {kernel_source})"
     log.info("vm: KVM %s: %s", "works" if works else "unusable, using TCG", why)
-    if kernel is not None or works:  # only a real probe is worth remembering
-        with contextlib.suppress(OSError):
-            cache.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
+    record_probe(cache, works, why)
     return "kvm" if works else "tcg"
 
 
@@ -630,11 +730,9 @@ def describe_accel(settings: Settings, cache: Path | None = None) -> str:
     """The accelerator for the report header, from the setting or the cached probe (never probes)."""
     if settings.vm_accel in ("kvm", "tcg"):
         return f"{settings.vm_accel} (from {settings.source('vm_accel')})"
-    marker = (cache or image_cache()) / "kvm-probe.json"
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(marker.read_text())
-        if data.get("boot_id") == _boot_id():
-            return f"{'kvm' if data['works'] else 'tcg'} (auto: {data.get('why', 'probed')})"
+    cached = cached_probe(cache or image_cache())
+    if cached is not None:
+        return f"{'kvm' if cached[0] else 'tcg'} (auto: {cached[1]})"
     return "auto (KVM is probed when the first VM starts)"
 
 
@@ -1041,6 +1139,18 @@ def _ssh_client(port: int, key: Path, hostkeys: tuple[str, ...], timeout: float 
     return client
 
 
+def _ssh_banner(port: int) -> bool:
+    """Whether an SSH server answers on 127.0.0.1:port (QEMU accepts a forward's connection either way)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+            conn.settimeout(1.0)
+            return conn.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
 class _QuietParamiko:
     """While waiting for sshd, paramiko's transport thread logs every refused banner as an error."""
 
@@ -1138,13 +1248,17 @@ class VM(GuestCommands):
         self.pool.register(self)
         image = self._image = self.pool.image(self.image_spec)
         accel = self.pool.accel(image)
+        booted = False
+        if accel == KVM_TRIAL:  # no kernel to probe KVM with: this boot decides
+            booted = self._cold_boot(image, "kvm", trial=True)
+            accel = "kvm" if booted else "tcg"
         key: dict[str, Any] | None = None
         if self.pool.warm:
             try:
                 key = self.pool.warm_key(image, self.memory, self.cpus, accel, self.disk_size)
             except Exception as exc:  # warm starts are an optimisation: never an error
                 log.warning("vm://%s: no warm starts (%s)", self.name, exc)
-        state = self.pool.store.load(key) if key is not None else None
+        state = self.pool.store.load(key) if key is not None and not booted else None
         if state is not None:
             try:
                 self._restore(state)
@@ -1157,7 +1271,8 @@ class VM(GuestCommands):
                 with contextlib.suppress(OSError):
                     self.pool.store.drop(state)
         if not self.warm:
-            self._cold_boot(image, accel)
+            if not booted:
+                self._cold_boot(image, accel)
             self.boot_seconds = time.monotonic() - started
             if key is not None and self.pool.store.load(key) is None:
                 self._save_for_later(key, time.monotonic() - started)
@@ -1174,7 +1289,9 @@ class VM(GuestCommands):
         rules += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (extra or {}).items()]
         return ",".join([f"user,id={NETDEV_ID},restrict=on", *rules])
 
-    def _cold_boot(self, image: Image, accel: str) -> None:
+    def _cold_boot(self, image: Image, accel: str, *, trial: bool = False) -> bool:
+        """Boot ``image`` and wait for SSH; True. With ``trial`` (under KVM), first watch the console
+        for kernel progress: without it, record that KVM hangs, remove the domain and return False."""
         conn = self.pool.conn
         self.ssh_port = free_port()
         self.disk_size = create_overlay(image, self.overlay, self.disk_size)
@@ -1220,7 +1337,16 @@ class VM(GuestCommands):
                 raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
                               details=f"domain XML:\n{xml}") from exc
             self._hostkeys = image.hostkeys
+            if trial:
+                works, why = watch_kvm_first_boot(self.console_log, self._dom.isActive,
+                                                  answered=lambda: _ssh_banner(self.ssh_port))
+                self.pool.kvm_trial_result(works, why)
+                if not works:
+                    log.warning("vm://%s: %s; booting again under TCG", self.name, why)
+                    self._drop_domain()
+                    return False
             self._wait_ssh()
+        return True
 
     def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
         """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
@@ -1601,13 +1727,19 @@ class VMPool:
             return self._images[spec]
 
     def accel(self, image: Image) -> str:
+        """``kvm`` or ``tcg`` (decided once a session), or :data:`KVM_TRIAL` until a first boot decides."""
         with self._lock:
-            if self._accel is None:
-                kernel = image.kernel
-                if kernel is None:
-                    candidate = debian_image_dir(self.cache) / "vmlinuz"
-                    kernel = candidate if candidate.is_file() else None
-                self._accel = choose_accel(self.settings, kernel, self.cache)
+            if self._accel is None or self._accel == KVM_TRIAL:
+                kernel, source = probe_kernel(image, self.cache)
+                self._accel = choose_accel(self.settings, kernel, self.cache, kernel_source=source)
+            return self._accel
+
+    def kvm_trial_result(self, works: bool, why: str) -> str:
+        """Record what a first boot under KVM showed (until the host reboots); the accelerator to use."""
+        with self._lock:
+            log.info("vm: KVM %s: %s", "works" if works else "unusable, using TCG", why)
+            record_probe(self.cache, works, why)
+            self._accel = "kvm" if works else "tcg"
             return self._accel
 
     def seclabel(self) -> str:
@@ -1725,13 +1857,25 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
             lines.append((False, "/dev/kvm is not group read-writable: libvirt then probes QEMU again on every "
                                  "call (about a minute per start); run scripts/setup.d/30-libvirt.sh "
                                  "(chgrp kvm /dev/kvm; chmod 0660 /dev/kvm)"))
-    kernel = debian_image_dir(cache) / "vmlinuz"
     if settings.vm_accel == "tcg":
         lines.append((True, "accelerator: TCG (from settings)"))
     else:
-        works, why = probe_kvm(kernel if kernel.is_file() else None)
+        cached = cached_probe(cache)
+        kernel, source = probe_kernel(None, cache)
+        if cached is not None:
+            works, why = cached[0], f"{cached[1]}; decided since this host booted"
+        elif kernel is not None:
+            works, why = probe_kvm(kernel)
+            why = f"{why} (probed with {source})"
+            record_probe(cache, works, why)
+        else:
+            works, why = probe_kvm(None)
         if works:
             lines.append((True, f"KVM works: {why}"))
+        elif kernel is None and cached is None and why == "no kernel to probe KVM with":
+            lines.append((True, "KVM not probed yet: no kernel at hand (no debian image built, none in /boot); "
+                                "the first VM boots under KVM while its console is watched for kernel progress "
+                                f"({KVM_TRIAL_SECONDS:g}s), else under TCG"))
         else:
             ok = settings.vm_accel != "kvm"
             lines.append((ok, f"KVM unusable ({why}); guests run under TCG"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,3 +98,152 @@ def test_warm_states_are_kept_per_disk_size(tmp_path: Path) -> None:
 
     assert key(8 * vm.GiB) != key(12 * vm.GiB)
     assert vm.warm_slot(key(8 * vm.GiB)) != vm.warm_slot(key(12 * vm.GiB))
+
+
+# --------------------------------------------------------------------------- the KVM decision without a debian image
+
+FAKE_QEMU = """#!/usr/bin/env python3
+# A stand-in for qemu-system-x86_64 -accel kvm -kernel ...: MODE working panics like a kernel
+# without a root file system; MODE hanging never gets anywhere (a nested KVM guest here).
+import sys, time
+args = sys.argv[1:]
+serial = args[args.index("-serial") + 1].split(":", 1)[1]
+open(sys.argv[0] + ".argv", "w").write("\\n".join(args))
+if "{mode}" == "working":
+    with open(serial, "w") as out:
+        out.write("[    0.000000] Linux version 6.1.0\\n[    0.912000] Kernel panic - not syncing: VFS: "
+                  "Unable to mount root fs on unknown-block(0,0)\\n")
+    sys.exit(0)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def no_debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine with a KVM device and a kernel in /boot, but no debian image in the cache."""
+    device = tmp_path / "kvm"
+    device.write_bytes(b"")
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "vmlinuz-6.1.0-test").write_bytes(b"\x00" * (2 * 1024 * 1024))
+    monkeypatch.setattr(vm, "KVM_DEVICE", str(device))
+    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", (str(boot / "vmlinuz-*"),))
+    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 2.0)
+    cache = tmp_path / "state" / "images"
+    assert not vm.debian_image_dir(cache).exists()
+    return tmp_path
+
+
+def fake_qemu(root: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> Path:
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text(FAKE_QEMU.replace("{mode}", mode))
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return qemu
+
+
+def arch_pool(root: Path) -> vm.VMPool:
+    from pytest_flake.session import Session
+
+    return vm.VMPool(settings(root, LIBVIRT_DEFAULT_URI="qemu:///system"), Session(root=root / "state"))
+
+
+ARCH = vm.Image(name="arch", disk=Path("/nonexistent/arch.qcow2"), cloud_init=True)
+
+
+def test_kvm_decided_with_the_host_kernel_when_it_works(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    qemu = fake_qemu(no_debian_host, monkeypatch, "working")
+    pool = arch_pool(no_debian_host)
+    assert pool.accel(ARCH) == "kvm"
+    argv = (qemu.parent / "qemu-system-x86_64.argv").read_text().splitlines()
+    assert argv[argv.index("-kernel") + 1] == str(no_debian_host / "boot" / "vmlinuz-6.1.0-test")
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    header = vm.describe_accel(pool.settings, pool.cache)
+    assert header.startswith("kvm (auto: a KVM guest booted its kernel in ")
+    assert "probed with the host's kernel" in header
+    doctor = [line for ok, line in vm.doctor(pool.settings, no_debian_host / "state") if "KVM" in line]
+    assert doctor and doctor[0].startswith("KVM works: ") and "decided since this host booted" in doctor[0]
+    qemu.unlink()  # cached for this boot: a new session does not probe again
+    assert arch_pool(no_debian_host).accel(ARCH) == "kvm"
+
+
+def test_kvm_decided_with_the_host_kernel_when_it_hangs(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_qemu(no_debian_host, monkeypatch, "hanging")
+    pool = arch_pool(no_debian_host)
+    assert pool.accel(ARCH) == "tcg"
+    header = vm.describe_accel(pool.settings, pool.cache)
+    assert header.startswith("tcg (auto: a KVM guest did not get through kernel start-up in 2s (it hangs)")
+    assert "probed with the host's kernel" in header
+    doctor = [(ok, line) for ok, line in vm.doctor(pool.settings, no_debian_host / "state") if "KVM" in line]
+    assert doctor[0][0] and doctor[0][1].startswith("KVM unusable (a KVM guest did not get through")
+    forced = vm.doctor(settings(no_debian_host, LIBVIRT_DEFAULT_URI="qemu:///system", PYTEST_FLAKE_VM_ACCEL="kvm"),
+                       no_debian_host / "state")
+    assert (False, "KVM unusable") == next((ok, line[:12]) for ok, line in forced if line.startswith("KVM"))
+
+
+SEABIOS_AND_GRUB = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)\nBooting from Hard Disk...\n"
+                    "Welcome to GRUB!\n  Booting `Arch Linux'\nLoading Linux linux ...\nLoading initial ramdisk ...\n")
+
+
+def test_kvm_decided_by_the_first_boot_when_no_kernel_is_at_hand(no_debian_host: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_qemu(no_debian_host, monkeypatch, "working")
+    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", ())
+    pool = arch_pool(no_debian_host)
+    assert pool.accel(ARCH) == vm.KVM_TRIAL  # nothing probed, nothing recorded yet
+    assert vm.describe_accel(pool.settings, pool.cache) == "auto (KVM is probed when the first VM starts)"
+    doctor = [(ok, line) for ok, line in vm.doctor(pool.settings, no_debian_host / "state") if "KVM" in line]
+    assert doctor[0][0] and doctor[0][1].startswith("KVM not probed yet: no kernel at hand")
+
+    # a working KVM: the console soon shows the kernel running
+    lines = iter([SEABIOS_AND_GRUB, SEABIOS_AND_GRUB + "[    1.2] Run /init as init process\n"])
+    works, why = vm.watch_kvm_first_boot(lambda: next(lines), lambda: True, timeout=5, interval=0.01)
+    assert works and "ran under KVM" in why
+    assert pool.kvm_trial_result(works, why) == "kvm" and pool.accel(ARCH) == "kvm"
+    assert arch_pool(no_debian_host).accel(ARCH) == "kvm"  # cached for this boot
+    assert vm.describe_accel(pool.settings, pool.cache).startswith("kvm (auto: the first VM's kernel ran under KVM")
+
+
+def test_kvm_first_boot_that_hangs_falls_back_to_tcg(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", ())
+    fake_qemu(no_debian_host, monkeypatch, "working")
+    pool = arch_pool(no_debian_host)
+    assert pool.accel(ARCH) == vm.KVM_TRIAL
+    # firmware and GRUB run to the end under a broken KVM; the kernel then prints nothing more
+    works, why = vm.watch_kvm_first_boot(lambda: SEABIOS_AND_GRUB, lambda: True, timeout=0.3, interval=0.01)
+    assert not works and "no kernel progress" in why
+    assert pool.kvm_trial_result(works, why) == "tcg"
+    again = arch_pool(no_debian_host)
+    assert again.accel(ARCH) == "tcg"
+    header = vm.describe_accel(again.settings, again.cache)
+    assert header.startswith("tcg (auto: the first VM under KVM showed no kernel progress")
+    doctor = [line for _, line in vm.doctor(again.settings, no_debian_host / "state") if "KVM" in line]
+    assert doctor[0].startswith("KVM unusable (the first VM under KVM showed no kernel progress")
+
+
+def test_kvm_first_boot_answering_ssh_counts_and_a_stopped_guest_does_not() -> None:
+    works, _ = vm.watch_kvm_first_boot(lambda: "", lambda: True, answered=lambda: True, timeout=5, interval=0.01)
+    assert works
+    works, why = vm.watch_kvm_first_boot(lambda: SEABIOS_AND_GRUB, lambda: False, timeout=5, interval=0.01)
+    assert not works and "stopped" in why
+
+
+def test_kernel_progress_needs_the_kernel_not_the_firmware() -> None:
+    assert not vm.kernel_progress(SEABIOS_AND_GRUB)
+    for line in ("[    0.9] Run /init as init process", "[    0.8] Freeing unused kernel image (initmem) memory",
+                 "systemd[1]: Detected virtualization kvm.", "Welcome to Arch Linux!", "archlinux login: ",
+                 "Cloud-init v. 24.1 running 'init-local'"):
+        assert vm.kernel_progress(SEABIOS_AND_GRUB + line), line
+
+
+def test_host_kernel_needs_a_readable_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", (str(tmp_path / "vmlinuz-*"),))
+    assert vm.host_kernel() is None
+    (tmp_path / "vmlinuz-6.1-small").write_bytes(b"x")  # not a kernel
+    assert vm.host_kernel() is None
+    (tmp_path / "vmlinuz-6.1").write_bytes(b"\x00" * (2 * 1024 * 1024))
+    assert vm.host_kernel() == tmp_path / "vmlinuz-6.1"
+    kernel, source = vm.probe_kernel(ARCH, tmp_path / "cache")
+    assert kernel == tmp_path / "vmlinuz-6.1" and source == f"the host's kernel {tmp_path / 'vmlinuz-6.1'}"
