@@ -67,6 +67,18 @@ let
     ${program "$tools" "split-tool" "split-tool from split-1.0 (tools output)"}
   '';
 
+  # Says who it is, then sleeps and never opens $PORT: flake.run(port=...) gives up after
+  # --flake-timeout.
+  sleeper = run "sleeper-1.0" { } ''
+    mkdir -p $out/bin
+    cat > $out/bin/sleeper <<SCRIPT
+    #!${busybox}/bin/busybox sh
+    echo "sleeper from sleeper-1.0 \$*"
+    exec ${busybox}/bin/busybox sleep 600
+    SCRIPT
+    chmod +x $out/bin/sleeper
+  '';
+
   app = program: { type = "app"; inherit program; };
 in
 {
@@ -76,7 +88,7 @@ in
     pname-differs = pnameDiffers;
     main-program = mainProgram;
     missing-main = missingMain;
-    inherit lone ambiguous toolbox split;
+    inherit lone ambiguous toolbox split sleeper;
   };
   apps = {
     # `nix run .#` runs this, not packages.default.
