@@ -534,27 +534,85 @@ def _credential(name: str, value: str) -> str:
     return f"io.systemd.credential:{name}={value}"
 
 
+SKIP_DROPIN = "50-pytest-flake-skip.conf"
+
+
 def _skip_dropin(unit: str) -> str:
     return f"[Unit]\nConditionPathExists=/run/pytest-flake-never-{unit}\n"
 
 
-def make_seed(path: Path, public_key: str, skip_units: tuple[str, ...], instance: str) -> Path:
-    """A cloud-init NoCloud seed (a FAT volume labelled ``cidata``) with the session key."""
+@dataclass(frozen=True)
+class HostKey:
+    """An SSH host key pair made for one guest (ed25519): handed over in the seed, checked from the start."""
+
+    private: str  # OpenSSH PEM
+    public: str  # "ssh-ed25519 AAAA..."
+
+    @classmethod
+    def generate(cls) -> HostKey:
+        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+        public = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+        return cls(private=private, public=public)
+
+
+def skip_units_command(units: tuple[str, ...]) -> list[str]:
+    """A bootcmd entry that skips ``units`` on images whose systemd predates unit drop-in credentials (256).
+
+    ``systemctl mask`` refuses a unit whose file is in /etc (Arch's ``pacman-init.service``), so each
+    unit gets a runtime drop-in with a condition that never holds, systemd reloads, and a unit that
+    is already waiting (``systemd-time-wait-sync``) is stopped. Never fails: a unit may not exist.
+    """
+    lines = []
+    for unit in units:
+        folder = shlex.quote(f"/run/systemd/system/{unit}.d")
+        lines.append(f"mkdir -p {folder} && printf %s {shlex.quote(_skip_dropin(unit))} > {folder}/{SKIP_DROPIN}")
+    lines.append("systemctl daemon-reload")
+    for unit in units:
+        quoted = shlex.quote(unit)
+        lines.append(f'[ "$(systemctl show -P ActiveState {quoted} 2>/dev/null)" != activating ] || '
+                     f"systemctl stop --no-block {quoted}")
+    lines.append("true")
+    return ["sh", "-c", "\n".join(lines)]
+
+
+def cloud_config(public_key: str, host_key: HostKey, skip_units: tuple[str, ...]) -> dict[str, Any]:
+    """The cloud-config of a cloud image's seed: ``vms/arch/cloud-config.json`` plus this VM's keys and units."""
+    config: dict[str, Any] = json.loads((RECIPES / "arch" / "cloud-config.json").read_text())
+    config.pop("comment", None)
+    config["users"] = [{"name": "root", "lock_passwd": True, "ssh_authorized_keys": [public_key]}]
+    config["ssh_keys"] = {"ed25519_private": host_key.private, "ed25519_public": host_key.public}
+    if skip_units:
+        config["bootcmd"] = [skip_units_command(skip_units)]
+    return config
+
+
+def render_user_data(config: Mapping[str, Any]) -> str:
+    """``#cloud-config`` followed by the config as JSON (YAML 1.2 accepts JSON; no YAML library needed)."""
+    return "#cloud-config\n" + json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def make_seed(path: Path, user_data: str, instance: str) -> Path:
+    """A cloud-init NoCloud seed (a FAT volume labelled ``cidata``) with ``user-data`` and ``meta-data``."""
     for tool in ("mkfs.vfat", "mcopy"):
         if shutil.which(tool) is None:
             raise MissingToolError(f"a cloud-init seed needs {tool}", hint="apt-get install dosfstools mtools")
-    user_data = Template((RECIPES / "arch" / "user-data").read_text()).substitute(
-        key=public_key, units=", ".join(skip_units) if skip_units else "pytest-flake-none.service"
-    )
     folder = path.with_suffix(".d")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "user-data").write_text(user_data)
-    (folder / "meta-data").write_text(f"instance-id: {instance}\nlocal-hostname: pf-vm\n")
-    path.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-n", "CIDATA", "-C", str(path), "2048"], what="cloud-init seed")
-    _run(["mcopy", "-i", str(path), str(folder / "user-data"), str(folder / "meta-data"), "::"],
-         what="cloud-init seed")
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        fd = os.open(folder / "user-data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a host key
+        with os.fdopen(fd, "w") as out:
+            out.write(user_data)
+        (folder / "meta-data").write_text(f"instance-id: {instance}\nlocal-hostname: pf-vm\n")
+        path.unlink(missing_ok=True)
+        _run(["mkfs.vfat", "-n", "CIDATA", "-C", str(path), "2048"], what="cloud-init seed")
+        _run(["mcopy", "-i", str(path), str(folder / "user-data"), str(folder / "meta-data"), "::"],
+             what="cloud-init seed")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return path
 
 
@@ -1301,9 +1359,12 @@ class VM(GuestCommands):
         for unit in image.skip_units:
             oem.append(_credential(f"systemd.unit-dropin.{unit}", _skip_dropin(unit)))
         seed_disk = ""
+        hostkeys = image.hostkeys
         if image.cloud_init:
-            self.seed = make_seed(self.dir / f"{self.name}.seed.img", self.keys.public, image.skip_units,
-                                  self.name)
+            host_key = HostKey.generate()
+            hostkeys = (" ".join(host_key.public.split()[:2]),)  # pinned: the first connection is checked
+            user_data = render_user_data(cloud_config(self.keys.public, host_key, image.skip_units))
+            self.seed = make_seed(self.dir / f"{self.name}.seed.img", user_data, self.name)
             seed_disk = (f"    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n"
                          f"      <source file='{self.seed}'/>\n      <target dev='vdb' bus='virtio'/>\n"
                          "      <readonly/>\n    </disk>")
@@ -1336,7 +1397,7 @@ class VM(GuestCommands):
             except libvirt.libvirtError as exc:
                 raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
                               details=f"domain XML:\n{xml}") from exc
-            self._hostkeys = image.hostkeys
+            self._hostkeys = hostkeys
             if trial:
                 works, why = watch_kvm_first_boot(self.console_log, self._dom.isActive,
                                                   answered=lambda: _ssh_banner(self.ssh_port))
@@ -1445,8 +1506,9 @@ class VM(GuestCommands):
             on_timeout=lambda: "console (last lines):\n" + tail(self.console_log(), 40),
             hint="the guest never answered SSH; the console log says why (raise --flake-timeout under TCG)",
         )
-        if not self._hostkeys:
-            remote = client.get_transport().get_remote_server_key()
+        transport = client.get_transport()
+        if not self._hostkeys and transport is not None:
+            remote = transport.get_remote_server_key()
             self._hostkeys = (f"{remote.get_name()} {remote.get_base64()}",)
             log.warning("vm://%s: no host key known ahead; trusting %s on first use", self.name,
                         remote.get_name())

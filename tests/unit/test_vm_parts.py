@@ -118,14 +118,18 @@ def test_host_keys_from_a_cloud_init_console() -> None:
 
 @pytest.mark.skipif(not (shutil.which("mkfs.vfat") and shutil.which("mtype")), reason="needs dosfstools, mtools")
 def test_cloud_init_seed(tmp_path: Path) -> None:
-    seed = vm.make_seed(tmp_path / "seed.img", "ssh-ed25519 AAAA key", ("pacman-init.service",), "pf-x-vm-1")
+    host_key = vm.HostKey.generate()
+    user_data = vm.render_user_data(vm.cloud_config("ssh-ed25519 AAAA key", host_key, ("pacman-init.service",)))
+    seed = vm.make_seed(tmp_path / "seed.img", user_data, "pf-x-vm-1")
     label = subprocess.run(["mlabel", "-i", str(seed), "-s", "::"], capture_output=True, text=True).stdout
     assert "CIDATA" in label
-    user_data = subprocess.run(["mtype", "-i", str(seed), "::user-data"], capture_output=True, text=True).stdout
-    assert user_data.startswith("#cloud-config") and "ssh-ed25519 AAAA key" in user_data
-    assert "pacman-init.service" in user_data
+    got = subprocess.run(["mtype", "-i", str(seed), "::user-data"], capture_output=True, text=True).stdout
+    assert got.replace("\r\n", "\n") == user_data
+    assert user_data.startswith("#cloud-config\n") and "ssh-ed25519 AAAA key" in user_data
+    assert "pacman-init.service" in user_data and host_key.public in user_data
     meta = subprocess.run(["mtype", "-i", str(seed), "::meta-data"], capture_output=True, text=True).stdout
     assert "instance-id: pf-x-vm-1" in meta
+    assert not (tmp_path / "seed.d").exists()  # the staging folder (it held the host key) is gone
 
 
 def settings(tmp_path: Path, **env: str) -> Settings:
