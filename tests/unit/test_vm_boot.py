@@ -256,7 +256,8 @@ UNITS = vm.ArchRecipe.load().skip_units
 
 def arch_user_data() -> tuple[str, vm.HostKey]:
     host_key = vm.HostKey.generate()
-    return vm.render_user_data(vm.cloud_config("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBHx pf", host_key, UNITS)), host_key
+    config = vm.cloud_config("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBHx pf", host_key, UNITS)
+    return vm.render_user_data(config), host_key
 
 
 def cloud_init_schema(user_data: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
