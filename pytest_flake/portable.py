@@ -22,10 +22,10 @@ templated units (``ExecStart`` points into the store path of the package).
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +43,8 @@ UNIT_DIRS = ("usr/lib/systemd/system", "etc/systemd/system", "lib/systemd/system
 UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
 OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
 REMOTE_DIR = "/root"
+STORE_HASH = re.compile(r"^[0-9a-df-np-sv-z]{32}-")  # a Nix store path's "<hash>-" (nix base32)
+IMAGE_HINT = "pass a portableService output, a NAME_VERSION.raw file or an image directory (with os-release)"
 PORTABLECTL_HINT = ("install systemd-container in the guest (Debian/Ubuntu: apt-get install systemd-container; "
                     "Fedora: dnf install systemd-container; Arch ships it in systemd)")
 
@@ -136,6 +138,8 @@ def describe_file(path: Path) -> str:
         return "a GPT disk image"
     if head.startswith(b"\x1f\x8b"):
         return "a gzip file (a docker-archive or tarball?)"
+    if head.startswith(b"(\xb5/\xfd"):
+        return "a zstd file (a docker-archive or tarball?)"
     if head.startswith(b"\x7fELF"):
         return "an ELF executable"
     if head.startswith(b"QFI\xfb"):
@@ -161,6 +165,29 @@ def _unsquashfs() -> str:
     return tool
 
 
+def image_name(path: Path) -> str:
+    """The name portablectl gives an image: the file name without a store hash and ``.raw``.
+
+    ``/nix/store/<hash>-web-server_1.0.raw``, ``out/web-server_1.0.raw`` and a directory
+    ``/nix/store/<hash>-web-server_1.0`` are all ``web-server_1.0``.
+    """
+    name = STORE_HASH.sub("", path.name)
+    return name[:-4] if name.endswith(".raw") else name
+
+
+def _not_an_image(path: Path, what: str) -> PortableError:
+    """"PATH is not a portable service image: it is WHAT (what to pass instead)"."""
+    if "docker-archive" in what:
+        hint = f"load it with docker_image/docker_container instead; {IMAGE_HINT}"
+    elif what.startswith("a script"):
+        hint = f"a streamLayeredImage script goes to docker_image/docker_container; {IMAGE_HINT}"
+    elif what.startswith("a systemd unit file"):
+        hint = f"put the unit in an image (portableService {{ units = [ ... ]; }}); {IMAGE_HINT}"
+    else:
+        hint = IMAGE_HINT
+    return PortableError(f"{path} is not a portable service image: it is {what}", hint=hint)
+
+
 @dataclass(frozen=True)
 class PortableImage:
     """A portable service image on this machine: squashfs, raw/GPT disk, or directory."""
@@ -172,8 +199,8 @@ class PortableImage:
 
     @property
     def name(self) -> str:
-        """``web-server_1.0``: the file name without ``.raw`` (the name portablectl uses)."""
-        return self.path.name[:-4] if self.path.name.endswith(".raw") else self.path.name
+        """``web-server_1.0``: the file name without store hash and ``.raw`` (portablectl's name)."""
+        return image_name(self.path)
 
     @property
     def prefix(self) -> str:
@@ -196,22 +223,28 @@ class PortableImage:
 
     @classmethod
     def open(cls, path: Path | str) -> PortableImage:
-        """Inspect ``path``: a ``.raw`` file, a directory image, or a build output holding one."""
+        """Inspect ``path``: every shape a flake's portable output has.
+
+        The ``.raw`` file itself (``<hash>-NAME_VERSION.raw``, nixpkgs' portableService of
+        2022), a directory holding one ``NAME_VERSION.raw`` (portableService today), a
+        directory image (os-release in ``usr/lib`` or ``etc``), or any path to one of those.
+        """
         path = Path(path)
         if not path.exists():
-            raise PortableError(f"portable image {path} does not exist")
+            raise PortableError(f"portable image {path} does not exist", hint=IMAGE_HINT)
         if path.is_dir() and not any((path / f).exists() for f in OS_RELEASE):
             raws = sorted(path.glob("*.raw"))
             if len(raws) == 1:
                 path = raws[0]
             elif len(raws) > 1:
-                raise PortableError(f"{path} holds {len(raws)} images ({', '.join(r.name for r in raws)})",
+                raise PortableError(f"{path} holds {len(raws)} portable images "
+                                    f"({', '.join(r.name for r in raws)}), not one",
                                     hint="pass the path of one of them")
             else:
-                listing = format_choices(sorted(p.name for p in path.iterdir())[:10])
-                raise PortableError(f"{path} is not a portable service image: a directory without "
-                                    f"usr/lib/os-release and without a .raw file (it has: {listing})",
-                                    hint="build a portableService output, e.g. .#portable")
+                entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+                listing = format_choices(entries[:10]) + (", ..." if len(entries) > 10 else "")
+                raise _not_an_image(path, f"a directory without usr/lib/os-release or etc/os-release and without "
+                                          f"a .raw file (it has: {listing or 'nothing'})")
         if path.is_dir():
             image = cls._open_directory(path)
         else:
@@ -221,8 +254,7 @@ class PortableImage:
             elif what == "a GPT disk image":
                 image = cls(path=path, kind="gpt", os_release={}, files=())  # checked in the guest
             else:
-                raise PortableError(f"{path} is not a portable service image: it is {what}",
-                                    hint="expected a squashfs or raw/GPT .raw file, or a directory image")
+                raise _not_an_image(path, what)
         image.validate()
         return image
 
@@ -268,6 +300,23 @@ class PortableImage:
                 f"{self.path}: no unit file starts with the image's prefix '{self.prefix}' "
                 f"(units in the image: {format_choices(self.all_units)})",
                 hint=f"name the unit {self.prefix}.service, or name the image after the unit")
+
+
+def squash_directory(tree: Path, raw: Path) -> Path:
+    """A squashfs image ``raw`` of the directory image ``tree`` (owned by root, as portableService makes it)."""
+    tool = shutil.which("mksquashfs")
+    if tool is None:
+        raise PortableError(f"mksquashfs is not installed, so the directory image {tree} cannot be packed "
+                            "as a .raw file for the guest",
+                            hint="apt-get install squashfs-tools (scripts/setup does it)")
+    started = time.monotonic()
+    result = subprocess.run([tool, str(tree), str(raw), "-all-root", "-noappend", "-quiet", "-no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise PortableError(f"mksquashfs could not pack the directory image {tree} (exit code {result.returncode})",
+                            details=tail(result.stdout + result.stderr))
+    log.debug("portable: packed %s as %s in %.2fs", tree, raw.name, time.monotonic() - started)
+    return raw
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -341,8 +390,8 @@ class PortableService:
 
     @property
     def remote_path(self) -> str:
-        """Where the image lies in the guest (``/root/web-server_1.0.raw``)."""
-        return f"{self.remote_dir}/{self.image.path.name}"
+        """Where the image lies in the guest: always ``/root/NAME_VERSION.raw``, whatever its shape."""
+        return f"{self.remote_dir}/{self.image.name}.raw"
 
     @property
     def portable(self) -> str:
@@ -374,16 +423,13 @@ class PortableService:
             raise PortableError("the guest has no portablectl", hint=PORTABLECTL_HINT)
 
     def _copy(self, image: PortableImage) -> str:
-        remote = f"{self.remote_dir}/{image.path.name}"
+        """Copy the image in as ``NAME_VERSION.raw``; a directory image is squashed here first,
+        so the units see ``PORTABLE=NAME_VERSION.raw`` whatever shape the image had."""
+        remote = f"{self.remote_dir}/{image.name}.raw"
         if image.kind == "directory":
             with tempfile.TemporaryDirectory(prefix="pf-portable-") as tmp:
-                archive = Path(tmp) / f"{image.path.name}.tar"
-                with tarfile.open(archive, "w") as tar:
-                    tar.add(image.path, arcname=image.path.name)
-                self.guest.copy_to(archive, f"{remote}.tar")
-            self._check(["sh", "-c", f"rm -rf {shlex.quote(remote)} && tar -C {shlex.quote(self.remote_dir)} "
-                         f"-xf {shlex.quote(remote + '.tar')} && rm -f {shlex.quote(remote + '.tar')}"],
-                        f"unpack {image.name}")
+                raw = squash_directory(image.path, Path(tmp) / f"{image.name}.raw")
+                self.guest.copy_to(raw, remote)
         else:
             self.guest.copy_to(image.path, remote)
         self._copied.append(remote)
@@ -392,7 +438,7 @@ class PortableService:
     def _validate_in_guest(self, remote: str) -> None:
         """Dissect the image the way systemd's portable tests do, where the tool exists."""
         has = self._run(["sh", "-c", "command -v systemd-dissect"])
-        if has.rc != 0 or self.image.kind == "directory":
+        if has.rc != 0:
             return
         result = self._run(["systemd-dissect", "--no-pager", remote])
         if result.rc != 0:

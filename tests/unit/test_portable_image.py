@@ -9,8 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from pytest_flake import portable
 from pytest_flake.errors import CheckFailed, PortableError
-from pytest_flake.portable import PortableImage, PortableService, describe_file, parse_os_release, parse_unit
+from pytest_flake.portable import (
+    IMAGE_HINT,
+    PortableImage,
+    PortableService,
+    describe_file,
+    image_name,
+    parse_os_release,
+    parse_unit,
+)
 
 needs_mksquashfs = pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="mksquashfs (squashfs-tools)")
 
@@ -116,7 +125,7 @@ def test_what_is_not_an_image_is_named(tmp_path, content, what):
 
 def test_directory_that_is_not_an_image(tmp_path):
     (tmp_path / "bin").mkdir()
-    with pytest.raises(PortableError, match=r"a directory without usr/lib/os-release .* \(it has: bin\)"):
+    with pytest.raises(PortableError, match=r"a directory without usr/lib/os-release .* \(it has: bin/\)"):
         PortableImage.open(tmp_path)
 
 
@@ -236,3 +245,148 @@ def test_running_only_once_the_same_invocation_stayed_up(tmp_path):
     with PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=10, settle=0.2):
         state_polls = [c for c in guest.commands if c.startswith("sh -c 'echo \"Attached=")]
         assert len(state_polls) >= 2  # seen once, then again after the settle time
+
+
+# --- every shape a flake's portable output has ---------------------------------------------------------------
+HASH = "0123456789abcdfghijklmnpqrsvwxyz"  # 32 characters of Nix's base32
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    (f"{HASH}-web-server_20220227.raw", "web-server_20220227"),
+    ("web-server_1.0.raw", "web-server_1.0"),
+    (f"{HASH}-web-server_1.0", "web-server_1.0"),
+    ("web-server_1.0", "web-server_1.0"),
+    ("e" * 32 + "-x_1.raw", "e" * 32 + "-x_1"),  # 'e' is not in Nix's base32: not a store hash
+])
+def test_image_name_strips_store_hash_and_raw(name, expected):
+    assert image_name(Path("/nix/store") / name) == expected
+
+
+@needs_mksquashfs
+def test_bare_raw_store_output(tmp_path):
+    """The seed's portableService (2022): the output is the .raw file, named <hash>-NAME_VERSION.raw."""
+    image = squash(make_tree(tmp_path / "root"), tmp_path / f"{HASH}-web-server_20220227.raw")
+    found = PortableImage.open(image)
+    assert (found.name, found.prefix, found.version) == ("web-server_20220227", "web-server", "20220227")
+    assert found.units == ["web-server.service"]  # was refused: "no unit file starts with '<hash>-web-server'"
+    guest = FakeGuest()
+    with PortableService(guest, found, timeout=5, settle=0.1) as service:
+        assert guest.copied == [(image, "/root/web-server_20220227.raw")]
+        assert (service.remote_path, service.portable) == ("/root/web-server_20220227.raw", "web-server_20220227.raw")
+    assert "portablectl detach --now --runtime /root/web-server_20220227.raw" in guest.commands
+
+
+@needs_mksquashfs
+def test_store_output_directory_holding_the_raw_file(tmp_path):
+    """portableService today: $out/NAME_VERSION.raw, $out named <hash>-NAME-img-VERSION."""
+    out = tmp_path / f"{HASH}-web-server-img-1.0"
+    out.mkdir()
+    squash(make_tree(tmp_path / "root"), out / "web-server_1.0.raw")
+    found = PortableImage.open(out)
+    assert (found.path, found.name, found.prefix) == (out / "web-server_1.0.raw", "web-server_1.0", "web-server")
+
+
+def make_nixpkgs_tree(root: Path, *, usrlib: bool) -> Path:
+    """The layout of nixpkgs' rootFsScaffold (etc/os-release, etc/systemd/system), or all of it under usr/lib."""
+    base = root / ("usr/lib" if usrlib else "etc")
+    (base / "systemd/system").mkdir(parents=True)
+    (base / "os-release").write_text("PORTABLE_ID=web-server\nID=nixos\nPRETTY_NAME=NixOS\n")
+    (base / "systemd/system/web-server.service").write_text("[Service]\nExecStart=/bin/true\n")
+    for d in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "var/lib", "etc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.mark.parametrize("usrlib", [False, True], ids=["etc", "usr-lib"])
+def test_os_release_in_etc_or_usr_lib(tmp_path, usrlib):
+    tree = make_nixpkgs_tree(tmp_path / f"{HASH}-web-server_1.0", usrlib=usrlib)
+    found = PortableImage.open(tree)
+    assert (found.kind, found.name, found.os_release["PORTABLE_ID"]) == ("directory", "web-server_1.0", "web-server")
+    assert found.units == ["web-server.service"]
+
+
+@needs_mksquashfs
+@pytest.mark.parametrize("usrlib", [False, True], ids=["etc", "usr-lib"])
+def test_squashfs_with_os_release_in_etc_or_usr_lib(tmp_path, usrlib):
+    image = squash(make_nixpkgs_tree(tmp_path / "root", usrlib=usrlib), tmp_path / "web-server_1.0.raw")
+    assert PortableImage.open(image).os_release["ID"] == "nixos"
+
+
+class SquashfsCheckingGuest(FakeGuest):
+    """Records what kind of file each copied image is, while it still exists."""
+
+    def copy_to(self, local: Path, remote: str) -> None:
+        super().copy_to(local, remote)
+        self.kinds = [*getattr(self, "kinds", []), describe_file(Path(local))]
+
+
+@needs_mksquashfs
+def test_directory_image_reaches_the_guest_as_name_version_raw(tmp_path):
+    tree = make_nixpkgs_tree(tmp_path / f"{HASH}-web-server_1.0", usrlib=False)
+    guest = SquashfsCheckingGuest()
+    with PortableService(guest, tree, timeout=5, settle=0.1) as service:
+        assert [remote for _, remote in guest.copied] == ["/root/web-server_1.0.raw"]
+        assert guest.kinds == ["a squashfs image"]
+        assert service.portable == "web-server_1.0.raw"
+        assert "portablectl attach --now --profile=default --runtime /root/web-server_1.0.raw" in guest.commands
+    assert not guest.copied[0][0].exists()  # the packed copy is gone
+
+
+def test_store_hash_never_reaches_names(tmp_path):
+    image = PortableImage(tmp_path / f"{HASH}-web-server_1.0.raw", "squashfs", {"ID": "x"},
+                          ("etc/systemd/system/web-server.service",))
+    assert HASH not in image.name and HASH not in image.prefix
+
+
+# --- what is not an image: one line, what it is, what to pass -----------------------------------------------
+@pytest.mark.parametrize(("content", "what", "hint"), [
+    (b"\x1f\x8b\x08\x00rest", "a gzip file (a docker-archive or tarball?)",
+     "load it with docker_image/docker_container instead; " + IMAGE_HINT),
+    (b"(\xb5/\xfd rest", "a zstd file (a docker-archive or tarball?)",
+     "load it with docker_image/docker_container instead; " + IMAGE_HINT),
+    (b"#!/nix/store/x-bash/bin/bash -e\nexec stream\n", "a script (#!/nix/store/x-bash/bin/bash -e)",
+     "a streamLayeredImage script goes to docker_image/docker_container; " + IMAGE_HINT),
+    (b"[Unit]\nDescription=x\n", "a systemd unit file",
+     "put the unit in an image (portableService { units = [ ... ]; }); " + IMAGE_HINT),
+    (b"\x7fELF\x02\x01", "an ELF executable", IMAGE_HINT),
+], ids=["gzip", "zstd", "script", "unit", "elf"])
+def test_not_an_image_message_is_one_line(tmp_path, content, what, hint):
+    path = tmp_path / "result"
+    path.write_bytes(content)
+    with pytest.raises(PortableError) as raised:
+        PortableImage.open(path)
+    assert str(raised.value) == f"{path} is not a portable service image: it is {what} ({hint})"
+
+
+def test_package_directory_is_not_an_image(tmp_path):
+    for d in ("bin", "share"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "README").write_text("x")
+    with pytest.raises(PortableError) as raised:
+        PortableImage.open(tmp_path)
+    assert str(raised.value) == (f"{tmp_path} is not a portable service image: it is a directory without "
+                                 "usr/lib/os-release or etc/os-release and without a .raw file "
+                                 f"(it has: README, bin/, share/) ({IMAGE_HINT})")
+
+
+def test_directory_with_two_images(tmp_path):
+    for name in ("web-server_1.0.raw", "web-server_1.1.raw"):
+        (tmp_path / name).write_bytes(b"hsqs")
+    with pytest.raises(PortableError) as raised:
+        PortableImage.open(tmp_path)
+    assert str(raised.value) == (f"{tmp_path} holds 2 portable images (web-server_1.0.raw, web-server_1.1.raw), "
+                                 "not one (pass the path of one of them)")
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(PortableError, match=r"portable image .*/nothing does not exist \(pass a portableService"):
+        PortableImage.open(tmp_path / "nothing")
+
+
+@needs_mksquashfs
+def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
+    tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
+    monkeypatch.setattr(portable.shutil, "which", lambda name: None)
+    with pytest.raises(PortableError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
+        PortableService(FakeGuest(), tree, timeout=5).__enter__()
+
