@@ -184,11 +184,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    _no_timeout_in_teardown(item)
     yield
     state = item.stash.get(TEST_STATE, None)
     if state is not None:
         state.cleanup()
     item.config.stash[CURRENT_ITEM] = None
+
+
+def _no_timeout_in_teardown(item: pytest.Item) -> None:
+    """pytest-timeout: a test that timed out (or not) still gets its VMs, containers and processes removed.
+
+    pytest-timeout's signal method fails the test where it hangs, then teardown runs; its timer
+    may also cover teardown, and firing there would stop our teardown half-way and leave a
+    domain or a container behind. So the timer ends where our teardown begins, for tests that
+    use a resource of ours; each teardown step has a deadline of its own.
+    """
+    if not item.config.pluginmanager.hasplugin("timeout"):
+        return
+    names = set(getattr(item, "fixturenames", ()))
+    if names & (set(FIXTURE_MARKERS) | {"service"}):
+        item.config.hook.pytest_timeout_cancel_timer(item=item)
 
 
 @pytest.hookimpl(hookwrapper=True)

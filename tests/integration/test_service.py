@@ -39,6 +39,9 @@ def test_env_port_placeholder_is_the_local_port(service, http):
     if service.target == "docker":
         out = service.container.host.run("env").stdout  # type: ignore[attr-defined]
         assert "GREETING=port 3031" in out
+    elif service.target == "portable":
+        assert service.vm is not None
+        assert "GREETING=port 3031" in service.vm.succeed("systemctl show -P Environment web-server.service")
     else:
         port = service.url().split(":")[2].split("/")[0]
         pid = service.process.pid  # type: ignore[attr-defined]
