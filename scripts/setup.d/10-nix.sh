@@ -1,5 +1,5 @@
 # Nix (Debian's nix-bin) and what the offline example flake builds with.
-apt_install nix-bin busybox-static squashfs-tools git ca-certificates curl
+apt_install nix-bin busybox-static squashfs-tools zstd git ca-certificates curl
 
 # Builds here are offline: no binary cache to ask, flakes on. Only added when the
 # machine's nix.conf does not say otherwise (a user's own settings are kept).
