@@ -4,9 +4,13 @@ The seed workflow ``nix build .#docker && docker load < result && docker run -p
 3031:3031 web-server:TAG && curl ...`` as plain Python, with no pytest in sight:
 
 * :func:`inspect_archive` reads what a flake output holds without a daemon: a
-  docker-archive (``dockerTools.buildImage``/``buildLayeredImage``, gzipped or not) or
-  the ``streamLayeredImage`` script whose stdout is the archive. It yields the image
-  id (the digest of its config), the tags, and the layers' diff ids.
+  docker-archive (``dockerTools.buildLayeredImage``, plain, gzip or zstd; the legacy
+  layout of ``buildImage``, a directory a layer with ``VERSION``, ``json`` and
+  ``layer.tar`` plus ``repositories``) or the ``streamLayeredImage`` script whose stdout
+  is the archive. It yields the image id (the digest of its config), the tags, and the
+  layers' diff ids. A zstd archive is decompressed on its way to the daemon (daemons
+  before 23.0 cannot read zstd), with the ``zstandard`` module (``pytest-flake[docker]``)
+  or else the ``zstd`` program.
 * :meth:`Docker.image` loads an archive only when the daemon does not hold its image
   id yet, and reports how many of its layers were new to the daemon (a rebuild that
   changed one store path loads one layer).
@@ -35,6 +39,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -45,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import DockerError, UsageError, tail
+from .errors import DockerError, MissingToolError, UsageError, tail
 from .session import LABEL, state_dir
 from .waiting import NotReady, wait_for
 
@@ -91,7 +96,7 @@ class Archive:
 
     path: Path
     kind: str  # KIND_TAR or KIND_SCRIPT
-    compression: str  # "", "gzip", "bzip2", "xz"
+    compression: str  # "", "gzip", "bzip2", "xz", "zstd"
     id: str  # sha256:<digest of the config>, the image id the daemon will give it
     tags: tuple[str, ...]
     diff_ids: tuple[str, ...]
@@ -110,6 +115,10 @@ class Archive:
     @contextlib.contextmanager
     def stream(self) -> Iterator[Iterator[bytes]]:
         """The archive's bytes as ``docker load`` takes them (the script's stdout for a script)."""
+        if self.kind == KIND_TAR and self.compression == "zstd":
+            with _zstd_reader(self.path) as reader:  # the daemon gets the plain tar
+                yield _chunks(reader)
+            return
         if self.kind == KIND_TAR:
             with open(self.path, "rb") as handle:
                 yield _chunks(handle)
@@ -164,7 +173,44 @@ _MAGIC = (
     (b"\x1f\x8b", "gzip"),
     (b"BZh", "bzip2"),
     (b"\xfd7zXZ\x00", "xz"),
+    (b"(\xb5/\xfd", "zstd"),
 )
+ZSTD_HINT = "pip install 'pytest-flake[docker]' (it brings the zstandard module), or install the zstd program"
+
+
+@contextlib.contextmanager
+def _zstd_reader(path: Path) -> Iterator[IO[bytes]]:
+    """The decompressed bytes of a zstd file: the ``zstandard`` module, else ``zstd -dc``."""
+    try:
+        zstandard: Any = importlib.import_module("zstandard")
+    except ImportError:
+        zstandard = None
+    if zstandard is not None:
+        with open(path, "rb") as handle, \
+                zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True) as reader:
+            yield reader
+        return
+    tool = shutil.which("zstd")
+    if tool is None:
+        raise MissingToolError(f"{path} is zstd-compressed and neither the zstandard module nor the zstd program "
+                               "is installed", hint=ZSTD_HINT)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen([tool, "-dcq", str(path)], stdout=subprocess.PIPE, stderr=errors,
+                                stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+            finished = not proc.stdout.read(1)
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()  # the reader stopped early (inspection reads only the head): not a failure
+                finished = False
+            code = proc.wait()
+        if finished and code != 0:
+            errors.seek(0)
+            raise UsageError(f"zstd cannot decompress {path} (exit code {code})",
+                             details=tail(errors.read().decode(errors="replace")))
 
 
 def _describe_file(path: Path, head: bytes) -> str:
@@ -173,8 +219,6 @@ def _describe_file(path: Path, head: bytes) -> str:
         return "an ELF executable"
     if head.startswith((b"hsqs", b"sqsh")):
         return "a squashfs image (a portable service image?)"
-    if head.startswith(b"(\xb5/\xfd"):
-        return "a zstd-compressed file (load it with `docker load` by hand; it cannot be inspected here)"
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive"
     if head[:4] == b"QFI\xfb":
@@ -243,7 +287,7 @@ def _inspect_uncached(path: Path) -> Archive:
         raise UsageError(f"{path} does not exist", hint="build the output first (flake.build(attr))")
     if path.is_dir():
         candidates = [p for p in sorted(path.iterdir())
-                      if p.is_file() and re.search(r"\.tar(\.gz|\.xz|\.bz2)?$", p.name)]
+                      if p.is_file() and re.search(r"\.tar(\.gz|\.xz|\.bz2|\.zst)?$", p.name)]
         if len(candidates) == 1:
             return _inspect_uncached(candidates[0])
         raise _not_an_image(path, _describe_dir(path))
@@ -259,7 +303,8 @@ def _inspect_uncached(path: Path) -> Archive:
         compression = next((name for magic, name in _MAGIC if head.startswith(magic)), "")
         if not compression and head[257:262] != b"ustar":
             raise _not_an_image(path, _describe_file(path, head))
-        with open(path, "rb") as handle:
+        opener = _zstd_reader(path) if compression == "zstd" else open(path, "rb")
+        with opener as handle:
             entry, config = _read_tar(handle, path, f"a {compression + ' ' if compression else ''}file")
         kind = KIND_TAR
     try:
