@@ -870,7 +870,7 @@ def _edit_domain_xml(xml: str, *, name: str, overlay: Path, console: Path, netde
 
 # --------------------------------------------------------------------------- warm states across sessions
 
-WARM_FORMAT = 1  # bump when the layout of a warm state changes
+WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)
 WARM_ENV = "PYTEST_FLAKE_VM_WARM"
 _WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
 
@@ -924,7 +924,7 @@ def _host_cpu() -> str:
 
 
 def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hypervisor: Hypervisor,
-             template: Path | None = None, disk_size: int = 0) -> dict[str, Any]:
+             template: Path | None = None, disk_size: int = 0, qemu_label: str = "") -> dict[str, Any]:
     """Everything a saved state depends on: any difference makes it unusable."""
     return {
         "format": WARM_FORMAT,
@@ -942,6 +942,7 @@ def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hype
         "accel": accel,
         "host_cpu": _host_cpu() if accel == "kvm" else "",
         "uri": uri,
+        "qemu_user": qemu_label,  # who QEMU runs as: the label is in the saved domain XML
         "template": _hash_files(template or RECIPES / "domain.xml"),
         "qemu_binary": hypervisor.qemu_binary,
         "qemu_binary_id": _file_id(Path(hypervisor.qemu_binary)) if hypervisor.qemu_binary else "",
@@ -1390,6 +1391,7 @@ class VM(GuestCommands):
             seclabel=self.pool.seclabel(),
             netdev=self._netdev(),
         )
+        self.pool.prepare_files(image, self.overlay, self.console, *([self.seed] if self.seed else []))
         with _step(f"vm://{self.name}: cold boot of {image.name} ({accel}, {self.memory} MiB, {self.cpus} CPU)"):
             libvirt = _libvirt()
             try:
@@ -1465,6 +1467,7 @@ class VM(GuestCommands):
                     out.write(state.private_key.read_bytes())
                 self.keys = KeyPair(private=private, public=state.public_key)
                 self.console.write_text(_boot_log_of(state))
+                self.pool.prepare_files(self._image, self.overlay, self.console)
                 xml = _edit_domain_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
                                        console=self.console, netdev=self._netdev(),
                                        session=self.pool.session.id)
@@ -1724,6 +1727,111 @@ def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
 
 
+# --------------------------------------------------------------------------- QEMU's user and its files
+
+
+@dataclass(frozen=True)
+class QemuUser:
+    """Who QEMU runs as on the system daemon: libvirt's own unprivileged user (its DAC base label)."""
+
+    uid: int
+    gid: int
+
+    @property
+    def name(self) -> str:
+        import pwd
+
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    @property
+    def label(self) -> str:
+        return f"+{self.uid}:+{self.gid}"
+
+    @classmethod
+    def of(cls, capabilities: str) -> QemuUser:
+        """libvirt's DAC base label for QEMU guests (``<baselabel type='qemu'>+988:+993</baselabel>``)."""
+        found = re.search(r"<baselabel type=['\"](?:qemu|kvm)['\"]>\+?(\d+):\+?(\d+)</baselabel>", capabilities)
+        if found:
+            return cls(int(found.group(1)), int(found.group(2)))
+        import pwd
+
+        for name in ("libvirt-qemu", "qemu"):
+            with contextlib.suppress(KeyError):
+                entry = pwd.getpwnam(name)
+                return cls(entry.pw_uid, entry.pw_gid)
+        raise VMError("libvirt names no unprivileged user for QEMU (no DAC base label, no libvirt-qemu user)",
+                      hint="run scripts/setup.d/30-libvirt.sh, or set user/group in /etc/libvirt/qemu.conf")
+
+    def can_search(self, directory: Path) -> bool:
+        """Whether this user may pass through ``directory`` (mode bits and POSIX ACLs)."""
+        stat = directory.stat()
+        if stat.st_uid == self.uid:
+            return bool(stat.st_mode & 0o100)
+        acl = _acl_entries(directory)
+        if acl.get(f"user:{self.uid}") is not None:
+            return "x" in acl[f"user:{self.uid}"]
+        if stat.st_gid == self.gid:
+            return bool(stat.st_mode & 0o010)
+        return bool(stat.st_mode & 0o001)
+
+
+def _acl_entries(path: Path) -> dict[str, str]:
+    """``{"user:988": "--x", ...}``: the named entries of a POSIX ACL (empty without getfacl or an ACL)."""
+    if shutil.which("getfacl") is None:
+        return {}
+    proc = subprocess.run(["getfacl", "-n", "-p", "-c", "--", str(path)], capture_output=True, text=True,
+                          check=False)
+    entries = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("#", 1)[0].strip().split(":")
+        if len(parts) == 3 and parts[0] in ("user", "group") and parts[1]:
+            entries[f"{parts[0]}:{parts[1]}"] = parts[2]
+    return entries
+
+
+def grant_search(user: QemuUser, path: Path) -> list[Path]:
+    """Let ``user`` pass through every folder above ``path`` (search only, through an ACL entry; no listing).
+
+    The folders keep their modes: root's 0700 home stays closed to everybody else. Returns the
+    folders that got an entry.
+    """
+    granted = []
+    for folder in reversed(path.resolve().parents):
+        if user.can_search(folder):
+            continue
+        if shutil.which("setfacl") is None:
+            raise MissingToolError(f"QEMU (as {user.name}) cannot reach {path}: {folder} is closed to it, and "
+                                   "setfacl is not installed", hint="apt-get install acl (scripts/setup does), or "
+                                   "point PYTEST_FLAKE_STATE to a folder QEMU's user can reach")
+        _run(["setfacl", "-m", f"u:{user.uid}:x", str(folder)], what=f"let QEMU's user {user.name} reach {path}")
+        log.info("vm: %s may now pass through %s (ACL u:%s:x)", user.name, folder, user.name)
+        granted.append(folder)
+    return granted
+
+
+def hand_to_qemu(user: QemuUser, *files: Path) -> None:
+    """Files QEMU writes (overlay, console) or that hold a secret (seed): its user's alone, mode 0600."""
+    for path in files:
+        os.chown(path, user.uid, user.gid)
+        os.chmod(path, 0o600)
+
+
+def check_readable(user: QemuUser, *files: Path | None) -> None:
+    """Base images, kernels, initrds stay root's and read-only; QEMU's user only needs to read them."""
+    for path in files:
+        if path is None:
+            continue
+        stat = path.stat()
+        readable = (stat.st_uid == user.uid and stat.st_mode & 0o400) or (
+            stat.st_gid == user.gid and stat.st_mode & 0o040) or stat.st_mode & 0o004
+        if not readable:
+            raise VMError(f"QEMU's user {user.name} cannot read {path} (mode {stat.st_mode & 0o777:o})",
+                          hint=f"chmod a+r {shlex.quote(str(path))}")
+
+
 # --------------------------------------------------------------------------- pool
 
 
@@ -1745,6 +1853,7 @@ class VMPool:
         self._conn: Any = None
         self._images: dict[str, Image] = {}
         self._accel: str | None = None
+        self._qemu_user: QemuUser | None = None
         self._keys: KeyPair | None = None
         self._hypervisors: dict[str, Hypervisor] = {}
         self._vms: list[VM] = []
@@ -1804,11 +1913,41 @@ class VMPool:
             self._accel = "kvm" if works else "tcg"
             return self._accel
 
+    @property
+    def qemu_user(self) -> QemuUser | None:
+        """Who QEMU runs as: libvirt's unprivileged user on the system daemon; None on a session daemon
+        (QEMU runs as the caller there)."""
+        if not (_is_root() and self.uri.startswith("qemu:///system")):
+            return None
+        with self._lock:
+            if self._qemu_user is None:
+                self._qemu_user = QemuUser.of(self.conn.getCapabilities())
+            return self._qemu_user
+
     def seclabel(self) -> str:
-        """As root on the system daemon, QEMU runs as root so it can read the user's cache."""
-        if _is_root() and self.uri.startswith("qemu:///system"):
-            return "  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
-        return ""
+        """libvirt's DAC model with its own unprivileged user, never root; files are prepared by us.
+
+        ``relabel='no'``: libvirt does not chown the shared base images and kernels (they stay root's
+        and read-only); each VM's overlay, seed and console are handed to QEMU's user instead.
+        """
+        user = self.qemu_user
+        if user is None:
+            return ""
+        return f"  <seclabel type='static' model='dac' relabel='no'><label>{user.label}</label></seclabel>"
+
+    def prepare_files(self, image: Image | None, *own: Path) -> None:
+        """Make ``own`` QEMU's (0600) and the image readable and reachable for QEMU's user."""
+        user = self.qemu_user
+        if user is None:
+            return
+        for path in own:
+            grant_search(user, path)
+        hand_to_qemu(user, *own)
+        if image is not None:
+            for shared in (image.disk, image.kernel, image.initrd):
+                if shared is not None:
+                    grant_search(user, shared)
+            check_readable(user, image.disk, image.kernel, image.initrd)
 
     def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]:
         """The validity key of a warm state of this image and size here (see :func:`warm_key`)."""
@@ -1816,8 +1955,9 @@ class VMPool:
             if accel not in self._hypervisors:
                 self._hypervisors[accel] = Hypervisor.of(self.conn, accel)
             hypervisor = self._hypervisors[accel]
+        user = self.qemu_user
         return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor,
-                        disk_size=disk_size)
+                        disk_size=disk_size, qemu_label=user.label if user is not None else "")
 
     def register(self, vm: VM) -> None:
         with self._lock:
@@ -1887,6 +2027,22 @@ def sweep(session_ids: list[str], settings: Settings, root: Path | None = None) 
         base.rmdir()
 
 
+def _qemu_user_check(conn: Any, uri: str, cache: Path) -> tuple[bool, str]:
+    """Who QEMU runs as, and whether it can reach the image cache."""
+    if not (_is_root() and uri.startswith("qemu:///system")):
+        return True, f"QEMU runs as {os.environ.get('USER') or os.geteuid()} (a session daemon runs it as the caller)"
+    try:
+        user = QemuUser.of(conn.getCapabilities())
+    except FlakeError as exc:
+        return False, str(exc)
+    if user.uid == 0:
+        return False, "QEMU runs as root: set user and group in /etc/libvirt/qemu.conf to libvirt's qemu user"
+    closed = [folder for folder in reversed(cache.resolve().parents) if folder.exists() and not user.can_search(folder)]
+    reach = ("it can reach the image cache" if not closed else
+             f"the first VM lets it pass through {', '.join(map(str, closed))} (ACL u:{user.name}:x, search only)")
+    return True, f"QEMU runs as {user.name} (uid {user.uid}, gid {user.gid}), not root; {reach}"
+
+
 def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str]]:
     """Pre-flight checks of the VM side: each ``(ok, line)`` says what is fine or what to do."""
     lines: list[tuple[bool, str]] = []
@@ -1903,6 +2059,7 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
             try:
                 version = conn.getLibVersion()
                 lines.append((True, f"libvirt {version // 1000000}.{version // 1000 % 1000} answers at {uri}"))
+                lines.append(_qemu_user_check(conn, uri, cache))
             finally:
                 conn.close()
         except FlakeError as exc:

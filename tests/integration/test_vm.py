@@ -50,6 +50,43 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def qemu_process(machine: VM) -> tuple[int, dict[str, list[int]]]:
+    """The pid of the guest's QEMU and its ``Uid``/``Gid`` lines (real, effective, saved, filesystem)."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"qemu-system-x86_64") and f"guest={machine.name},".encode() in b",".join(
+                cmdline):
+            ids = {line.split(":")[0]: [int(v) for v in line.split()[1:]] for line in status.splitlines()
+                   if line.startswith(("Uid:", "Gid:"))}
+            return pid, ids
+    raise AssertionError(f"no QEMU process of {machine.name}")
+
+
+def assert_qemu_unprivileged(machine: VM) -> None:
+    _, ids = qemu_process(machine)
+    user = machine.pool.qemu_user
+    assert user is not None and user.uid != 0
+    assert ids["Uid"] == [user.uid] * 4 and ids["Gid"] == [user.gid] * 4, ids
+    assert 0 not in ids["Uid"] and 0 not in ids["Gid"]
+    # its own files are its user's alone; the shared base image stays root's and read-only to it
+    for own in (machine.overlay, machine.console):
+        stat = own.stat()
+        assert (stat.st_uid, stat.st_mode & 0o777) == (user.uid, 0o600), own
+    image = machine.pool.image(machine.image_spec)
+    base = image.disk.stat()
+    assert base.st_uid == 0 and not base.st_mode & 0o022
+
+
+def test_qemu_does_not_run_as_root(vm: VM) -> None:
+    """QEMU runs as libvirt's unprivileged user: an escape from the guest does not land as root."""
+    assert_qemu_unprivileged(vm)
+    assert vm.run("true").rc == 0
+
+
 def test_ssh_and_testinfra(vm: VM) -> None:
     result = vm.run("id -u; . /etc/os-release; echo $VERSION_CODENAME")
     assert result.rc == 0 and result.stdout.split() == ["0", "bookworm"]
@@ -127,6 +164,8 @@ def test_second_vm_starts_warm_from_the_saved_state(vm_factory: Callable[..., VM
     assert first.run("echo one > /root/mark").rc == 0
     assert second.run("test -e /root/mark").rc == 1  # each VM has its own overlay
     assert second.run("systemctl is-system-running --wait || true").stdout.strip() in ("running", "degraded")
+    assert_qemu_unprivileged(first)
+    assert_qemu_unprivileged(second)  # a warm start too
     cold = [seconds for _, warm, seconds in flake_vms.starts if not warm]
     warm = [seconds for _, warm, seconds in flake_vms.starts if warm]
     assert warm
