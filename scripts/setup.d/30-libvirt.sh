@@ -3,8 +3,13 @@
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
+# acl: QEMU runs as libvirt's own user, which gets a search-only ACL entry on the folders above
+# the image cache. cloud-init: only its offline `cloud-init schema`, which checks the seeds the
+# plugin renders (a unit test); it is disabled on this host (/etc/cloud/cloud-init.disabled).
+# fdisk: sfdisk partitions the debian-cloud image.
 packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-          qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client dosfstools mtools)
+          qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client dosfstools mtools acl fdisk
+          cloud-init)
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 
@@ -16,6 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "30-libvirt: installing ${missing[*]}"
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# cloud-init is here for its schema check only: it must never configure this host at boot.
+if [ -d /etc/cloud ] && [ ! -e /etc/cloud/cloud-init.disabled ]; then
+    "${sudo[@]}" touch /etc/cloud/cloud-init.disabled
 fi
 
 # Debian's libvirt runs QEMU as libvirt-qemu:kvm; libvirt-daemon-system would create them.
