@@ -13,6 +13,7 @@ the daemon DOCKER_HOST names.
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_portable_shape(attr, vm, portable_service, flake, http):
     assert service.units == [f"{prefix}.service"]
     assert service.attached_state() == "running-runtime"
     # the guest holds NAME_VERSION.raw whatever the shape, and nothing else of it
-    assert vm.run(f"ls /root | grep -F {prefix}").stdout.split() == [f"{name}.raw"]
+    assert vm.run(f"ls /root | grep -F {shlex.quote(prefix)}").stdout.split() == [f"{name}.raw"]
     assert service.environment()["PORTABLE"] == f"{name}.raw"
     # what the running program itself sees
     version = name.split("_", 1)[1]
