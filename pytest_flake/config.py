@@ -18,6 +18,7 @@ from .errors import UsageError
 
 VM_ACCELS = ("auto", "kvm", "tcg")
 BUILTIN_VM_IMAGES = ("arch", "debian")
+PORTABLE_HOSTS = ("vm", "nspawn")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("flake_targets", "--flake-targets", "targets the service fixture runs each test against, comma-separated: "
            "local, docker, portable", env="PYTEST_FLAKE_TARGETS", default="local,docker,portable", kind="targets",
            metavar="LIST"),
+    Option("container_image", "--container-image", "OS tree of systemd containers: 'debian' (the Debian VM image's "
+           "root, built locally), a DIRECTORY or a TARBALL of an OS tree with systemd",
+           env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian", metavar="debian|DIR|TARBALL"),
+    Option("flake_portable_host", "--flake-portable-host", "where the service fixture's portable target runs: a VM "
+           "or a systemd container", env="PYTEST_FLAKE_PORTABLE_HOST", default="vm", choices=PORTABLE_HOSTS),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -140,6 +146,8 @@ class Settings:
     flake_targets: str
     invocation_dir: Path
     sources: Mapping[str, str] = field(default_factory=dict)
+    container_image: str = "debian"  # --container-image: debian, a directory or a tarball
+    flake_portable_host: str = "vm"  # --flake-portable-host: vm or nspawn
 
     def source(self, name: str) -> str:
         """``--flake``, ``$DOCKER_HOST``, ``ini``, ``default``: where ``name`` came from."""

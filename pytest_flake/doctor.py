@@ -16,7 +16,7 @@ from typing import Any
 from .config import Settings
 from .nix import INSTALL_HINT, NIX_FEATURES
 
-COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm")
+COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
 
 
 def _nix(args: list[str]) -> subprocess.CompletedProcess[str] | None:

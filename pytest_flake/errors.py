@@ -64,6 +64,10 @@ class VMError(InfrastructureError):
     """libvirt, QEMU or the guest failed."""
 
 
+class NspawnError(InfrastructureError):
+    """systemd-nspawn, a container's OS tree or its loop devices failed."""
+
+
 class PortableError(FlakeError):
     """A portable service image is unusable or portablectl failed."""
 

@@ -467,3 +467,103 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
                 step()
             except Exception as exc:  # one teardown step must not hide the others
                 log.warning("pytest-flake: service teardown of %s: %s", node.nodeid, exc)
+
+
+# --- systemd containers -----------------------------------------------------------------
+if TYPE_CHECKING:
+    from .nspawn import ContainerPool, SystemdContainer
+
+
+def _require_nspawn() -> None:
+    """Skip (one line saying why) where systemd containers cannot run; under CI fail instead."""
+    from .nspawn import unavailable
+
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"pytest-flake: {reason} (CI is set: systemd containers are required)", pytrace=False)
+    pytest.skip(f"pytest-flake: {reason}")
+
+
+@pytest.fixture(scope="session")
+def flake_containers(flake_settings: Settings, flake_session: Session) -> Iterator[ContainerPool]:
+    """The session's systemd containers: OS trees (``--container-image``), names, loop devices.
+
+    Skips the tests that use it where systemd-nspawn cannot run (not root, no
+    ``systemd-container``; ``pytest --flake-doctor`` says what to install), fails them under
+    ``CI``. Closing it stops every container and puts the host's loop devices back.
+    """
+    _require_nspawn()
+    from .nspawn import ContainerPool
+
+    with ContainerPool(flake_session, flake_settings.container_image, timeout=flake_settings.flake_timeout,
+                       invocation_dir=flake_settings.invocation_dir) as pool:
+        yield pool
+
+
+def _start_container(request: pytest.FixtureRequest, pool: ContainerPool, image: str | None) -> SystemdContainer:
+    container = pool.container(image)
+    evidence(request, f"journal of container nspawn://{container.name}", container.journal)
+    evidence(request, f"units of container nspawn://{container.name}", container.units_status)
+    container.__enter__()
+    return container
+
+
+def _close_container(request: pytest.FixtureRequest, container: SystemdContainer) -> None:
+    if keep_if_failed(request, f"container nspawn://{container.name}", container.enter_command()):
+        container.keep()
+        return
+    try:
+        container.close()
+    except Exception as exc:  # one container's teardown must not hide the others
+        log.warning("pytest-flake: could not remove container nspawn://%s: %s", container.name, exc)
+
+
+@pytest.fixture
+def systemd_container(request: pytest.FixtureRequest, flake_containers: ContainerPool) -> Iterator[SystemdContainer]:
+    """A fresh systemd container of ``--container-image`` (systemd-nspawn), removed at the end of the test.
+
+    The same guest API as ``vm``: ``run(cmd)``, ``succeed``, ``fail``, ``wait_until_succeeds``,
+    ``wait_for_unit``, ``wait_for_open_port``, ``journal``, ``copy_to``, ``copy_from``,
+    ``forward(port)`` / ``url(port, path)`` (a 127.0.0.1 relay into its private network) and
+    ``host`` (testinfra); ``portable_service(systemd_container, ...)`` attaches a ``.raw`` in it.
+    It boots a throwaway copy-on-write copy of the tree in well under a second. Its journal
+    and the status of its portable and failed units go to the report of a failed test.
+    """
+    container = _start_container(request, flake_containers, None)
+    try:
+        yield container
+    finally:
+        _close_container(request, container)
+
+
+@pytest.fixture
+def systemd_container_factory(request: pytest.FixtureRequest,
+                              flake_containers: ContainerPool) -> Iterator[Callable[..., SystemdContainer]]:
+    """Factory: ``systemd_container_factory(image=None) -> SystemdContainer``, each booted and ready.
+
+    ``image`` is ``debian``, a directory or a tarball of an OS tree (default ``--container-image``).
+    Each container has its own network, so two can serve the same port. All are removed at
+    the end of the test.
+    """
+    containers: list[SystemdContainer] = []
+
+    def make(image: str | os.PathLike[str] | None = None) -> SystemdContainer:
+        container = _start_container(request, flake_containers, None if image is None else os.fspath(image))
+        containers.append(container)
+        return container
+
+    yield make
+    for container in reversed(containers):
+        _close_container(request, container)
+
+
+def _container_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+    """A fresh systemd container for the service fixture's portable target (--flake-portable-host nspawn)."""
+    container = _start_container(request, request.getfixturevalue("flake_containers"), None)
+    cleanups.append(lambda: _close_container(request, container))
+    return container
+
+
+PORTABLE_HOSTS["nspawn"] = _container_guest

@@ -34,6 +34,9 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "vm": ("vm",),
     "vm_factory": ("vm",),
     "portable_service": ("portable", "vm"),  # a portable service always runs in a VM
+    "flake_containers": ("nspawn",),
+    "systemd_container": ("nspawn",),
+    "systemd_container_factory": ("nspawn",),
 }
 MARKERS = (
     "nix: uses Nix to build flake outputs (added automatically to tests using the flake fixture)",
@@ -41,6 +44,8 @@ MARKERS = (
     "vm: boots virtual machines through libvirt (added automatically to tests using vm/vm_factory)",
     "portable: attaches systemd portable services in a VM (added automatically, with vm, to tests using "
     "portable_service)",
+    "nspawn: boots systemd containers with systemd-nspawn (added automatically to tests using "
+    "systemd_container/systemd_container_factory)",
     "flake(ref): test this flake reference instead of --flake, for one test, class or module",
     'flake_service(port, local="default", docker="docker", portable="portable", env=None): how the service '
     "fixture runs the service: the port it listens on, the flake attribute of each target, and its environment "

@@ -23,7 +23,7 @@ log = logging.getLogger("pytest_flake")
 LABEL = "pytest-flake.session"
 PREFIX = "pf-"
 # component modules that own resources a killed session may have left behind
-SWEEPERS = ("pytest_flake.docker", "pytest_flake.vm")
+SWEEPERS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
 
 
 def state_dir() -> Path:
