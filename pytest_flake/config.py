@@ -7,6 +7,7 @@ Nothing here imports pytest: ``plugin.py`` hands in the three lookups.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -33,16 +34,18 @@ class Option:
     kind: str = "str"  # str | int | float | bool | size (bytes, from "8G", "8GiB", "10240M")
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
+    path: bool = False  # a relative value from the ini file is relative to the ini file's directory
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("flake", "--flake", "flake reference to test: a directory, path:DIR, git+file:DIR, github:OWNER/REPO... "
-           "(default: the invocation directory when it has a flake.nix)", env="PYTEST_FLAKE", metavar="REF"),
+           "(default: the flake.nix of the invocation directory or its parents)", env="PYTEST_FLAKE", metavar="REF",
+           path=True),
     Option("flake_system", "--flake-system", "Nix system of the outputs (default: the machine's, e.g. x86_64-linux)",
            env="PYTEST_FLAKE_SYSTEM", metavar="SYSTEM"),
     Option("vm_image", "--vm-image", "VM image: 'arch' (Arch Linux cloud image, downloaded once), 'debian' (built "
            "locally, offline), a qcow2 PATH or an http(s) URL", env="PYTEST_FLAKE_VM_IMAGE", default="arch",
-           metavar="NAME|PATH|URL"),
+           metavar="NAME|PATH|URL", path=True),
     Option("libvirt_uri", "--libvirt-uri", "libvirt connection URI (default: qemu:///system as root, "
            "qemu:///session otherwise)", env="LIBVIRT_DEFAULT_URI", metavar="URI"),
     Option("vm_accel", "--vm-accel", "VM acceleration: auto probes whether KVM really runs a guest, else TCG",
@@ -60,12 +63,14 @@ OPTIONS: tuple[Option, ...] = (
            env="PYTEST_FLAKE_KEEP", default=False, kind="bool"),
     Option("flake_timeout", "--flake-timeout", "seconds to wait for a service, container or guest to be ready",
            env="PYTEST_FLAKE_TIMEOUT", default=120.0, kind="float", metavar="SECONDS"),
+    Option("flake_build_timeout", "--flake-build-timeout", "seconds a single nix build may take before it is "
+           "stopped (default: no limit)", env="PYTEST_FLAKE_BUILD_TIMEOUT", kind="float", metavar="SECONDS"),
     Option("flake_targets", "--flake-targets", "targets the service fixture runs each test against, comma-separated: "
            "local, docker, portable", env="PYTEST_FLAKE_TARGETS", default="local,docker,portable", kind="targets",
            metavar="LIST"),
     Option("container_image", "--container-image", "OS tree of systemd containers: 'debian' (the Debian VM image's "
            "root, built locally), a DIRECTORY or a TARBALL of an OS tree with systemd",
-           env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian", metavar="debian|DIR|TARBALL"),
+           env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian", metavar="debian|DIR|TARBALL", path=True),
     Option("flake_portable_host", "--flake-portable-host", "where the service fixture's portable target runs: a VM "
            "or a systemd container", env="PYTEST_FLAKE_PORTABLE_HOST", default="vm", choices=PORTABLE_HOSTS),
 )
@@ -110,6 +115,8 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
             number: float = int(raw) if opt.kind == "int" else float(raw)
         except (TypeError, ValueError):
             raise UsageError(f"{where}={raw!r} is not a number", hint=f"{opt.help}") from None
+        if not math.isfinite(number):
+            raise UsageError(f"{where}={raw!r} is not a finite number", hint=f"give seconds or a count: {opt.help}")
         if number <= 0:
             raise UsageError(f"{where}={raw!r} must be greater than 0")
         return number
@@ -126,6 +133,39 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
     if not text:
         raise UsageError(f"{where} is empty", hint=opt.help)
     return text
+
+
+_LOCAL_SCHEMES = ("path:", "git+file://", "git+file:")
+
+
+def ini_relative(value: str, ini_dir: Path) -> str:
+    """A relative path (or ``path:``/``git+file:`` ref) from the ini file, made absolute against its directory.
+
+    Names (``arch``, ``debian``), URLs and remote flake refs are left alone: only a value
+    that names something on disk relative to the ini file is changed.
+    """
+    scheme = next((s for s in _LOCAL_SCHEMES if value.startswith(s)), "")
+    rest = value[len(scheme):]
+    if not scheme and (":" in rest or rest in BUILTIN_VM_IMAGES):
+        return value  # a URL, a remote ref (github:...), or a built-in name
+    if rest.startswith(("/", "~")) or not rest:
+        return value
+    if not scheme and "/" not in rest and not (ini_dir / rest).exists():
+        return value  # a bare word that is no file next to the ini file: a name, not a path
+    return f"{scheme}{(ini_dir / rest).resolve()}"
+
+
+def find_flake(start: Path) -> Path | None:
+    """The directory of the ``flake.nix`` that ``nix`` would use from ``start``: it or a parent.
+
+    Like ``nix``, the search stops at the top of a git checkout.
+    """
+    for directory in (start, *start.parents):
+        if (directory / "flake.nix").is_file():
+            return directory
+        if (directory / ".git").exists():
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -146,6 +186,7 @@ class Settings:
     flake_targets: str
     invocation_dir: Path
     sources: Mapping[str, str] = field(default_factory=dict)
+    flake_build_timeout: float | None = None  # None: a build takes as long as it takes
     container_image: str = "debian"  # --container-image: debian, a directory or a tarball
     flake_portable_host: str = "vm"  # --flake-portable-host: vm or nspawn
 
@@ -165,29 +206,39 @@ class Settings:
         ini: Callable[[str], Any],
         invocation_dir: Path,
         environ: Mapping[str, str] | None = None,
+        ini_dir: Path | None = None,
     ) -> Settings:
         """Resolve every option: command line, then environment, then ini, then default.
 
-        ``option(name)`` returns the command-line value or None; ``ini(name)`` the ini
-        value or None/empty. Raises :class:`UsageError` naming the bad value.
+        ``option(name)`` returns the command-line value or None (False for a ``--no-`` form,
+        which wins over env and ini); ``ini(name)`` the ini value or None/empty, relative
+        paths in it taken from ``ini_dir``. Raises :class:`UsageError` naming the bad value.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for opt in OPTIONS:
             raw = option(opt.name)
-            if raw is not None and raw is not False:
-                values[opt.name], sources[opt.name] = _convert(opt, raw, "option"), opt.flag
+            if raw is not None:
+                flag = opt.flag if raw is not False else "--no-" + opt.flag[2:]
+                values[opt.name], sources[opt.name] = _convert(opt, raw, "option"), flag
                 continue
             if opt.env and env.get(opt.env):
                 values[opt.name], sources[opt.name] = _convert(opt, env[opt.env], "env"), f"${opt.env}"
                 continue
             raw = ini(opt.name)
             if raw not in (None, "", []):
-                values[opt.name], sources[opt.name] = _convert(opt, raw, "ini"), f"ini {opt.name}"
+                value = _convert(opt, raw, "ini")
+                if opt.path and ini_dir is not None and isinstance(value, str):
+                    value = ini_relative(value, ini_dir)
+                values[opt.name], sources[opt.name] = value, f"ini {opt.name}"
                 continue
             values[opt.name] = parse_size(opt.default) if opt.kind == "size" else opt.default
             sources[opt.name] = "default"
-        if values["flake"] is None and (invocation_dir / "flake.nix").is_file():
-            values["flake"], sources["flake"] = str(invocation_dir), "flake.nix in the invocation directory"
+        if values["flake"] is None:
+            found = find_flake(invocation_dir)
+            if found == invocation_dir:
+                values["flake"], sources["flake"] = str(found), "flake.nix in the invocation directory"
+            elif found is not None:
+                values["flake"], sources["flake"] = str(found), "flake.nix in a parent of the invocation directory"
         return cls(invocation_dir=invocation_dir, sources=sources, **values)

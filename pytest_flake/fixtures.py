@@ -19,6 +19,7 @@ from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
+from .reporting import BuildStatus
 from .session import Session, sweep_dead_sessions
 
 log = logging.getLogger("pytest_flake")
@@ -171,7 +172,9 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
     return Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
                  system=flake_settings.flake_system, ref_for=ref_for,
                  on_run=lambda process: _register_process(config, process),
-                 log_dir=flake_session.dir, timeout=flake_settings.flake_timeout)
+                 log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
+                 gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
+                 on_build=BuildStatus(config))
 
 
 def _register_process(config: pytest.Config, process: Any) -> None:

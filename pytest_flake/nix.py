@@ -8,11 +8,16 @@ for that. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,16 +25,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError, MissingOutputError, MissingToolError, NixError, UsageError, format_choices, tail
+from .errors import (
+    BuildError,
+    EvalError,
+    FlakeTimeout,
+    MissingOutputError,
+    MissingToolError,
+    NixError,
+    UsageError,
+    format_choices,
+    tail,
+)
 from .process import Process
 
 log = logging.getLogger("pytest_flake")
+build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 INSTALL_HINT = (
-    "install Nix: 'apt-get install nix-bin' on Debian/Ubuntu, or see https://nixos.org/download; "
-    "then run scripts/setup"
+    "install Nix: 'apt-get install nix-bin' on Debian/Ubuntu (enable flakes: "
+    "experimental-features = nix-command flakes), 'nix.settings.experimental-features' on NixOS, "
+    "or see https://nixos.org/download; then check with 'pytest --flake-doctor'"
 )
+# Lines of nix's stderr that say a derivation's builder ran and failed (not an evaluation error).
+_BUILD_FAILURE = re.compile(r"error: (builder for|build of|cannot build|\d+ dependencies of derivation)")
+# ...and lines that only an evaluation error has: a position in a .nix file, or its kinds of error.
+_EVAL_FAILURE = re.compile(r"^\s*at /\S+:\d+:\d+:?$|while evaluating|^error: (syntax error|undefined variable|"
+                           r"attribute '.*' missing|infinite recursion|value is|cannot coerce|getting status of)",
+                           re.MULTILINE)
+_STORE_SOURCE = re.compile(r"/nix/store/[0-9a-z]{32}-source(/[^\s:,']*)?")
 # Top-level flake output groups: an attribute starting with one of these is a full path.
 OUTPUT_GROUPS = (
     "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
@@ -126,6 +150,59 @@ class Nix:
                            details=tail(proc.stderr))
         return proc
 
+    def stream(self, args: Sequence[str], *, timeout: float | None = None,
+               on_line: Callable[[str], None] | None = None,
+               on_tick: Callable[[float], None] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run nix, handing each stderr line to ``on_line`` as it comes (build logs, progress).
+
+        ``on_tick(elapsed)`` is called about once a second while it runs. With ``timeout``
+        (seconds; None waits as long as it takes) the whole process group is killed and
+        :class:`FlakeTimeout` raised. Returns stdout and the whole stderr, like :meth:`run`.
+        """
+        argv = [self.executable, *NIX_FEATURES, *args]
+        log.debug("$ %s", " ".join(argv))
+        self.calls += 1
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace", bufsize=1, start_new_session=True)
+        out: list[str] = []
+        err: list[str] = []
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                err.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+
+        def read_stdout() -> None:
+            assert proc.stdout is not None
+            out.append(proc.stdout.read())
+
+        readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+        for reader in readers:
+            reader.start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if timeout is not None and elapsed > timeout:
+                        _kill_group(proc)
+                        raise FlakeTimeout(f"'nix {' '.join(args)}' did not finish in {timeout:g}s",
+                                           hint="raise --flake-build-timeout, or leave it unset to wait",
+                                           details=tail("".join(err), 30)) from None
+                    if on_tick is not None:
+                        on_tick(elapsed)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        for reader in readers:
+            reader.join()
+        return subprocess.CompletedProcess(argv, proc.returncode, "".join(out), "".join(err))
+
     def version(self) -> str:
         """``2.8.0``: the version of the nix on PATH."""
         out = self.run(["--version"]).stdout.strip()
@@ -140,6 +217,27 @@ class Nix:
         if apply:
             args += ["--apply", apply]
         return json.loads(self.run(args).stdout)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Interrupt nix (it stops its builders on SIGINT), then kill what is left of its group."""
+    for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _link_name(ref: str, attr: str) -> str:
+    """A file name for the out-link of one build: the attribute, and a hash of the ref it came from."""
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
+    return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
 
 
 def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
@@ -158,10 +256,15 @@ def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
             if "?" in rest:
                 rest, query = rest.split("?", 1)
                 query = "?" + query
-            directory = (invocation_dir / rest).resolve() if not rest.startswith("/") else Path(rest)
+            directory = _flake_dir((invocation_dir / rest).resolve() if not rest.startswith("/") else Path(rest))
             return f"{scheme.rstrip('/') if scheme == 'git+file://' else scheme}{directory}{query}", directory
-    directory = (invocation_dir / ref).resolve()
+    directory = _flake_dir((invocation_dir / ref).resolve())
     return str(directory), directory
+
+
+def _flake_dir(path: Path) -> Path:
+    """A ``flake.nix`` file names the flake in its directory."""
+    return path.parent if path.name == "flake.nix" and path.is_file() else path
 
 
 def _git_untracked(directory: Path) -> list[str]:
@@ -199,6 +302,9 @@ class Flake:
         on_run: Callable[[Any], None] | None = None,
         log_dir: Path | None = None,
         timeout: float = 120.0,
+        gcroot_dir: Path | None = None,
+        build_timeout: float | None = None,
+        on_build: Callable[[str, float, Build | None], None] | None = None,
     ) -> None:
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
@@ -210,6 +316,11 @@ class Flake:
         self._checked: set[str] = set()
         self._on_run = on_run
         self._log_dir = log_dir
+        # builds are GC roots while gcroot_dir exists (out-links in it; remove it to drop them)
+        self._gcroot_dir = gcroot_dir
+        self._build_timeout = build_timeout
+        # on_build(installable, seconds, None) while a build runs (about once a second), then with the Build
+        self._on_build = on_build
         self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
         self._programs: dict[tuple[str, str], Path] = {}
 
@@ -314,22 +425,67 @@ class Flake:
         installable = f"{self.ref}#{path}"
         started = time.monotonic()
         log.info("nix build %s", installable)
-        proc = self.nix.run(["build", "--json", "--no-link", "--print-build-logs", installable], check=False)
+        args = ["build", "--json"]
+        if self._gcroot_dir is not None:
+            self._gcroot_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--out-link", str(self._gcroot_dir / _link_name(self.ref, path))]
+        else:
+            args.append("--no-link")
+        args.append("--print-build-logs")
+        on_tick = None
+        if self._on_build is not None:
+            on_build = self._on_build
+            on_tick = lambda elapsed: on_build(installable, elapsed, None)  # noqa: E731
+        proc = self.nix.stream([*args, installable], timeout=self._build_timeout,
+                               on_line=lambda line: build_log.info("%s", line), on_tick=on_tick)
         seconds = time.monotonic() - started
         if proc.returncode != 0:
             if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
                 raise self._missing(attr)
-            errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
+            stderr = self._local_positions(_without_download_noise(proc.stderr))
+            errors = [line.strip() for line in stderr.splitlines() if line.startswith("error:")]
+            if not _BUILD_FAILURE.search(stderr) and _EVAL_FAILURE.search(stderr):
+                reason = errors[0][len("error: "):] if errors else f"nix exit code {proc.returncode}"
+                position = re.search(r"^\s*at (/\S+:\d+:\d+):?$", stderr, re.MULTILINE)
+                where = f" at {position.group(1)}" if position else ""
+                raise EvalError(f"cannot evaluate {installable}: {reason}{where}",
+                                hint="fix the flake at the position named; 'nix eval' of the same attribute shows "
+                                     "it too", details=tail(stderr, 30))
             reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
             raise BuildError(
                 f"nix build {installable} failed{reason}",
                 hint="the last lines of the build log follow; run the same 'nix build -L' to see all of it",
-                details=tail(_without_download_noise(proc.stderr), 30),
+                details=tail(stderr, 30),
             )
         build = self._parse_build(path, proc.stdout, seconds)
         log.info("built %s in %.1fs: %s", path, seconds, build.out)
         self._builds[key] = build
+        if self._on_build is not None:
+            self._on_build(installable, seconds, build)
         return build
+
+    def _local_positions(self, text: str) -> str:
+        """Positions in the store copy of the flake (``/nix/store/...-source/flake.nix:5:2``) as the user's files."""
+        _, directory = normalize_ref(self.ref, self._invocation_dir)
+        if directory is None:
+            return text
+        bases = [directory]
+        git = shutil.which("git")
+        if git:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
+                                     capture_output=True, text=True, timeout=30)
+                if top.returncode == 0 and top.stdout.strip():
+                    bases.append(Path(top.stdout.strip()))
+
+        def local(match: re.Match[str]) -> str:
+            rest = (match.group(1) or "").lstrip("/")
+            for base in bases:
+                if (base / rest).exists():
+                    return str(base / rest) if rest else str(base)
+            return match.group(0)
+
+        return _STORE_SOURCE.sub(local, text)
 
     @staticmethod
     def _parse_build(attr: str, stdout: str, seconds: float) -> Build:

@@ -20,6 +20,7 @@ from .config import OPTIONS, Settings
 from .errors import FlakeError
 from .fixtures import *  # noqa: F403  (fixtures are registered by being imported here)
 from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState
+from .reporting import attach_evidence
 from .session import SWEEPERS, sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
@@ -64,6 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if opt.kind == "bool":
             group.addoption(opt.flag, dest=opt.name, action="store_true", default=None,
                             help=f"{opt.help}{env}")
+            group.addoption("--no-" + opt.flag[2:], dest=opt.name, action="store_false", default=None,
+                            help=f"do not {opt.help} (wins over {opt.env or 'the environment'} and the ini file)")
             parser.addini(opt.name, f"{opt.help}{env}", type="bool", default=None)
         else:
             group.addoption(opt.flag, dest=opt.name, default=None, metavar=opt.metavar, choices=opt.choices,
@@ -79,6 +82,7 @@ def _resolve_settings(config: pytest.Config) -> Settings:
             option=lambda name: config.getoption(name, default=None),
             ini=lambda name: config.getini(name),
             invocation_dir=Path(config.invocation_params.dir),
+            ini_dir=Path(config.inipath).parent if config.inipath else None,
         )
     except FlakeError as exc:
         raise pytest.UsageError(f"pytest-flake: {exc}") from None
@@ -220,8 +224,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if state is not None:
         state.reports[report.when] = report
         if report.failed and report.when in ("call", "setup"):
-            for title, text in state.collect_evidence():
-                report.sections.append((title, text))
+            attach_evidence(item, report, list(state.collect_evidence()))
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
         report.longrepr = _describe_error(excinfo.value)

@@ -107,7 +107,7 @@ def test_user_suite_against_offline_example(pytester: pytest.Pytester) -> None:
         "E *> GET /no-such-page HTTP/1.1",
         "E *< HTTP/1.? 404*",
         "E *<",
-        "*- output of web-server -*",
+        "*- Captured stdout call (pytest-flake: output of web-server) -*",
         "127.0.0.1:*: url:/no-such-page",
     ])
     assert "pytest_flake/" not in result.stdout.str()

@@ -28,8 +28,9 @@ def test_no_nix_on_path(pytester: pytest.Pytester, no_nix_path: Path) -> None:
     result.stdout.fnmatch_lines([
         "pytest-flake: nix: not found on PATH*",
         "*ERROR at setup of test_outputs*",
-        "MissingToolError: nix is not on PATH (install Nix: 'apt-get install nix-bin' on Debian/Ubuntu, "
-        "or see https://nixos.org/download; then run scripts/setup)",
+        "MissingToolError: nix is not on PATH (install Nix: 'apt-get install nix-bin' on Debian/Ubuntu (enable "
+        "flakes: experimental-features = nix-command flakes), 'nix.settings.experimental-features' on NixOS, "
+        "or see https://nixos.org/download; then check with 'pytest --flake-doctor')",
     ])
     assert_no_plugin_traceback(result)
 
@@ -191,7 +192,7 @@ def test_failed_test_report_carries_http_exchanges(pytester: pytest.Pytester) ->
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*- http exchanges -*",
+        "*- Captured stdout call (pytest-flake: http exchanges) -*",
         "> GET /ok HTTP/1.1",
         "< HTTP/1.1 200 OK",
         "fine",
@@ -234,6 +235,6 @@ def test_failed_run_attaches_program_output_and_stops_it(pytester: pytest.Pytest
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([
         "*AssertionError: fail on purpose*",
-        "*- output of web -*",
+        "*- Captured stdout call (pytest-flake: output of web) -*",
         "127.0.0.1:*: response:200",
     ])

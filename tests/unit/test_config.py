@@ -74,8 +74,10 @@ def test_bool_words(tmp_path: Path, raw: str, expected: bool) -> None:
 def test_bool_from_option_and_ini(tmp_path: Path) -> None:
     assert resolve(tmp_path, options={"flake_keep": True}).flake_keep is True
     assert resolve(tmp_path, ini={"flake_keep": True}).source("flake_keep") == "ini flake_keep"
-    # store_true gives False/None when absent: the env still wins over "not given"
-    assert resolve(tmp_path, options={"flake_keep": False}, env={"PYTEST_FLAKE_KEEP": "1"}).flake_keep is True
+    # --no-flake-keep (False from the command line) wins over env and ini
+    no_keep = resolve(tmp_path, options={"flake_keep": False}, env={"PYTEST_FLAKE_KEEP": "1"}, ini={"flake_keep": True})
+    assert no_keep.flake_keep is False
+    assert no_keep.source("flake_keep") == "--no-flake-keep"
 
 
 def test_bad_bool_names_value_and_valid_words(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,15 @@ class FakeNix(Nix):
         proc = subprocess.CompletedProcess(list(args), rc, out, err)
         if check and rc != 0:
             raise NixError(f"nix {args[0]} failed with exit code {rc}")
+        return proc
+
+    def stream(self, args: Sequence[str], *, timeout: float | None = None,
+               on_line: Callable[[str], None] | None = None,
+               on_tick: Callable[[float], None] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = self.run(args, check=False)
+        for line in proc.stderr.splitlines():
+            if on_line is not None:
+                on_line(line)
         return proc
 
 

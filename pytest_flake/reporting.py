@@ -1,0 +1,102 @@
+"""What pytest-flake tells the terminal and the reports: build status lines, facts, evidence.
+
+- :class:`BuildStatus` writes one status line for a build that runs longer than a few
+  seconds (what is building, for how long), the way pytest writes its own progress: the
+  line is rewritten in place on a terminal, and written once (then once when done) in a
+  CI log. The build log itself streams to the ``pytest_flake.nix`` logger (``log_cli``).
+- :func:`record_fact` adds ``(name, value)`` to the running test's ``user_properties``:
+  ``--junitxml`` writes them as ``<property>`` elements (the flake ref with its locked
+  revision, store paths, image ids, ports).
+- :func:`attach_evidence` puts a failed test's evidence (program output, container logs,
+  journal, console) where every report keeps it: a section whose title starts with
+  ``Captured stdout`` (JUnit's ``<system-out>`` with ``-o junit_logging=system-out`` or
+  ``all``), a ``user_properties`` entry (always in the JUnit file), and a pytest-html
+  extra when pytest-html is installed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+STATUS_AFTER = 3.0  # seconds a build runs before it gets a status line
+EVIDENCE_PROPERTY = "pytest-flake evidence: "
+EVIDENCE_SECTION = "Captured stdout {when} (pytest-flake: {title})"
+
+
+class BuildStatus:
+    """``on_build`` callback of :class:`~pytest_flake.nix.Flake`: terminal status of long builds."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.shown: dict[str, float] = {}  # installable -> when its line was last written
+
+    def __call__(self, installable: str, seconds: float, build: Any) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if build is not None:
+            record_fact(self.config, f"nix build {installable}", str(build.out))
+        if reporter is None or (installable not in self.shown and (build is not None or seconds < STATUS_AFTER)):
+            return
+        tty = bool(getattr(reporter, "isatty", False)) and not self.config.getini("log_cli")
+        if build is None:
+            text = f"pytest-flake: building {installable} ({seconds:.0f}s)"
+            if tty:
+                self._write(reporter, lambda: reporter.rewrite(text, bold=True))
+            elif installable not in self.shown:
+                self._write(reporter, lambda: (reporter.ensure_newline(), reporter.write_line(text + " ...")))
+            self.shown[installable] = time.monotonic()
+            return
+        done = f"pytest-flake: built {installable} in {seconds:.1f}s: {build.out}"
+        if tty:
+            self._write(reporter, lambda: (reporter.rewrite(done, erase=True), reporter.line("")))
+        else:
+            self._write(reporter, lambda: reporter.write_line(done))
+        self.shown.pop(installable, None)
+
+    def _write(self, reporter: Any, write: Any) -> None:
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if capman is None:
+            write()
+            return
+        with capman.global_and_fixture_disabled():
+            write()
+
+
+def _current_item(config: pytest.Config) -> pytest.Item | None:
+    from .fixtures import CURRENT_ITEM
+
+    return config.stash.get(CURRENT_ITEM, None)
+
+
+def record_fact(config: pytest.Config, name: str, value: str) -> None:
+    """Add ``(name, value)`` to the running test's ``user_properties`` (once; JUnit ``<property>``)."""
+    item = _current_item(config)
+    if item is None:
+        return
+    entry = (name, value)
+    if entry not in item.user_properties:
+        item.user_properties.append(entry)
+
+
+def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list[tuple[str, str]]) -> None:
+    """Put each ``(title, text)`` into the report's sections, the test's properties and pytest-html extras.
+
+    The properties go on the item too: ``--junitxml`` writes those of the teardown report.
+    """
+    if not evidence:
+        return
+    for title, text in evidence:
+        report.sections.append((EVIDENCE_SECTION.format(when=report.when, title=title), text))
+        entry = (EVIDENCE_PROPERTY + title, text)
+        report.user_properties = [*report.user_properties, entry]
+        item.user_properties.append(entry)
+    try:
+        import pytest_html  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return
+    extras = list(getattr(report, "extras", []))
+    for title, text in evidence:
+        extras.append(pytest_html.extras.text(text, name=title))
+    report.extras = extras  # type: ignore[attr-defined]
