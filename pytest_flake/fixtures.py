@@ -19,7 +19,7 @@ from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
-from .reporting import BuildStatus
+from .reporting import BuildStatus, record_fact
 from .session import Session, sweep_dead_sessions
 
 log = logging.getLogger("pytest_flake")
@@ -263,6 +263,7 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
         container.__enter__()
         started.append(container)
         evidence(request, f"logs of container {container.name} ({container.ref})", container.logs)
+        _container_fact(request, container, image)
         return container
 
     yield run
@@ -274,6 +275,17 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
             log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
 
 
+
+
+def _container_fact(request: pytest.FixtureRequest, container: Container, image: Any) -> None:
+    """The container's name, image id and published ports, as a property of the test (JUnit)."""
+    try:
+        ports = ", ".join(f"{port}->127.0.0.1:{container.port(port)}" for port in container.ports)
+    except Exception as exc:  # a fact must never hide the test's own outcome
+        ports = f"(unknown: {exc})"
+    image_id = getattr(image, "id", "") or container.ref
+    record_fact(request.config, f"docker container {container.name}",
+                f"{container.ref} {image_id}; ports {ports or 'none'}")
 
 
 # --- vm ---------------------------------------------------------------------------------

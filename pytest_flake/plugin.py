@@ -55,6 +55,7 @@ MARKERS = (
 # fixtures of the plugin that need neither settings nor a session: using only these is not using the plugin
 LIGHT_FIXTURES = frozenset({"http"})
 USES_PLUGIN = pytest.StashKey[bool]()
+FLAKE_FACT = pytest.StashKey[str]()  # "REF (locked: git rev ...)", a property of every test that uses the plugin
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -153,7 +154,11 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not config.stash.get(USES_PLUGIN, False):
         return []
-    return ["pytest-flake: " + line for line in doctor.nix_facts(settings)]
+    lines = doctor.nix_facts(settings)
+    for line in lines:
+        if line.startswith("flake locked: ") and settings.flake:
+            config.stash[FLAKE_FACT] = f"{settings.flake} (locked: {line[len('flake locked: '):]})"
+    return ["pytest-flake: " + line for line in lines]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -189,6 +194,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[TEST_STATE] = TestState(item)
     item.config.stash[CURRENT_ITEM] = item
+    fact = item.config.stash.get(FLAKE_FACT, None)
+    if fact is not None and uses_plugin(item):
+        item.user_properties.append(("pytest-flake flake", fact))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -223,8 +231,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     state = item.stash.get(TEST_STATE, None)
     if state is not None:
         state.reports[report.when] = report
-        if report.failed and report.when in ("call", "setup"):
-            attach_evidence(item, report, list(state.collect_evidence()))
+        failed = report.failed and report.when in ("call", "setup")
+        attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
         report.longrepr = _describe_error(excinfo.value)

@@ -24,6 +24,8 @@ import pytest
 STATUS_AFTER = 3.0  # seconds a build runs before it gets a status line
 EVIDENCE_PROPERTY = "pytest-flake evidence: "
 EVIDENCE_SECTION = "Captured stdout {when} (pytest-flake: {title})"
+# the sections attached to a failed setup or call, carried into the teardown report (JUnit writes that one's)
+EVIDENCE_SECTIONS = pytest.StashKey[list[tuple[str, str]]]()
 
 
 class BuildStatus:
@@ -85,10 +87,17 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list
 
     The properties go on the item too: ``--junitxml`` writes those of the teardown report.
     """
+    if report.when == "teardown":
+        carried: list[tuple[str, str]] = item.stash.get(EVIDENCE_SECTIONS, [])
+        report.sections.extend(carried)
     if not evidence:
         return
     for title, text in evidence:
-        report.sections.append((EVIDENCE_SECTION.format(when=report.when, title=title), text))
+        name = EVIDENCE_SECTION.format(when=report.when, title=title)
+        report.sections.append((name, text))
+        # JUnit's <system-out> joins the texts without their titles: this copy names itself
+        headed = f"{f' pytest-flake: {title} '.center(80, '-')}\n{text.rstrip()}\n"
+        item.stash.setdefault(EVIDENCE_SECTIONS, []).append((name, headed))
         entry = (EVIDENCE_PROPERTY + title, text)
         report.user_properties = [*report.user_properties, entry]
         item.user_properties.append(entry)

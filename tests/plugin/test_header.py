@@ -1,0 +1,38 @@
+"""The nix facts after collection: system, Nix version, and the flake's locked revision with its dirty flag."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.plugin.flake_helpers import write_flake
+
+USES = "def test_uses(flake):\n    assert flake.ref\n"
+
+
+def git(cwd: object, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.usefixtures("nix")
+def test_header_shows_locked_revision_and_dirty_tree(pytester: pytest.Pytester) -> None:
+    repo = write_flake(pytester.path / "repo")
+    git(repo, "init", "-q")
+    git(repo, "add", "flake.nix")
+    git(repo, "commit", "-q", "-m", "first")
+    rev = git(repo, "rev-parse", "HEAD")
+    pytester.makepyfile(USES)
+
+    result = pytester.runpytest(f"--flake={repo}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["collected 1 item", "pytest-flake: system: x86_64-linux, nix *",
+                                 f"pytest-flake: flake locked: git rev {rev[:12]} (clean)"])
+
+    (repo / "flake.nix").write_text((repo / "flake.nix").read_text() + "\n# changed\n")
+    result = pytester.runpytest(f"--flake={repo}")
+    result.stdout.fnmatch_lines(["pytest-flake: flake locked: git (dirty tree: uncommitted changes, no revision)"])
+
+    result = pytester.runpytest(f"--flake=path:{repo}")
+    result.stdout.fnmatch_lines(["pytest-flake: flake locked: path sha256-* (not under version control: no revision)"])
