@@ -21,6 +21,7 @@ asks for a VM today; a systemd container can be plugged in the same way).
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -289,9 +290,75 @@ class DockerService(Service):
             log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
 
     def how_to_reach(self) -> str:
-        if self.container is None:
+        """``docker exec -it NAME SHELL`` with a shell that exists in the image (Nix images have no /bin/sh)."""
+        container = self.container
+        if container is None:
             return "(no container)"
-        return self.container.how_to_reach()
+        line = container.how_to_reach()
+        try:
+            shell = container_shell(container._container)
+        except Exception as exc:  # never let a hint hide the failure
+            log.debug("docker: no shell found in %s: %s", container.name, exc)
+            return line
+        if shell is None:
+            return line + " (the image has no shell)"
+        return line.replace(f"exec -it {container.name} sh", f"exec -it {container.name} {shlex.join(shell)}", 1)
+
+
+_SHELL_IN_STORE = re.compile(r"(?:\./)?store/[^/]+/bin/(sh|bash|busybox)")
+
+
+def container_shell(raw: Any) -> list[str] | None:
+    """The argv of an interactive shell in a running container (a docker SDK container), or None.
+
+    ``/bin/sh`` and friends first; else a shell or a busybox in ``/nix/store``, as images that
+    ``dockerTools`` builds hold no ``/bin``. Each candidate is tried with ``-c true``.
+    """
+    import tarfile
+
+    def works(argv: list[str]) -> bool:
+        return int(raw.exec_run([*argv, "-c", "true"]).exit_code or 0) == 0
+
+    for path in ("/bin/sh", "/usr/bin/sh", "/bin/bash"):
+        if works([path]):
+            return [path]
+    try:
+        stream, _ = raw.get_archive("/nix/store")
+    except Exception:
+        return None
+    found: list[list[str]] = []
+    reader: Any = _ChunkReader(stream)
+    with tarfile.open(fileobj=reader, mode="r|") as archive:
+        for member in archive:
+            match = _SHELL_IN_STORE.fullmatch(member.name)
+            if match:
+                path = "/nix/" + member.name.removeprefix("./")
+                found.append([path, "sh"] if match.group(1) == "busybox" else [path])
+    found.sort(key=len)  # a shell itself before busybox
+    for argv in found:
+        if works(argv):
+            return argv
+    return None
+
+
+class _ChunkReader:
+    """A file object (``read``) over an iterator of byte chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
 
 
 class PortableTarget(Service):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +94,111 @@ def test_vm_waits(vm, tmp_path):
     assert (tmp_path / "out" / "a.txt").read_text() == "one\n"
     assert (tmp_path / "out" / "sub" / "b.txt").read_text() == "two\n"
     assert (tmp_path / "out" / "a.txt").stat().st_mode & 0o777 == 0o750
+
+
+HANGING = """
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+@pytest.mark.flake_service(3031)
+def test_hangs(service):
+    seen = {"target": service.target}
+    if service.target == "local":
+        seen["pid"] = service.process.pid
+    elif service.target == "docker":
+        seen["container"] = service.container.name
+    else:
+        seen["vm"] = service.vm.name
+    with open(os.path.join(os.environ["SEEN_DIR"], service.target + ".json"), "w") as out:
+        json.dump(seen, out)
+    for _ in range(30):  # a request, so the service has written something
+        try:
+            urllib.request.urlopen(service.url("/hanging-" + service.target), timeout=5)
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(1)
+    time.sleep(600)
+"""
+
+
+def _real_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inner run uses the cached VM image and warm states (pytester moves HOME)."""
+    if not os.environ.get("PYTEST_FLAKE_STATE") and not os.environ.get("XDG_CACHE_HOME"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _containers() -> str:
+    return subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _domains() -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_pytest_timeout_leaves_nothing_behind_in_any_target(pytester: pytest.Pytester, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_hanging=HANGING)
+    seen_dir = tmp_path / "seen"
+    seen_dir.mkdir()
+    monkeypatch.setenv("SEEN_DIR", str(seen_dir))
+    _real_state(monkeypatch)
+    example = Path(__file__).resolve().parents[2] / "examples" / "offline"
+    result = pytester.runpytest_subprocess(f"--flake={example}", "--vm-image=debian", "-p", "timeout",
+                                           "--timeout=15", "-o", "timeout_func_only=true", "-rA", timeout=900)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*Timeout (>15.0s) from pytest-timeout*"])
+    out = result.stdout.str()
+    assert "output of local service default" in out and "url:/hanging-local" in out
+    assert "logs of the container of docker service docker" in out and "url:/hanging-docker" in out
+    assert "journal of portable service portable" in out and "Started web-server.service" in out
+    assert "console of VM" in out
+    seen = {p.stem: json.loads(p.read_text()) for p in seen_dir.glob("*.json")}
+    assert set(seen) == {"local", "docker", "portable"}
+    assert not _alive(seen["local"]["pid"])
+    assert seen["docker"]["container"] not in _containers().split()
+    assert seen["portable"]["vm"] not in _domains().split()
+
+
+KEPT = """
+import pytest
+
+@pytest.mark.flake_service(3031)
+def test_fails(service):
+    assert False, "failing on purpose"
+"""
+
+
+def test_flake_keep_prints_how_to_open_a_shell_in_the_container(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_kept=KEPT)
+    example = Path(__file__).resolve().parents[2] / "examples" / "offline"
+    result = pytester.runpytest_subprocess(f"--flake={example}", "--flake-targets=docker", "--flake-keep",
+                                           timeout=600)
+    result.assert_outcomes(failed=1)
+    match = re.search(r"kept docker service of failed \S+: docker --host \S+ exec -it (\S+) ([^;]+);",
+                      result.stdout.str())
+    assert match is not None, result.stdout.str()
+    name, shell_argv = match.group(1), shlex.split(match.group(2))
+    try:
+        assert name in _containers().split()
+        # the printed shell exists in the image, though a Nix image has no /bin/sh
+        shell = subprocess.run(["docker", "exec", name, *shell_argv, "-c", "echo in-the-kept-container"],
+                               capture_output=True, text=True)
+        assert shell.stdout.strip() == "in-the-kept-container"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
