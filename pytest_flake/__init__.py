@@ -1,7 +1,8 @@
 """pytest-flake: integration tests of Nix flakes with pytest.
 
 The fixtures (``flake``, ``http``, ``docker_image``, ``docker_container``, ``vm``,
-``vm_factory``, ``portable_service``) come with the plugin; the classes they return
+``vm_factory``, ``systemd_container``, ``systemd_container_factory``, ``portable_service``)
+come with the plugin; the classes they return
 and the errors they raise are importable from here for type hints and ``pytest.raises``.
 """
 
@@ -18,6 +19,7 @@ from .errors import (
     MissingOutputError,
     MissingToolError,
     NixError,
+    NspawnError,
     PortableError,
     UsageError,
     VMError,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "Flake", "FlakeError", "FlakeTimeout",
     "FlakeWarning", "Guest", "GuestCommands",
-    "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "PortableError",
+    "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "NspawnError",
+    "PortableError",
     "Process", "Response", "UsageError", "VMError", "__version__",
 ]
