@@ -103,8 +103,10 @@ def evidence(request: pytest.FixtureRequest, title: str, collect: Callable[[], s
         state.evidence.append((title, collect))
 
 
-def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str) -> bool:
+def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callable[[], str]) -> bool:
     """With ``--flake-keep``, tell whether the current test failed and say how to reach ``what``.
+
+    ``how`` is the line to print, or a callable that makes it (called only when kept).
 
     A fixture calls this in its teardown; True means: do not remove the resource.
     The session's registration is then left behind too, so the next session sweeps
@@ -118,7 +120,7 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str) -> bool:
     if session is not None:
         session.keep = True
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"pytest-flake: kept {what} of failed {state.item.nodeid}: {how}"
+    line = f"pytest-flake: kept {what} of failed {state.item.nodeid}: {how() if callable(how) else how}"
     if reporter is not None:
         reporter.write_line(line)
     log.warning(line)
@@ -268,7 +270,7 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
 
     yield run
     for container in reversed(started):
-        container.keep = keep_if_failed(request, f"container {container.name}", container.how_to_reach())
+        container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
         try:
             container.__exit__(None, None, None)
         except Exception as exc:  # one container's teardown must not hide the others
@@ -397,6 +399,17 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
 
 
 # --- service ----------------------------------------------------------------------------
+def _shell_line(container: Container) -> Callable[[], str]:
+    """How to reach a kept container: ``docker exec -it NAME SHELL`` with a shell the image has."""
+
+    def line() -> str:
+        from .service import reach_container
+
+        return reach_container(container)
+
+    return line
+
+
 if TYPE_CHECKING:
     from .guest import Guest
     from .service import Service
@@ -471,7 +484,7 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     try:
         with svc:
             yield svc
-            if keep_if_failed(request, f"{target} service", svc.how_to_reach()):
+            if keep_if_failed(request, f"{target} service", svc.how_to_reach):
                 if isinstance(svc, DockerService):
                     svc.keep()
                 elif isinstance(svc, PortableTarget):

@@ -291,18 +291,22 @@ class DockerService(Service):
 
     def how_to_reach(self) -> str:
         """``docker exec -it NAME SHELL`` with a shell that exists in the image (Nix images have no /bin/sh)."""
-        container = self.container
-        if container is None:
+        if self.container is None:
             return "(no container)"
-        line = container.how_to_reach()
-        try:
-            shell = container_shell(container._container)
-        except Exception as exc:  # never let a hint hide the failure
-            log.debug("docker: no shell found in %s: %s", container.name, exc)
-            return line
-        if shell is None:
-            return line + " (the image has no shell)"
-        return line.replace(f"exec -it {container.name} sh", f"exec -it {container.name} {shlex.join(shell)}", 1)
+        return reach_container(self.container)
+
+
+def reach_container(container: Container) -> str:
+    """``Container.how_to_reach()`` with a shell that exists in the image (Nix images have no /bin/sh)."""
+    line = container.how_to_reach()
+    try:
+        shell = container_shell(container._container)
+    except Exception as exc:  # never let a hint hide the failure
+        log.debug("docker: no shell found in %s: %s", container.name, exc)
+        return line
+    if shell is None:
+        return line + " (the image has no shell)"
+    return line.replace(f"exec -it {container.name} sh", f"exec -it {container.name} {shlex.join(shell)}", 1)
 
 
 _SHELL_IN_STORE = re.compile(r"(?:\./)?store/[^/]+/bin/(sh|bash|busybox)")
