@@ -64,9 +64,10 @@ log = logging.getLogger("pytest_flake")
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 START_HINT = (
-    "start a daemon (`systemctl start docker`, or `dockerd --host unix:///PATH/docker.sock --data-root DIR "
+    "start a daemon (`systemctl start docker`; install it with 'apt-get install docker.io' on Debian/Ubuntu or "
+    "'virtualisation.docker.enable = true' on NixOS, or run `dockerd --host unix:///PATH/docker.sock --data-root DIR "
     "--exec-root DIR --iptables=false --ip-masq=false &`) and point pytest at it with --docker-host or "
-    "DOCKER_HOST (pytest-flake's scripts/setup shows how to start a private one)"
+    "DOCKER_HOST; 'pytest --flake-doctor' checks it"
 )
 CHUNK = 1 << 20
 KIND_TAR = "docker-archive"
