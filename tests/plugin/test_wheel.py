@@ -43,7 +43,8 @@ def requirements_of(wheel: Path) -> list[Requirement]:
     with zipfile.ZipFile(wheel) as archive:
         meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         text = archive.read(meta).decode()
-    return [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    lines = [line for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines]
 
 
 def closure(requirements: list[Requirement]) -> set[str]:
