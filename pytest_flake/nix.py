@@ -569,7 +569,14 @@ class Flake:
         drvs = sorted(path for path, what in (facts.get("context") or {}).items() if what.get("outputs"))
         if drvs:
             # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
-            proc = self.nix.run(["build", "--json", "--no-link", *drvs], check=False)
+            args = ["build", "--json", "--print-build-logs"]
+            if self._gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
+                self._gcroot_dir.mkdir(parents=True, exist_ok=True)
+                args += ["--out-link", str(self._gcroot_dir / (_link_name(self.ref, found) + "+program"))]
+            else:
+                args.append("--no-link")
+            proc = self.nix.stream([*args, *drvs], timeout=self._build_timeout,
+                                   on_line=lambda line: build_log.info("%s", line))
             if proc.returncode != 0:
                 errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
                 reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"

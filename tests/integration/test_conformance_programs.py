@@ -162,14 +162,21 @@ def test_flake_without_apps_has_none(nix: None) -> None:
 
 
 USER_TESTS = '''
+import subprocess
+
 import pytest
 from pytest_flake import FlakeTimeout
 
 
-def test_default_is_the_app(flake, http):
+def test_default_is_the_app(flake, http, flake_session):
     assert "default" in flake.apps()
     server = flake.run(port=0)
     http.get(server.url("/")).expect(200, contains="hi from toolbox-1.0")
+    # what the app's program string needed was built as a GC root of this session
+    toolbox = str(flake.program()).split("/bin/")[0]
+    roots = subprocess.run(["nix-store", "--gc", "--print-roots"], capture_output=True, text=True, check=True)
+    mine = [line for line in roots.stdout.splitlines() if line.startswith(str(flake_session.dir))]
+    assert any(line.endswith(" -> " + toolbox) for line in mine), roots.stdout
 
 
 def test_two_binaries(flake, http):

@@ -414,8 +414,21 @@ def test_app_program_context_is_built_then_run(flake_dir: Path, tmp_path: Path) 
     assert flake.program("bye") == program
     assert nix.drv_builds == [[drv]]  # only derivation outputs are built; a source path is there already
     build = next(a for a in nix.argvs if a[0] == "build")
-    assert build[:3] == ["build", "--json", "--no-link"]
+    assert build[:2] == ["build", "--json"] and "--no-link" in build
     assert not any(a for a in nix.argvs if a[0] == "build" and any("#" in x for x in a)), "built the package too"
+
+
+def test_app_program_is_a_gc_root_like_the_builds(flake_dir: Path, tmp_path: Path) -> None:
+    program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
+    nix = RunNix(_app(f"apps.{SYSTEM}.bye", str(program), {"/nix/store/aaaa-toolbox-1.0.drv": {"outputs": ["out"]}}))
+    roots = tmp_path / "session" / "gcroots"
+    flake = Flake(f"path:{flake_dir}", system=SYSTEM, nix=nix, gcroot_dir=roots)
+    assert flake.program("bye") == program
+    build = next(a for a in nix.argvs if a[0] == "build")
+    assert "--no-link" not in build
+    link = Path(build[build.index("--out-link") + 1])
+    assert link.parent == roots and roots.is_dir()
+    assert link.name.endswith(f"-apps.{SYSTEM}.bye+program")
 
 
 def test_app_without_derivation_context_builds_nothing(flake_dir: Path, tmp_path: Path) -> None:
