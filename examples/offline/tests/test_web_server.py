@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 
 def test_flake_has_the_four_outputs(flake):
     assert {"default", "docker", "web-service", "portable"} <= set(flake.outputs())
@@ -50,3 +52,23 @@ def test_portable_service_in_a_vm(vm, portable_service, http):
     service.detach()
     assert not service.is_active()
     assert vm.run("systemctl is-active web-server.service").stdout.strip() != "active"
+
+
+# The same service in every form, with one body: [local], [docker] and [portable].
+NEXT = {"local": "web-server-next", "docker": "docker-next", "portable": "portable-next"}
+
+
+@pytest.mark.flake_service(3031)
+def test_every_form_of_the_service(service, http):
+    # local:    nix build && ./result/bin/web-server
+    # docker:   nix build .#docker && docker load < result && docker run -p 127.0.0.1::3031
+    # portable: nix build .#portable && scp to a VM && portablectl attach --now
+    http.get(service.url("/"), retry_for=30).expect(200, contains="web-server 1.0")
+    http.get(service.url("/cgi-bin/info")).expect(200, json={"version": "1.0"})
+    if service.vm is not None:  # the guest of the portable target
+        service.vm.wait_for_unit("web-server.service")
+        assert "web-server" in service.logs()
+
+    # then change the code: restart / a new container on the same port / portablectl reattach
+    service.upgrade(NEXT[service.target])
+    http.get(service.url("/cgi-bin/info"), retry_for=30).expect(200, json={"version": "1.1"})
