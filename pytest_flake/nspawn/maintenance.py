@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..session import PREFIX, state_dir
 from . import loops
 from .machine import SUBDIR
-from .trees import drop_copy
+from .trees import MARKER, debian_tree_dir, drop_copy
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -124,5 +124,12 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
     if not Path("/proc/filesystems").read_text().count("overlay"):
         lines.append((True, "nspawn: no overlayfs (modprobe overlay): containers use a reflink or full copy"))
     image = getattr(settings, "container_image", "debian")
-    lines.append((True, f"nspawn: container image {image} (--container-image)"))
+    if image == "debian":
+        from ..vm import image_cache
+
+        folder = debian_tree_dir(image_cache())
+        state = "cached" if (folder / MARKER).is_file() else "made on first use from the Debian VM image"
+        lines.append((True, f"nspawn: container image debian: {state} ({folder})"))
+    else:
+        lines.append((True, f"nspawn: container image {image} (--container-image)"))
     return lines

@@ -111,13 +111,20 @@ def _extract_disk(disk: Path, dest: Path, work: Path) -> None:
         raw.unlink(missing_ok=True)
 
 
+def debian_tree_dir(cache: Path) -> Path:
+    """The cache folder of the Debian tree of the current VM image recipe (it may not exist yet)."""
+    from .. import vm
+
+    key = vm.debian_image_dir(cache).name.removeprefix("debian-")
+    return cache / f"nspawn-debian-{key}-{TREE_VERSION}"
+
+
 def debian_tree(cache: Path) -> Tree:
     """The Debian tree of the current VM image recipe, built (image first, if need be) once."""
     from .. import vm
 
-    image_dir = vm.debian_image_dir(cache)
-    key = image_dir.name.removeprefix("debian-")
-    folder = cache / f"nspawn-debian-{key}-{TREE_VERSION}"
+    folder = debian_tree_dir(cache)
+    key = folder.name.removeprefix("nspawn-debian-").rsplit("-", 1)[0]
     root = folder / "root"
     if (folder / MARKER).is_file():
         return Tree("debian", root)
