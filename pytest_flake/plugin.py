@@ -249,9 +249,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that uses ``service`` runs once per target of ``--flake-targets``, each with its markers."""
     if "service" not in metafunc.fixturenames:
         return
-    from .service import TARGET_MARKERS, TARGETS, parse_targets
+    from .service import TARGETS, parse_targets, target_markers
 
     settings = metafunc.config.stash.get(SETTINGS_KEY, None)
     targets = parse_targets(settings.flake_targets) if settings is not None else TARGETS
-    params = [pytest.param(t, id=t, marks=[getattr(pytest.mark, m) for m in TARGET_MARKERS[t]]) for t in targets]
+    host = str(getattr(settings, "flake_portable_host", None) or "vm")
+    params = [pytest.param(t, id=t, marks=[getattr(pytest.mark, m) for m in target_markers(t, host)])
+              for t in targets]
     metafunc.parametrize("service", params, indirect=True)

@@ -47,6 +47,15 @@ TARGET_MARKERS: dict[str, tuple[str, ...]] = {
     "docker": ("docker",),
     "portable": ("vm", "portable"),
 }
+
+
+def target_markers(target: str, portable_host: str = "vm") -> tuple[str, ...]:
+    """The markers of a variant; the portable one names where it runs (``vm``, or ``nspawn``...)."""
+    if target == "portable" and portable_host != "vm":
+        return ("portable", portable_host)
+    return TARGET_MARKERS[target]
+
+
 MARKER_SIGNATURE = 'flake_service(port, local="default", docker="docker", portable="portable", env=None)'
 ENV_DROPIN = "50-pytest-flake-env.conf"
 

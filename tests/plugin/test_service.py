@@ -183,3 +183,11 @@ def test_with_pdb_the_service_is_alive_at_the_prompt(pytester: pytest.Pytester, 
                           stdin=commands, timeout=170)
     result.stdout.fnmatch_lines(["*AT-PROMPT None b'tiny web\\n'*"])
     assert _gone(int(pid_file.read_text()))
+
+
+def test_portable_variant_in_a_systemd_container_is_marked_nspawn(three_targets: pytest.Pytester) -> None:
+    result = three_targets.runpytest("-v", "-m", "not vm", "--flake-portable-host", "nspawn")
+    result.assert_outcomes(passed=3)
+    result = three_targets.runpytest("-v", "-m", "nspawn and portable", "--flake-portable-host", "nspawn")
+    result.assert_outcomes(passed=1, deselected=2)
+    result.stdout.fnmatch_lines(["*test_web?portable? PASSED*"])
