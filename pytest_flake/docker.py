@@ -75,13 +75,75 @@ KIND_SCRIPT = "streamLayeredImage script"
 
 
 # --- endpoint ---------------------------------------------------------------------------------------------
+CONTEXT_SOURCE = "docker context "
+
+
 def endpoint(settings: Settings | None = None) -> tuple[str, str]:
-    """The Docker endpoint and where it came from: ``--docker-host``, ``$DOCKER_HOST``, or the default."""
+    """The Docker endpoint and where it came from, found the way the docker CLI and SDK find it.
+
+    ``--docker-host`` (or its ini twin), ``$DOCKER_HOST``, the current docker context
+    (``$DOCKER_CONTEXT``, else ``currentContext`` in ``~/.docker/config.json``), the rootless
+    daemon's ``$XDG_RUNTIME_DIR/docker.sock``, and, when there is no ``/var/run/docker.sock``,
+    Podman's Docker-compatible socket; else ``/var/run/docker.sock``. Reads files only.
+    """
     if settings is not None and settings.docker_host:
         return settings.docker_host, settings.source("docker_host")
     if os.environ.get("DOCKER_HOST"):
         return os.environ["DOCKER_HOST"], "$DOCKER_HOST"
+    context = _current_context()
+    if context is not None:
+        return context
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.geteuid() != 0 and Path(runtime, "docker.sock").exists():
+        return f"unix://{runtime}/docker.sock", "rootless docker socket"
+    if not Path(DEFAULT_ENDPOINT[len("unix://"):]).exists():
+        podman = [Path(runtime, "podman", "podman.sock")] if runtime else []
+        for sock in [*podman, Path("/run/podman/podman.sock")]:
+            if sock.exists():
+                return f"unix://{sock}", "podman socket"
     return DEFAULT_ENDPOINT, "default"
+
+
+def _docker_config_dir() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+def _current_context() -> tuple[str, str] | None:
+    """The endpoint of the current docker context, as the CLI picks it (None for ``default``)."""
+    name = os.environ.get("DOCKER_CONTEXT")
+    if not name:
+        try:
+            name = json.loads((_docker_config_dir() / "config.json").read_text()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if not name or name == "default":
+        return None
+    meta = _docker_config_dir() / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        host = json.loads(meta.read_text())["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, LookupError, TypeError):
+        raise DockerError(f"docker context {name!r} (the current context) has no readable endpoint in {meta}",
+                          hint="'docker context ls' lists the contexts; 'docker context use default', or pass "
+                               "--docker-host") from None
+    return str(host), f"{CONTEXT_SOURCE}{name}"
+
+
+def tls_config(source: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The SDK's TLS settings for an endpoint: the context's, or ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``."""
+    env = os.environ if environ is None else environ
+    docker: Any = importlib.import_module("docker")
+    if source.startswith(CONTEXT_SOURCE):
+        context_api = importlib.import_module("docker.context").ContextAPI
+        context = context_api.get_context(source[len(CONTEXT_SOURCE):])
+        return context.TLSConfig if context is not None else None
+    if env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH"):
+        try:
+            return docker.utils.kwargs_from_env(environment=dict(env)).get("tls")
+        except Exception as exc:  # the SDK's TLSParameterError: files missing or unreadable
+            cert_path = env.get("DOCKER_CERT_PATH") or str(Path.home() / ".docker")
+            raise DockerError(f"the Docker TLS settings do not work: {exc}",
+                              hint=f"DOCKER_CERT_PATH ({cert_path}) must hold ca.pem, cert.pem and key.pem") from None
+    return None
 
 
 def describe_endpoint(settings: Settings | None = None) -> str:
@@ -421,8 +483,9 @@ class Docker:
             docker: Any = importlib.import_module("docker")
         except ImportError as exc:
             raise DockerError("the Docker SDK is not installed", hint="pip install 'pytest-flake[docker]'") from exc
+        self._tls = tls_config(self.source)
         try:
-            client = docker.DockerClient(base_url=self.url, timeout=timeout, version="auto")
+            client = docker.DockerClient(base_url=self.url, timeout=timeout, version="auto", tls=self._tls)
             info = client.version()
         except Exception as exc:
             raise self._unreachable(exc) from None
@@ -537,7 +600,8 @@ class Docker:
         importlib.import_module("docker.errors")
 
         if self._loader is None:  # a client without a read timeout: a large image loads for long
-            self._loader = docker.APIClient(base_url=self.url, timeout=None, version="auto")
+            self._loader = docker.APIClient(base_url=self.url, timeout=None, version="auto",
+                                            tls=getattr(self, "_tls", None))
         messages: list[str] = []
         with archive.stream() as data:
             try:

@@ -312,3 +312,31 @@ def test_flake_marker_without_ref_is_an_error(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("--flake", "path:./main")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*UsageError: *test_marked: the flake marker takes a flake reference*"])
+
+
+def test_no_form_wins_over_env_and_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile("""
+        def test_keep(flake_settings):
+            print("KEEP", flake_settings.flake_keep, flake_settings.source("flake_keep"))
+    """)
+    pytester.makeini("[pytest]\nflake_keep = true\n")
+    monkeypatch.setenv("PYTEST_FLAKE_KEEP", "1")
+    result = pytester.runpytest("-s")
+    result.stdout.fnmatch_lines(["*KEEP True $PYTEST_FLAKE_KEEP*"])
+    result = pytester.runpytest("-s", "--no-flake-keep")
+    result.stdout.fnmatch_lines(["*KEEP False --no-flake-keep*"])
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*--no-flake-keep*"])
+
+
+def test_relative_vm_image_in_ini_is_relative_to_the_ini_file(pytester: pytest.Pytester,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (pytester.path / "images").mkdir()
+    (pytester.path / "images" / "mine.qcow2").touch()
+    (pytester.path / "sub").mkdir()
+    pytester.makeini("[pytest]\nvm_image = images/mine.qcow2\n")
+    (pytester.path / "sub" / "test_uses.py").write_text(USES)
+    monkeypatch.chdir(pytester.path / "sub")  # pytest runs from another directory than the ini file's
+    result = pytester.runpytest("-c", "../tox.ini", "--rootdir", str(pytester.path), "test_uses.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*vm image: {pytester.path}/images/mine.qcow2 (from ini vm_image)*"])

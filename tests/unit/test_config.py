@@ -133,3 +133,56 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     s = resolve(tmp_path)
     with pytest.raises(AttributeError):
         s.flake = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_nan_and_inf_are_refused(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        resolve(tmp_path, env={"PYTEST_FLAKE_TIMEOUT": raw})
+    assert str(raised.value) == (f"$PYTEST_FLAKE_TIMEOUT={raw!r} is not a finite number (give seconds or a count: "
+                                 "seconds to wait for a service, container or guest to be ready)")
+    with pytest.raises(UsageError) as raised:
+        resolve(tmp_path, options={"flake_build_timeout": raw})
+    assert str(raised.value).startswith(f"--flake-build-timeout={raw!r} is not a finite number")
+
+
+def test_build_timeout_is_off_by_default(tmp_path: Path) -> None:
+    assert resolve(tmp_path).flake_build_timeout is None
+    s = resolve(tmp_path, env={"PYTEST_FLAKE_BUILD_TIMEOUT": "600"}, ini={"flake_build_timeout": "30"})
+    assert s.flake_build_timeout == 600.0 and s.source("flake_build_timeout") == "$PYTEST_FLAKE_BUILD_TIMEOUT"
+
+
+def test_ini_paths_are_relative_to_the_ini_file(tmp_path: Path) -> None:
+    ini_dir = tmp_path / "project"
+    (ini_dir / "images").mkdir(parents=True)
+    (ini_dir / "images" / "test.qcow2").touch()
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+
+    def settings(ini: dict[str, str]) -> Settings:
+        return Settings.resolve(option=lambda name: None, ini=lambda name: ini.get(name), invocation_dir=elsewhere,
+                                environ={}, ini_dir=ini_dir)
+
+    assert settings({"flake": "path:../flake"}).flake == f"path:{tmp_path / 'flake'}"
+    assert settings({"flake": "./sub"}).flake == str(ini_dir / "sub")
+    assert settings({"flake": "git+file:sub"}).flake == f"git+file:{ini_dir / 'sub'}"
+    assert settings({"flake": "github:owner/repo"}).flake == "github:owner/repo"
+    assert settings({"flake": "/abs/flake"}).flake == "/abs/flake"
+    assert settings({"vm_image": "images/test.qcow2"}).vm_image == str(ini_dir / "images" / "test.qcow2")
+    assert settings({"vm_image": "debian"}).vm_image == "debian"
+    assert settings({"vm_image": "https://example.invalid/x.qcow2"}).vm_image == "https://example.invalid/x.qcow2"
+    # the same values from the environment stay relative to where pytest runs
+    env = Settings.resolve(option=lambda name: None, ini=lambda name: None, invocation_dir=elsewhere,
+                           environ={"PYTEST_FLAKE": "path:../flake"}, ini_dir=ini_dir)
+    assert env.flake == "path:../flake"
+
+
+def test_flake_is_found_in_a_parent_but_not_above_a_git_checkout(tmp_path: Path) -> None:
+    (tmp_path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    s = resolve(deep)
+    assert s.flake == str(tmp_path)
+    assert s.source("flake") == "flake.nix in a parent of the invocation directory"
+    (tmp_path / "a" / ".git").mkdir()  # a checkout below the flake: nix stops at its top
+    assert resolve(deep).flake is None
