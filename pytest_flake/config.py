@@ -18,7 +18,7 @@ from typing import Any
 from .errors import UsageError
 
 VM_ACCELS = ("auto", "kvm", "tcg")
-BUILTIN_VM_IMAGES = ("arch", "debian")
+BUILTIN_VM_IMAGES = ("arch", "debian", "debian-cloud")
 PORTABLE_HOSTS = ("vm", "nspawn")
 
 

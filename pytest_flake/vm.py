@@ -203,54 +203,87 @@ def _hash_files(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def debian_recipe_hash() -> str:
-    """A hash of the Debian recipe (builder and package list): a new hash means a new image."""
-    return _hash_files(RECIPES / "debian" / "build.sh", RECIPES / "debian" / "packages.txt")
+DEBIAN_VARIANTS = ("plain", "cloud")  # build.sh OUTDIR VARIANT; "cloud" is --vm-image debian-cloud
+STALE_IMAGE_SECONDS = 24 * 3600  # an older recipe's image stays this long: running sessions may still use it
 
 
-def debian_image_dir(cache: Path) -> Path:
+def debian_recipe_hash(variant: str = "plain") -> str:
+    """A hash of the Debian recipe (builder and package lists): a new hash means a new image."""
+    lists = ["packages.txt"] + (["packages-cloud.txt"] if variant == "cloud" else [])
+    return _hash_files(RECIPES / "debian" / "build.sh", *(RECIPES / "debian" / name for name in lists))
+
+
+def _debian_prefix(variant: str) -> str:
+    return "debian-" if variant == "plain" else f"debian-{variant}-"
+
+
+def debian_image_dir(cache: Path, variant: str = "plain") -> Path:
     """The cache folder of the Debian image of the current recipe (it may not exist yet)."""
-    return cache / f"debian-{debian_recipe_hash()}"
+    return cache / f"{_debian_prefix(variant)}{debian_recipe_hash(variant)}"
 
 
-def _debian_image(directory: Path) -> Image:
+def _debian_image(directory: Path, variant: str = "plain") -> Image:
     hostkeys = tuple(
         " ".join(line.split()[:2]) for line in (directory / "hostkeys.pub").read_text().splitlines() if line.strip()
     )
+    cloud = variant == "cloud"
     return Image(
-        name="debian",
+        name="debian" if not cloud else "debian-cloud",
         disk=directory / "disk.qcow2",
         key=directory.name,
         kernel=directory / "vmlinuz",
         initrd=directory / "initrd.img",
         cmdline=(directory / "cmdline").read_text().strip(),
         hostkeys=hostkeys,
+        # debian-cloud boots with exactly the seed (and credentials) the Arch path sends
+        cloud_init=cloud,
+        skip_units=ArchRecipe.load().skip_units if cloud else (),
     )
 
 
-def build_debian(cache: Path, *, timeout: float = 1800) -> Image:
-    """The Debian image of the current recipe, built with debootstrap when not cached yet."""
-    target = debian_image_dir(cache)
+def _remove_stale_debian_images(cache: Path, variant: str, keep: Path) -> None:
+    """Remove this variant's interrupted builds, and images of older recipes once nobody may use them."""
+    pattern = re.compile(re.escape(_debian_prefix(variant)) + r"[0-9a-f]{16}(\.work\..*)?")
+    for stale in cache.iterdir():
+        if stale == keep or not pattern.fullmatch(stale.name):
+            continue
+        with contextlib.suppress(OSError):
+            interrupted = ".work." in stale.name  # under the build lock: its builder is dead
+            if interrupted or time.time() - stale.stat().st_mtime > STALE_IMAGE_SECONDS:
+                log.info("vm: removing %s %s", "the interrupted build" if interrupted else "the older image", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def build_debian(cache: Path, *, timeout: float = 1800, variant: str = "plain") -> Image:
+    """The Debian image of the current recipe, built with debootstrap when not cached yet.
+
+    ``variant="cloud"`` is ``debian-cloud``: Debian's cloud-init in a partitioned disk, booted with
+    the seed the Arch image gets (the offline check of that path).
+    """
+    if variant not in DEBIAN_VARIANTS:
+        raise UsageError(f"unknown debian image variant {variant!r}", hint=f"one of {', '.join(DEBIAN_VARIANTS)}")
+    target = debian_image_dir(cache, variant)
+    what = "debian" if variant == "plain" else f"debian-{variant}"
     if (target / "disk.qcow2").is_file():
-        return _debian_image(target)
-    with _locked(cache / ".debian.lock"):
+        return _debian_image(target, variant)
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / f".{what}.lock"):
         if (target / "disk.qcow2").is_file():  # another session built it meanwhile
-            return _debian_image(target)
+            return _debian_image(target, variant)
         if not _is_root():
             raise VMError(
-                "the debian image is built with debootstrap, which needs root",
+                f"the {what} image is built with debootstrap, which needs root",
                 hint="build it once as root with the same PYTEST_FLAKE_STATE, or use --vm-image arch|PATH",
             )
-        for tool in ("debootstrap", "mkfs.ext4", "qemu-img"):
+        for tool in ("debootstrap", "mkfs.ext4", "qemu-img") + (("sfdisk",) if variant == "cloud" else ()):
             if shutil.which(tool) is None:
-                raise MissingToolError(f"building the debian image needs {tool}", hint="run scripts/setup")
-        _need_space(cache, 3 * GiB, "the debian image")
-        for stale in cache.glob("debian-*"):  # older recipes and interrupted builds
-            shutil.rmtree(stale, ignore_errors=True)
-        with _step(f"building the debian image {target.name} (debootstrap, about 1-2 min)"):
-            _run(["bash", str(RECIPES / "debian" / "build.sh"), str(target)], what="debian image build",
+                raise MissingToolError(f"building the {what} image needs {tool}", hint="run scripts/setup")
+        _need_space(cache, 3 * GiB, f"the {what} image")
+        _remove_stale_debian_images(cache, variant, keep=target)
+        with _step(f"building the {what} image {target.name} (debootstrap, about 1-3 min)"):
+            _run(["bash", str(RECIPES / "debian" / "build.sh"), str(target), variant], what=f"{what} image build",
                  timeout=timeout)
-    return _debian_image(target)
+    return _debian_image(target, variant)
 
 
 @dataclass(frozen=True)
@@ -474,9 +507,11 @@ def create_overlay(image: Image, overlay: Path, size: int) -> int:
 
 
 def resolve_image(spec: str, cache: Path) -> Image:
-    """``arch``, ``debian``, a path to a disk image or an http(s) URL of one -> :class:`Image`."""
+    """``arch``, ``debian``, ``debian-cloud``, a path to a disk image or an http(s) URL of one -> :class:`Image`."""
     if spec == "debian":
         return build_debian(cache)
+    if spec == "debian-cloud":
+        return build_debian(cache, variant="cloud")
     if spec == "arch":
         return fetch_arch(cache)
     if re.match(r"^https?://", spec):
@@ -489,7 +524,8 @@ def resolve_image(spec: str, cache: Path) -> Image:
         return Image(name=disk.name, disk=disk, disk_format=_disk_format(disk), key=f"url-{key}", cloud_init=True)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UsageError(f"--vm-image {spec!r} is neither arch, debian, an existing file nor an http(s) URL")
+        raise UsageError(f"--vm-image {spec!r} is neither arch, debian, debian-cloud, an existing file nor an "
+                         "http(s) URL")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return Image(name=path.name, disk=path.resolve(), disk_format=_disk_format(path), key=f"file-{key}",
@@ -1274,6 +1310,9 @@ class VM(GuestCommands):
         self._dom: Any = None
         self._image: Image | None = None
         self._hostkeys: tuple[str, ...] = ()
+        # where the host key checked on SSH comes from: "seed" (made here, handed over by cloud-init),
+        # "image" (known from the image build), "warm state", "console", or "first use" (not checked)
+        self.host_key_origin = ""
         self._client: paramiko.SSHClient | None = None
         self._host: Host | None = None
         self._forwards: dict[int, int] = {}
@@ -1360,10 +1399,10 @@ class VM(GuestCommands):
         for unit in image.skip_units:
             oem.append(_credential(f"systemd.unit-dropin.{unit}", _skip_dropin(unit)))
         seed_disk = ""
-        hostkeys = image.hostkeys
+        hostkeys, origin = image.hostkeys, "image"
         if image.cloud_init:
             host_key = HostKey.generate()
-            hostkeys = (" ".join(host_key.public.split()[:2]),)  # pinned: the first connection is checked
+            hostkeys, origin = (" ".join(host_key.public.split()[:2]),), "seed"  # the first connection is checked
             user_data = render_user_data(cloud_config(self.keys.public, host_key, image.skip_units))
             self.seed = make_seed(self.dir / f"{self.name}.seed.img", user_data, self.name)
             seed_disk = (f"    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n"
@@ -1399,7 +1438,7 @@ class VM(GuestCommands):
             except libvirt.libvirtError as exc:
                 raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
                               details=f"domain XML:\n{xml}") from exc
-            self._hostkeys = hostkeys
+            self._hostkeys, self.host_key_origin = hostkeys, origin if hostkeys else ""
             if trial:
                 works, why = watch_kvm_first_boot(self.console_log, self._dom.isActive,
                                                   answered=lambda: _ssh_banner(self.ssh_port))
@@ -1430,6 +1469,8 @@ class VM(GuestCommands):
                         self._dom = None
                         subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(self.overlay),
                                         str(tmp / "overlay.qcow2")], check=True)
+                        self.pool.prepare_files(self._image, self.overlay, self.console,
+                                                *([self.seed] if self.seed else []))
                         self.pool.conn.restoreFlags(str(tmp / "state.save"), None,
                                                     libvirt.VIR_DOMAIN_SAVE_RUNNING)
                         self._dom = self.pool.conn.lookupByName(self.name)
@@ -1478,7 +1519,7 @@ class VM(GuestCommands):
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
             finally:
                 copy.unlink(missing_ok=True)
-            self._hostkeys = state.hostkeys
+            self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
             self._wait_ssh()
 
     def _wait_ssh(self) -> None:
@@ -1493,6 +1534,7 @@ class VM(GuestCommands):
                               details="console (last lines):\n" + tail(self.console_log(), 40))
             if not self._hostkeys and image is not None and image.cloud_init:
                 self._hostkeys = _hostkey_lines_from_console(self.console_log())
+                self.host_key_origin = "console" if self._hostkeys else ""
             try:
                 return _ssh_client(self.ssh_port, self._private_key(), self._hostkeys, timeout=5)
             except paramiko.BadHostKeyException as exc:
@@ -1513,6 +1555,7 @@ class VM(GuestCommands):
         if not self._hostkeys and transport is not None:
             remote = transport.get_remote_server_key()
             self._hostkeys = (f"{remote.get_name()} {remote.get_base64()}",)
+            self.host_key_origin = "first use"
             log.warning("vm://%s: no host key known ahead; trusting %s on first use", self.name,
                         remote.get_name())
         self._client = client
@@ -1770,33 +1813,45 @@ class QemuUser:
         stat = directory.stat()
         if stat.st_uid == self.uid:
             return bool(stat.st_mode & 0o100)
-        acl = _acl_entries(directory)
-        if acl.get(f"user:{self.uid}") is not None:
-            return "x" in acl[f"user:{self.uid}"]
+        named = _acl_user_perm(directory, self.uid)
+        if named is not None:
+            return bool(named & 0o1)
         if stat.st_gid == self.gid:
             return bool(stat.st_mode & 0o010)
         return bool(stat.st_mode & 0o001)
 
 
-def _acl_entries(path: Path) -> dict[str, str]:
-    """``{"user:988": "--x", ...}``: the named entries of a POSIX ACL (empty without getfacl or an ACL)."""
-    if shutil.which("getfacl") is None:
-        return {}
-    proc = subprocess.run(["getfacl", "-n", "-p", "-c", "--", str(path)], capture_output=True, text=True,
-                          check=False)
-    entries = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split("#", 1)[0].strip().split(":")
-        if len(parts) == 3 and parts[0] in ("user", "group") and parts[1]:
-            entries[f"{parts[0]}:{parts[1]}"] = parts[2]
-    return entries
+_ACL_USER, _ACL_MASK = 0x02, 0x10  # tags of a system.posix_acl_access entry
+
+
+def _acl_user_perm(path: Path, uid: int) -> int | None:
+    """The effective permission bits (rwx = 4|2|1) of ``uid``'s named ACL entry on ``path``, None without one.
+
+    Read from the ``system.posix_acl_access`` attribute (version 2: 4-byte header, 8-byte entries
+    ``tag:u16 perm:u16 id:u32``); the mask limits a named entry: a chmod of the folder since (pytest
+    does one on its temporary folders) can leave the entry without effect.
+    """
+    try:
+        raw = os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        return None
+    perm = None
+    mask = 0o7
+    for offset in range(4, len(raw) - 7, 8):
+        tag, bits, ident = struct.unpack_from("<HHI", raw, offset)
+        if tag == _ACL_USER and ident == uid:
+            perm = bits
+        elif tag == _ACL_MASK:
+            mask = bits
+    return None if perm is None else perm & mask
 
 
 def grant_search(user: QemuUser, path: Path) -> list[Path]:
     """Let ``user`` pass through every folder above ``path`` (search only, through an ACL entry; no listing).
 
     The folders keep their modes: root's 0700 home stays closed to everybody else. Returns the
-    folders that got an entry.
+    folders that got an entry. Called right before each start or restore of a domain: a chmod
+    since (pytest narrows its temporary folders at each session start) takes the entry's effect.
     """
     granted = []
     for folder in reversed(path.resolve().parents):

@@ -336,3 +336,49 @@ def test_skipping_units_works_on_unit_files_in_etc(tmp_path: Path) -> None:
     # and it exits 0 when systemctl fails (a unit that does not exist on this image)
     (bin_dir / "systemctl").write_text("#!/bin/sh\nexit 5\n")
     assert subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).returncode == 0
+
+
+# --------------------------------------------------------------------------- QEMU's user and its files
+
+
+def test_qemu_user_from_libvirt_capabilities() -> None:
+    caps = ("<capabilities><host><secmodel><model>dac</model><doi>0</doi>"
+            "<baselabel type='kvm'>+988:+993</baselabel><baselabel type='qemu'>+988:+993</baselabel>"
+            "</secmodel></host></capabilities>")
+    user = vm.QemuUser.of(caps)
+    assert (user.uid, user.gid, user.label) == (988, 993, "+988:+993")
+
+
+@pytest.mark.skipif(shutil.which("setfacl") is None, reason="needs acl (scripts/setup installs it)")
+def test_qemu_user_gets_search_only_access_that_survives_a_chmod(tmp_path: Path) -> None:
+    user = vm.QemuUser(uid=54321, gid=54321)  # nobody's: the ACL names the number
+    closed = tmp_path / "home"
+    (closed / "cache" / "vms").mkdir(parents=True)
+    closed.chmod(0o700)
+    overlay = closed / "cache" / "vms" / "vm-1.qcow2"
+    overlay.write_bytes(b"")
+    assert not user.can_search(closed)
+    granted = vm.grant_search(user, overlay)
+    assert closed in granted and user.can_search(closed) and user.can_search(closed / "cache")
+    assert closed.stat().st_mode & 0o007 == 0  # still closed to everybody else, and not listable by it
+    assert vm._acl_user_perm(closed, user.uid) == 0o1
+    closed.chmod(0o700)  # what pytest does to its temporary folders at each session start
+    assert not user.can_search(closed)  # the entry is there, the mask takes its effect
+    assert closed in vm.grant_search(user, overlay) and user.can_search(closed)
+    assert vm.grant_search(user, overlay) == []  # nothing to do when it can pass
+
+
+def test_files_qemu_writes_are_handed_to_its_user(tmp_path: Path) -> None:
+    user = vm.QemuUser(uid=54321, gid=54322)
+    own = tmp_path / "vm-1.console.log"
+    own.write_text("")
+    vm.hand_to_qemu(user, own)
+    assert (own.stat().st_uid, own.stat().st_gid, own.stat().st_mode & 0o777) == (54321, 54322, 0o600)
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(b"x")
+    base.chmod(0o644)
+    vm.check_readable(user, base, None)
+    base.chmod(0o600)
+    with pytest.raises(vm.VMError, match="cannot read") as err:
+        vm.check_readable(user, base)
+    assert "chmod a+r" in str(err.value)

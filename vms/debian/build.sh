@@ -1,25 +1,39 @@
 #!/bin/bash
 # Build the pytest-flake Debian bookworm test image, offline-friendly and without mounting.
 #
-#   build.sh OUTDIR
+#   build.sh OUTDIR [plain|cloud]
 #
 # Writes into OUTDIR (which must not exist yet; the caller renames it into the cache):
-#   disk.qcow2     the root file system (ext4, no partition table: root=/dev/vda)
+#   disk.qcow2     plain: the root file system (ext4, no partition table: root=/dev/vda), grown
+#                  into the VM's disk at boot (x-systemd.growfs)
+#                  cloud: a disk with one partition (root=/dev/vda1) that cloud-init grows, like
+#                  the Arch cloud image (growpart, then resize_rootfs)
 #   vmlinuz        the kernel, initrd.img its initramfs (direct kernel boot)
-#   hostkeys.pub   the guest's SSH host public keys, so the host can check them
+#   hostkeys.pub   the guest's SSH host public keys, so the host can check them (cloud: empty:
+#                  the image has no host keys, the plugin hands them over in the cloud-init seed)
 #   cmdline        the kernel command line to boot with
 #
-# Everything about the image is in this file and in packages.txt: pytest-flake hashes both,
+# The cloud variant ("debian-cloud") is the nearest check of the Arch path that works offline:
+# Debian's cloud-init (packages-cloud.txt) reads the same NoCloud seed the Arch image gets, and
+# a stand-in for Arch's pacman-init.service sits in /etc/systemd/system, where `systemctl mask`
+# cannot replace it, so the seed must skip it another way.
+#
+# Everything about an image is in this file and in its package lists: pytest-flake hashes them,
 # so any change here rebuilds the image, and with it any saved state made from it.
 # Needs root (debootstrap), debootstrap, mkfs.ext4 (e2fsprogs >= 1.43 for -d), qemu-img.
 # DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
 set -euo pipefail
 
-out=${1:?usage: build.sh OUTDIR}
+out=${1:?usage: build.sh OUTDIR [plain|cloud]}
+variant=${2:-plain}
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-size=${DEBIAN_IMAGE_SIZE:-4G}
+case $variant in
+    plain) size=${DEBIAN_IMAGE_SIZE:-4G}; lists=("$here/packages.txt") ;;
+    cloud) size=${DEBIAN_IMAGE_SIZE:-2G}; lists=("$here/packages.txt" "$here/packages-cloud.txt") ;;
+    *) echo "build.sh: unknown variant $variant (plain or cloud)" >&2; exit 2 ;;
+esac
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: debootstrap needs root" >&2; exit 2; }
 [ ! -e "$out" ] || { echo "build.sh: $out exists" >&2; exit 2; }
@@ -28,7 +42,7 @@ work=$(mktemp -d "${out}.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root=$work/root
 
-packages=$(grep -v '^#' "$here/packages.txt" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+packages=$(cat "${lists[@]}" | grep -v '^#' | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
 
 echo "debootstrap $suite ($packages)" >&2
 debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
@@ -40,7 +54,11 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >
 echo "configure" >&2
 echo pf-debian >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tpf-debian\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
-printf '/dev/vda\t/\text4\trw,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
+if [ "$variant" = cloud ]; then
+    printf '/dev/vda1\t/\text4\trw,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
+else
+    printf '/dev/vda\t/\text4\trw,errors=remount-ro,x-systemd.growfs\t0\t1\n' >"$root/etc/fstab"
+fi
 # The machine id is made at boot; the same file empty is what portable images want too.
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
@@ -79,7 +97,32 @@ mkdir -p "$root/etc/systemd/system.conf.d"
 printf '[Manager]\nDefaultTimeoutStartSec=30s\nDefaultTimeoutStopSec=10s\n' \
     >"$root/etc/systemd/system.conf.d/10-pytest-flake.conf"
 
-cat "$root"/etc/ssh/ssh_host_*_key.pub >"$work/hostkeys.pub"
+if [ "$variant" = cloud ]; then
+    # No host keys of its own: cloud-init writes the ones the seed carries (ssh_keys).
+    rm -f "$root"/etc/ssh/ssh_host_*
+    : >"$work/hostkeys.pub"
+    # NoCloud only (no probing of cloud metadata services); the network is the .network file above.
+    mkdir -p "$root/etc/cloud/cloud.cfg.d"
+    printf 'datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n' \
+        >"$root/etc/cloud/cloud.cfg.d/90-pytest-flake.cfg"
+    # A stand-in for Arch's first-boot unit: a file in /etc that mask refuses, and that fails if run.
+    cat >"$root/etc/systemd/system/pacman-init.service" <<'UNIT'
+[Unit]
+Description=Stand-in for Arch's pacman-init.service (the seed must skip it)
+ConditionFirstBoot=yes
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'echo "pacman-init ran: the seed did not skip it" >&2; exit 1'
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    chroot "$root" systemctl enable pacman-init.service >/dev/null 2>&1
+else
+    cat "$root"/etc/ssh/ssh_host_*_key.pub >"$work/hostkeys.pub"
+fi
 
 # Slim the root: apt lists and caches are not needed in a test guest.
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/debootstrap
@@ -88,11 +131,23 @@ mkdir "$work/out"
 cp "$root"/boot/vmlinuz-* "$work/out/vmlinuz"
 cp "$root"/boot/initrd.img-* "$work/out/initrd.img"
 mv "$work/hostkeys.pub" "$work/out/hostkeys.pub"
-echo "root=/dev/vda rw console=ttyS0,115200 quiet systemd.show_status=auto net.ifnames=1" >"$work/out/cmdline"
+rootdev=/dev/vda
+[ "$variant" = plain ] || rootdev=/dev/vda1
+echo "root=$rootdev rw console=ttyS0,115200 quiet systemd.show_status=auto net.ifnames=1" >"$work/out/cmdline"
 
 echo "mkfs.ext4 -d ($size)" >&2
-truncate -s "$size" "$work/disk.raw"
-mkfs.ext4 -q -F -L pf-root -d "$root" "$work/disk.raw"
+truncate -s "$size" "$work/root.raw"
+mkfs.ext4 -q -F -L pf-root -d "$root" "$work/root.raw"
+if [ "$variant" = cloud ]; then
+    # One partition from 1 MiB to the end, as cloud images are laid out; growpart moves its end.
+    bytes=$(stat -c %s "$work/root.raw")
+    truncate -s $((bytes + 1048576)) "$work/disk.raw"
+    printf 'label: dos\nstart=2048, type=83\n' | sfdisk -q "$work/disk.raw"
+    dd if="$work/root.raw" of="$work/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+    rm -f "$work/root.raw"
+else
+    mv "$work/root.raw" "$work/disk.raw"
+fi
 qemu-img convert -q -O qcow2 "$work/disk.raw" "$work/out/disk.qcow2"
 
 mv "$work/out" "$out"
