@@ -147,6 +147,8 @@ def nix_facts(settings: Settings, ref: str | None = None) -> list[str]:
             except ValueError:
                 lines.append("flake locked: unknown (unreadable 'nix flake metadata --json')")
         else:
-            err = [line for line in (meta.stderr if meta else "timed out").splitlines() if line.strip()][-1:]
+            text = meta.stderr if meta else "timed out"
+            err = [line for line in text.splitlines() if line.startswith("error:")][:1]
+            err = err or text.strip().splitlines()[-1:]
             lines.append(f"flake locked: unknown ({' '.join(err)})")
     return lines

@@ -304,8 +304,21 @@ def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPo
     """
     from .vm import VMPool
 
+    _check_vm_image(flake_settings.vm_image)
     with VMPool(flake_settings, flake_session) as pool:
         yield pool
+
+
+def _check_vm_image(spec: str | None, what: str = "--vm-image") -> None:
+    """An image that names a file must be a disk image (as ``qemu-img info`` sees it): refused before any boot."""
+    from .config import BUILTIN_VM_IMAGES
+    from .disk_image import check_disk_image
+
+    if not spec or spec in BUILTIN_VM_IMAGES or "://" in spec:
+        return
+    path = Path(spec).expanduser()
+    if path.is_file():
+        check_disk_image(path, what)
 
 
 def _close_vm(request: pytest.FixtureRequest, machine: VM) -> None:
@@ -344,6 +357,7 @@ def vm_factory(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[Ca
     machines: list[VM] = []
 
     def make(image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
+        _check_vm_image(image, "vm_factory(image=...)")
         machine = flake_vms.vm(image=image, memory=memory, cpus=cpus)
         machine.__enter__()
         machines.append(machine)

@@ -71,6 +71,7 @@ class Process:
         self._cwd = cwd
         self._log_dir = log_dir
         self._log_path: Path | None = None
+        self._kept_logs: str | None = None  # the output, once a log file of our own is removed at stop()
         self._pid_file: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -90,6 +91,8 @@ class Process:
                     env=self._env, cwd=self._cwd, start_new_session=True, preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
+                if self._log_dir is None:
+                    self._log_path.unlink(missing_ok=True)
                 raise FlakeError(f"cannot start {self.argv[0]}: {exc}") from exc
         if self._log_dir is not None:
             self._pid_file = self._log_dir / f"{self._proc.pid}.pid"
@@ -143,6 +146,10 @@ class Process:
         self.returncode = proc.returncode
         if self._pid_file is not None:
             self._pid_file.unlink(missing_ok=True)
+        if self._log_dir is None and self._log_path is not None and self._kept_logs is None:
+            # a temporary log file of our own (no session directory to hold it): keep the text, not the file
+            self._kept_logs = self.logs()
+            self._log_path.unlink(missing_ok=True)
         return self.returncode
 
     def _signal_group(self, sig: int) -> None:
@@ -176,6 +183,8 @@ class Process:
 
     def logs(self) -> str:
         """Everything the program wrote to stdout and stderr so far."""
+        if self._kept_logs is not None:
+            return self._kept_logs
         if self._log_path is None or not self._log_path.exists():
             return ""
         return self._log_path.read_text(errors="replace")

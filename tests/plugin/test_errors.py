@@ -238,3 +238,112 @@ def test_failed_run_attaches_program_output_and_stops_it(pytester: pytest.Pytest
         "*- Captured stdout call (pytest-flake: output of web) -*",
         "127.0.0.1:*: response:200",
     ])
+
+
+# --- issue 14: the cases that did not give one clear line ---------------------------------
+def test_bad_env_value_fails_a_run_that_uses_the_plugin_with_the_same_line(pytester: pytest.Pytester,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_FLAKE_TIMEOUT", "abc")
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    pytester.runpytest("test_plain.py").assert_outcomes(passed=1)
+    assert pytester.runpytest("--help").ret == pytest.ExitCode.OK
+    pytester.makepyfile(test_uses=USES_FLAKE)
+    result = pytester.runpytest("test_uses.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == ("ERROR: pytest-flake: $PYTEST_FLAKE_TIMEOUT='abc' is not a number (seconds to "
+                                      "wait for a service, container or guest to be ready)")
+    assert_no_plugin_traceback(result)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_nan_and_inf_timeouts_are_refused(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile(USES_FLAKE)
+    result = pytester.runpytest(f"--flake-timeout={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == (f"ERROR: pytest-flake: --flake-timeout='{value}' is not a finite number (give "
+                                      "seconds or a count: seconds to wait for a service, container or guest to be "
+                                      "ready)")
+
+
+def test_vm_image_that_is_not_a_disk_image_is_refused_before_any_boot(pytester: pytest.Pytester) -> None:
+    notes = pytester.path / "notes.txt"
+    notes.write_text("this is not a disk\n")
+    pytester.makepyfile("def test_guest(vm):\n    vm.run('true')\n")
+    result = pytester.runpytest(f"--vm-image={notes}", "--libvirt-uri=test:///nowhere")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        f"UsageError: --vm-image {notes} is not a disk image: qemu-img sees raw data with no partition table or file "
+        "system (it is text) (pass a qcow2 or raw disk image, or 'debian' (built locally) or 'arch')",
+    ])
+    result.stdout.no_fnmatch_line("*console*")
+    assert_no_plugin_traceback(result)
+
+
+def test_flake_option_naming_flake_nix_means_its_directory(pytester: pytest.Pytester, tiny_flake: Path) -> None:
+    pytester.makepyfile("def test_build(flake):\n    assert flake.build().out.read_text() == 'hello\\n'\n")
+    pytester.runpytest(f"--flake={tiny_flake / 'flake.nix'}").assert_outcomes(passed=1)
+    pytester.runpytest(f"--flake=path:{tiny_flake / 'flake.nix'}").assert_outcomes(passed=1)
+
+
+def test_evaluation_error_names_the_users_file(pytester: pytest.Pytester, nix: None) -> None:
+    broken = pytester.path / "broken"
+    broken.mkdir()
+    (broken / "flake.nix").write_text(
+        '{\n  outputs = { self }: {\n    packages.x86_64-linux.default = derivation {\n'
+        '      name = "x"; system = "x86_64-linux";\n      builder = "/bin/busybox" args = [ ];\n    };\n  };\n}\n')
+    pytester.makepyfile("def test_build(flake):\n    flake.build()\n")
+    result = pytester.runpytest(f"--flake=path:{broken}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"EvalError: cannot evaluate path:{broken}#packages.x86_64-linux.default: syntax error, unexpected '=', "
+        f"expecting ';' at {broken}/flake.nix:5:37 (fix the flake at the position named; 'nix eval' of the same "
+        "attribute shows it too)",
+    ])
+    result.stdout.no_fnmatch_line("*BuildError*")
+    result.stdout.no_fnmatch_line("*/nix/store/*-source/flake.nix*")
+    assert_no_plugin_traceback(result)
+
+
+def test_flake_error_report_keeps_the_test_line(pytester: pytest.Pytester, tiny_flake: Path) -> None:
+    pytester.makepyfile(test_mine="""
+        def test_mine(flake):
+            built = flake.build("default")
+            flake.build("no-such-output")
+    """)
+    result = pytester.runpytest(f"--flake={tiny_flake}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_mine _*",
+        "test_mine.py:3: in test_mine",
+        '    flake.build("no-such-output")',
+        f"MissingOutputError: flake {tiny_flake} has no output 'packages.x86_64-linux.no-such-output' *",
+    ])
+    assert_no_plugin_traceback(result)
+
+
+def test_error_in_a_fixture_is_an_error_and_in_the_body_a_failure(pytester: pytest.Pytester) -> None:
+    """What the README says: a problem while a fixture sets up is an ERROR; the same raised in the test body FAILED."""
+    notes = pytester.path / "notes.txt"
+    notes.write_text("not a disk\n")
+    pytester.makepyfile(test_where="""
+        import os
+        from pathlib import Path
+        from pytest_flake.disk_image import check_disk_image
+
+        def test_in_fixture(vm):
+            pass
+
+        def test_in_body(flake_settings):
+            check_disk_image(Path(flake_settings.vm_image))
+    """)
+    result = pytester.runpytest(f"--vm-image={notes}", "-rfE")
+    result.assert_outcomes(errors=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at setup of test_in_fixture*",
+        f"UsageError: --vm-image {notes} is not a disk image: *",
+        "*_ test_in_body _*",
+        "test_where.py:9: in test_in_body",
+        f"UsageError: --vm-image {notes} is not a disk image: *",
+        "FAILED test_where.py::test_in_body - UsageError: --vm-image *",
+        "ERROR test_where.py::test_in_fixture - UsageError: --vm-image *",
+    ])
