@@ -38,10 +38,12 @@ def test_marker_arguments_are_validated_with_the_fix() -> None:
     assert spec.env_for(4000) == {"LISTEN": "127.0.0.1:4000"}
     braces = ServiceSpec.from_marker((), {"port": 80, "env": {"JSON": '{"a": {port}}'}})
     assert braces.env_for(81) == {"JSON": '{"a": 81}'}
-    for args, kwargs, message in [((), {}, "missing"), (("80",), {}, "not a TCP port"),
-                                  ((True,), {}, "not a TCP port"), ((70000,), {}, "not a TCP port"),
-                                  ((80,), {"local": ""}, "local=''"), ((80,), {"env": ["A=1"]}, "env="),
-                                  ((80,), {"dockr": "x"}, "unexpected keyword")]:
+    cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+        ((), {}, "missing"), (("80",), {}, "not a TCP port"), ((True,), {}, "not a TCP port"),
+        ((70000,), {}, "not a TCP port"), ((80,), {"local": ""}, "local=''"), ((80,), {"env": ["A=1"]}, "env="),
+        ((80,), {"dockr": "x"}, "unexpected keyword"),
+    ]
+    for args, kwargs, message in cases:
         with pytest.raises(UsageError, match=message) as info:
             ServiceSpec.from_marker(args, kwargs, where="t.py::test")
         assert str(info.value).startswith("t.py::test: ")
