@@ -7,6 +7,8 @@ skipped, and under CI they fail.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,14 @@ def test_same_guest_api_as_a_vm(systemd_container, tmp_path: Path):
 def test_private_network_has_only_loopback(systemd_container):
     links = systemd_container.succeed("ls /sys/class/net").split()
     assert links == ["lo"]
+
+
+def test_directory_image_attaches_in_a_container(systemd_container, portable_service, flake, tmp_path: Path, http):
+    if shutil.which("unsquashfs") is None:
+        pytest.fail("unsquashfs (squashfs-tools) is needed: scripts/setup installs it")
+    raw = next(flake.build("portable").out.glob("*.raw"))
+    tree = tmp_path / "web-server_1.0"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(raw)], check=True)
+    service = portable_service(systemd_container, tree)
+    assert service.attached_state() == "running-runtime"
+    http.get(systemd_container.url(3031, "/"), retry_for=30).expect(200, contains="web-server 1.0")
