@@ -275,3 +275,14 @@ def test_sweep_removes_a_dead_sessions_copies_and_restores_its_loops(tmp_path: P
     maintenance.sweep(["pf-deadbeef", "not-ours"], None, root=state)
     assert not folder.exists()
     assert loops.present(fake.dev) == set(range(8))
+
+
+def test_systemd_container_has_the_guest_api_of_a_vm() -> None:
+    from pytest_flake.guest import GuestCommands
+    from pytest_flake.nspawn import SystemdContainer
+
+    assert issubclass(SystemdContainer, GuestCommands)
+    for member in ("name", "run", "copy_to", "copy_from", "forward", "url", "journal", "host", "succeed", "fail",
+                   "wait_until_succeeds", "wait_for_unit", "wait_for_open_port", "wait_timeout"):
+        assert hasattr(SystemdContainer, member) or member == "name", member
+    assert "journal" not in SystemdContainer.__dict__  # the one journal of GuestCommands, not a copy
