@@ -146,6 +146,17 @@ def tls_config(source: str, environ: Mapping[str, str] | None = None) -> Any:
     return None
 
 
+_OPENERS = {"gzip": "gzip", "bzip2": "bz2", "xz": "lzma"}
+
+
+@contextlib.contextmanager
+def _plain_tar(path: Path, compression: str) -> Iterator[Iterator[bytes]]:
+    """A compressed docker-archive, decompressed on the fly (for a daemon that only reads plain tars)."""
+    module: Any = importlib.import_module(_OPENERS[compression])
+    with module.open(path, "rb") as handle:
+        yield _chunks(handle)
+
+
 def describe_endpoint(settings: Settings | None = None) -> str:
     """One line for the report header: ``unix:///run/docker.sock (from $DOCKER_HOST)``."""
     url, source = endpoint(settings)
@@ -489,7 +500,10 @@ class Docker:
             info = client.version()
         except Exception as exc:
             raise self._unreachable(exc) from None
-        self.version = f"Docker {info.get('Version', '?')}, API {info.get('ApiVersion', '?')}"
+        # Podman's Docker-compatible socket (``podman system service``) answers too; it differs in places
+        self.podman = any("podman" in str(c.get("Name", "")).lower() for c in info.get("Components") or [])
+        engine = "Podman" if self.podman else "Docker"
+        self.version = f"{engine} {info.get('Version', '?')}, API {info.get('ApiVersion', '?')}"
         log.debug("docker: %s answers: %s", self.url, self.version)
         self._client = client
         return self
@@ -603,7 +617,9 @@ class Docker:
             self._loader = docker.APIClient(base_url=self.url, timeout=None, version="auto",
                                             tls=getattr(self, "_tls", None))
         messages: list[str] = []
-        with archive.stream() as data:
+        plain = getattr(self, "podman", False) and archive.kind == KIND_TAR and archive.compression in _OPENERS
+        # Podman 4's /images/load takes only a plain tar: it cannot read a gzip-compressed docker-archive
+        with (_plain_tar(archive.path, archive.compression) if plain else archive.stream()) as data:
             try:
                 for chunk in self._loader.load_image(data):
                     if "error" in chunk or "errorDetail" in chunk:
