@@ -1508,11 +1508,11 @@ class VM(GuestCommands):
                     out.write(state.private_key.read_bytes())
                 self.keys = KeyPair(private=private, public=state.public_key)
                 self.console.write_text(_boot_log_of(state))
-                self.pool.prepare_files(self._image, self.overlay, self.console)
                 xml = _edit_domain_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
                                        console=self.console, netdev=self._netdev(),
                                        session=self.pool.session.id)
                 copy_save_with_xml(state.save, copy, xml)
+                self.pool.prepare_files(self._image, self.overlay, self.console)
                 self.pool.conn.restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
                 self._dom = self.pool.conn.lookupByName(self.name)
             except (libvirt.libvirtError, subprocess.CalledProcessError, OSError, ET.ParseError) as exc:
@@ -2160,6 +2160,12 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
     else:
         lines.append((settings.vm_image != "debian",
                       "debian image not built yet (built on first use: 1-2 min, needs root and debootstrap)"))
+    cloud = debian_image_dir(cache, "cloud")
+    if (cloud / "disk.qcow2").is_file():
+        lines.append((True, f"debian-cloud image cached in {cloud}"))
+    elif settings.vm_image == "debian-cloud":
+        lines.append((False, "debian-cloud image not built yet (built on first use: 2-4 min, needs root and "
+                             "debootstrap)"))
     arch = sorted((cache / "arch").glob("*.qcow2")) if (cache / "arch").is_dir() else []
     if arch:
         lines.append((True, f"arch image cached: {arch[-1].name}"))

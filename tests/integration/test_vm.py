@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -192,10 +193,14 @@ def test_inner(vm, vm_factory):
 
 
 def test_warm_state_outlives_the_session(pytester: pytest.Pytester, flake_vms: VMPool, flake_settings: Settings,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """A second session's first VM restores the state the first one saved; another size boots cold."""
     image = flake_vms.image("debian")
-    root = pytester.path / "state"  # a cache of its own (the image shared): the first run must boot cold
+    # A cache of its own (the image shared): the first run must boot cold. It lives beside the real
+    # cache, not in pytest's temporary folders: every pytest session start narrows those (chmod
+    # 0700), which takes QEMU's user its way in between the plugin's grant and a restore.
+    root = Path(tempfile.mkdtemp(prefix="test-warm-", dir=flake_vms.session.root))
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
     (root / "images").mkdir(parents=True)
     (root / "images" / image.disk.parent.name).symlink_to(image.disk.parent)
     probe = flake_vms.cache / "kvm-probe.json"
