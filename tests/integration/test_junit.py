@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -58,3 +59,35 @@ def test_junit_xml_of_a_failed_docker_test_holds_the_container_logs(pytester: py
         assert "pytest-flake: logs of container" in (system_out.text or "")
     else:
         assert system_out is None
+
+
+PORTABLE_FAILING = """
+def test_portable_fails(systemd_container, portable_service, http):
+    service = portable_service(systemd_container, "portable")
+    http.get(systemd_container.url(3031, "/missing-portable-page"), retry_for=30)
+    assert service.is_active()
+    assert False, "the portable service is wrong"
+"""
+
+
+@pytest.mark.nspawn
+def test_junit_xml_of_a_failed_portable_test_holds_the_journal(pytester: pytest.Pytester, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable service runs in a systemd container (the fast home of portable services; a VM is the same)."""
+    import shutil
+
+    if shutil.which("systemd-nspawn") is None or os.geteuid() != 0:
+        pytest.skip("systemd-nspawn needs root and systemd-container")
+    pytester.makepyfile(test_portable=PORTABLE_FAILING)
+    xml = tmp_path / "junit.xml"
+    result = pytester.runpytest_subprocess(f"--flake={REF}", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                                           "-o", "junit_logging=system-out")
+    result.assert_outcomes(failed=1)
+    case = find_testcase(xml, "test_portable_fails")
+    props = properties(case)
+    journals = [v for n, v in props.items() if n.startswith("pytest-flake evidence: journal of portable service "
+                                                                "web-server_1.0 in ")]
+    assert len(journals) == 1, props
+    assert "web-server" in journals[0] and "/missing-portable-page" in journals[0], journals[0][-2000:]
+    system_out = case.find("system-out")
+    assert system_out is not None and "/missing-portable-page" in (system_out.text or "")
