@@ -38,7 +38,7 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "flake_vms": ("vm",),
     "vm": ("vm",),
     "vm_factory": ("vm",),
-    "portable_service": ("portable", "vm"),  # a portable service always runs in a VM
+    "portable_service": ("portable",),  # its guest's fixture adds vm or nspawn
     "flake_containers": ("nspawn",),
     "systemd_container": ("nspawn",),
     "systemd_container_factory": ("nspawn",),
@@ -47,8 +47,8 @@ MARKERS = (
     "nix: uses Nix to build flake outputs (added automatically to tests using the flake fixture)",
     "docker: needs a Docker daemon (added automatically to tests using docker_image/docker_container)",
     "vm: boots virtual machines through libvirt (added automatically to tests using vm/vm_factory)",
-    "portable: attaches systemd portable services in a VM (added automatically, with vm, to tests using "
-    "portable_service)",
+    "portable: attaches systemd portable services in a guest (added automatically to tests using "
+    "portable_service; the guest's fixture adds vm or nspawn)",
     "nspawn: boots systemd containers with systemd-nspawn (added automatically to tests using "
     "systemd_container/systemd_container_factory)",
     "flake(ref): test this flake reference instead of --flake, for one test, class or module",

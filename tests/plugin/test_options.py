@@ -156,7 +156,10 @@ MARKED = """
     def test_container(docker_container):
         pass
 
-    def test_portable(portable_service):
+    def test_portable(vm, portable_service):
+        pass
+
+    def test_portable_in_container(systemd_container, portable_service):
         pass
 """
 
@@ -183,7 +186,9 @@ def test_markers_are_added_by_fixtures(pytester: pytest.Pytester) -> None:
     assert marks["test_plain"] == set()
     assert "vm" in marks["test_vm"] and "nix" not in marks["test_vm"]
     assert "docker" in marks["test_container"]
-    assert {"portable", "vm"} <= marks["test_portable"]  # a portable service needs a VM: -m "not vm" skips it
+    assert {"portable", "vm"} <= marks["test_portable"]  # the VM's fixture marks it: -m "not vm" skips it
+    assert {"portable", "nspawn"} <= marks["test_portable_in_container"]
+    assert "vm" not in marks["test_portable_in_container"]  # a container guest runs under -m "not vm"
     nix = {name for name, m in marks.items() if "nix" in m}
 
     result = pytester.runpytest("--collect-only", "-q", "-m", "not vm")
@@ -191,7 +196,7 @@ def test_markers_are_added_by_fixtures(pytester: pytest.Pytester) -> None:
     assert kept == set(marks) - {"test_vm", "test_portable"}
 
     result = pytester.runpytest("--collect-only", "-q", "-m", "not nix")
-    result.stdout.fnmatch_lines([f"*{7 - len(nix)}/7 tests collected ({len(nix)} deselected)*"])
+    result.stdout.fnmatch_lines([f"*{8 - len(nix)}/8 tests collected ({len(nix)} deselected)*"])
     kept = {line.split("::", 1)[1] for line in result.outlines if "::" in line}
     assert kept == set(marks) - nix
 
