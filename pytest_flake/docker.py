@@ -797,6 +797,22 @@ class Container:
                 continue
             port_answers(self._host_port(key, wait=True))
             self._answering.add(key)
+        self._check_health(state)
+
+    def _check_health(self, state: Mapping[str, Any]) -> None:
+        """An image with a ``HEALTHCHECK``: ready once Docker reports it healthy; unhealthy is an error at once."""
+        health = state.get("Health") or {}
+        status = health.get("Status")
+        if not status or status == "none" or status == "healthy":
+            return
+        checks = [str((entry or {}).get("Output") or "").strip() for entry in (health.get("Log") or [])[-3:]]
+        if status == "unhealthy":
+            raise DockerError(f"container {self.name} ({self.ref}) is unhealthy: its HEALTHCHECK failed "
+                              f"{health.get('FailingStreak', '?')} time(s) in a row",
+                              hint="the last health check outputs and the container's logs follow",
+                              details="\n".join([*(f"health check: {c or '(no output)'}" for c in checks),
+                                                  tail(self._safe_logs(), 40) or "(no logs)"]))
+        raise NotReady(f"health {status}" + (f" (last check: {checks[-1]})" if checks and checks[-1] else ""))
 
     def _state(self) -> dict[str, Any]:
         self._container.reload()
