@@ -390,8 +390,21 @@ class PortableService:
 
     @property
     def remote_path(self) -> str:
-        """Where the image lies in the guest: always ``/root/NAME_VERSION.raw``, whatever its shape."""
-        return f"{self.remote_dir}/{self.image.name}.raw"
+        """Where the image lies in the guest: ``/root/NAME_VERSION.raw``, whatever its shape.
+
+        Only in a guest without loop devices (a container not given the host's) is a
+        directory image copied in as the tree ``/root/NAME_VERSION``: nothing else attaches there.
+        """
+        return self._remote_for(self.image)
+
+    def _loopless(self) -> bool:
+        """Whether the guest says it cannot mount a ``.raw`` (it has no loop devices)."""
+        return getattr(self.guest, "loop_devices", True) is False
+
+    def _remote_for(self, image: PortableImage) -> str:
+        if self._loopless() and image.kind == "directory":
+            return f"{self.remote_dir}/{image.name}"
+        return f"{self.remote_dir}/{image.name}.raw"
 
     @property
     def portable(self) -> str:
@@ -425,8 +438,15 @@ class PortableService:
     def _copy(self, image: PortableImage) -> str:
         """Copy the image in as ``NAME_VERSION.raw``; a directory image is squashed here first,
         so the units see ``PORTABLE=NAME_VERSION.raw`` whatever shape the image had."""
-        remote = f"{self.remote_dir}/{image.name}.raw"
-        if image.kind == "directory":
+        remote = self._remote_for(image)
+        if self._loopless():
+            if image.kind != "directory":
+                raise PortableError(
+                    f"{self.guest.name} has no loop devices, so {image.name}.raw cannot be attached there",
+                    hint="attach a directory image (the image's tree), or run the guest as root, where the host's "
+                         "/dev/loop-control and /dev/loop* are bound in")
+            self.guest.copy_to(image.path, remote)  # a directory image needs no loop device: copied as it is
+        elif image.kind == "directory":
             with tempfile.TemporaryDirectory(prefix="pf-portable-") as tmp:
                 raw = squash_directory(image.path, Path(tmp) / f"{image.name}.raw")
                 self.guest.copy_to(raw, remote)

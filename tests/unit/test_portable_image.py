@@ -134,7 +134,8 @@ class FakeGuest:
 
     name = "vm://fake"
 
-    def __init__(self, *, portablectl: bool = True, unit_state: str = "active") -> None:
+    def __init__(self, *, portablectl: bool = True, unit_state: str = "active", loop_devices: bool = True) -> None:
+        self.loop_devices = loop_devices
         self.commands: list[str] = []
         self.copied: list[tuple[Path, str]] = []
         self.portablectl = portablectl
@@ -153,7 +154,7 @@ class FakeGuest:
         elif command == "sh -c 'command -v systemd-dissect'":
             rc = 1
         elif command.startswith("portablectl attach") or command.startswith("portablectl reattach"):
-            self.attached = command.rsplit("/", 1)[1][:-4]
+            self.attached = command.rsplit("/", 1)[1].removesuffix(".raw")
             self.stamp += 1
         elif command.startswith("portablectl detach"):
             self.attached = None
@@ -204,6 +205,27 @@ def test_attach_reattach_detach_commands(tmp_path):
     assert "portablectl detach --now --runtime /root/web-server_1.1.raw" in guest.commands
     assert guest.commands[-1] == "rm -rf /root/web-server_1.1.raw"
     assert guest.attached is None
+
+
+def test_guest_without_loop_devices_refuses_a_raw_in_one_line(tmp_path):
+    guest = FakeGuest(loop_devices=False)
+    with pytest.raises(PortableError) as raised:
+        PortableService(guest, fake_image(tmp_path, "web-server_1.0"), timeout=5).__enter__()
+    assert str(raised.value) == (
+        "vm://fake has no loop devices, so web-server_1.0.raw cannot be attached there (attach a directory image "
+        "(the image's tree), or run the guest as root, where the host's /dev/loop-control and /dev/loop* are "
+        "bound in)")
+    assert guest.copied == [] and not any(c.startswith("portablectl attach") for c in guest.commands)
+
+
+def test_guest_without_loop_devices_attaches_a_directory_image_as_a_tree(tmp_path):
+    tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
+    guest = FakeGuest(loop_devices=False)
+    with PortableService(guest, tree, timeout=5, settle=0.1) as service:
+        assert guest.copied == [(tree, "/root/web-server_1.0")]
+        assert "portablectl attach --now --profile=default --runtime /root/web-server_1.0" in guest.commands
+        assert service.portable == "web-server_1.0"
+    assert guest.commands[-1] == "rm -rf /root/web-server_1.0"
 
 
 def test_reattach_to_another_prefix_is_refused(tmp_path):
