@@ -149,6 +149,18 @@ def tls_config(source: str, environ: Mapping[str, str] | None = None) -> Any:
 _OPENERS = {"gzip": "gzip", "bzip2": "bz2", "xz": "lzma"}
 
 
+def _podman_hint(daemon: Any, text: str) -> str | None:
+    """What to do about the errors a Podman service gives where Docker would not, and why."""
+    if not getattr(daemon, "podman", False):
+        return None
+    if "rlimit" in text:
+        return ("Podman gives containers ulimits (nofile 1048576 for root) above this machine's hard limits; set "
+                "default_ulimits = [\"nofile=N:N\", \"nproc=N:N\"] in containers.conf (ulimit -Hn, ulimit -Hu)")
+    if "catatonit" in text or "container-init" in text:
+        return "Podman runs containers with an init (docker's --init): install catatonit (apt-get install catatonit)"
+    return None
+
+
 @contextlib.contextmanager
 def _plain_tar(path: Path, compression: str) -> Iterator[Iterator[bytes]]:
     """A compressed docker-archive, decompressed on the fly (for a daemon that only reads plain tars)."""
@@ -763,14 +775,17 @@ class Container:
             raise DockerError(f"no image {self.ref} at {self.docker.url}",
                               hint="use docker_image(attr) to load the flake's image first") from exc
         except docker.errors.APIError as exc:
-            raise DockerError(f"cannot create container {self.name} from {self.ref}: {exc.explanation or exc}") from exc
+            text = str(exc.explanation or exc)
+            raise DockerError(f"cannot create container {self.name} from {self.ref}: {text}",
+                              hint=_podman_hint(self.docker, text)) from exc
         log.info("docker: started %s from %s, publishing %s", self.name, self.ref,
                  ", ".join(self._published) or "no ports")
         try:
             self._container.start()
         except docker.errors.APIError as exc:
-            raise DockerError(f"cannot start container {self.name} from {self.ref}: {exc.explanation or exc}",
-                              details=self._safe_logs()) from exc
+            text = str(exc.explanation or exc)
+            raise DockerError(f"cannot start container {self.name} from {self.ref}: {text}",
+                              hint=_podman_hint(self.docker, text), details=self._safe_logs()) from exc
         wait_for(self._probe, what=f"container {self.name} ({self.ref})", timeout=self.timeout,
                  on_timeout=self._safe_logs,
                  hint="the container runs but its ports do not answer; is the service listening on every "

@@ -9,6 +9,7 @@ service gets ``default_ulimits`` set to this process's hard limits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -41,20 +42,25 @@ def test_fails(docker_container, http):
 """
 
 
-@pytest.fixture(scope="module")
-def podman_socket() -> Iterator[str]:
+def _limits() -> str:
+    limits = []
+    for name, kind, most in (("nofile", resource.RLIMIT_NOFILE, 65536), ("nproc", resource.RLIMIT_NPROC, 4096)):
+        hard = resource.getrlimit(kind)[1]
+        value = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        limits.append(f'"{name}={value}:{value}"')
+    return f"[containers]\ndefault_ulimits = [{', '.join(limits)}]\n"
+
+
+@contextlib.contextmanager
+def podman_service(conf: str) -> Iterator[str]:
+    """A private ``podman system service`` with its own storage and ``containers.conf``; yields its socket URL."""
     podman = shutil.which("podman")
     if podman is None:
         if os.environ.get("CI"):
             pytest.fail("podman is not installed (apt-get install podman catatonit)")
         pytest.skip("podman is not installed (apt-get install podman catatonit)")
     base = Path(tempfile.mkdtemp(prefix="pf-podman-"))  # short: a unix socket path has ~100 bytes
-    limits = []
-    for name, kind, most in (("nofile", resource.RLIMIT_NOFILE, 65536), ("nproc", resource.RLIMIT_NPROC, 4096)):
-        hard = resource.getrlimit(kind)[1]
-        value = most if hard == resource.RLIM_INFINITY else min(hard, most)
-        limits.append(f'"{name}={value}:{value}"')
-    (base / "containers.conf").write_text(f"[containers]\ndefault_ulimits = [{', '.join(limits)}]\n")
+    (base / "containers.conf").write_text(conf)
     store = ["--root", str(base / "root"), "--runroot", str(base / "run"), "--storage-driver", "vfs"]
     sock = base / "podman.sock"
     env = dict(os.environ, CONTAINERS_CONF=str(base / "containers.conf"))
@@ -80,6 +86,12 @@ def podman_socket() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def podman_socket() -> Iterator[str]:
+    with podman_service(_limits()) as url:
+        yield url
+
+
 def test_docker_fixtures_run_against_podman(pytester: pytest.Pytester, tmp_path: Path, podman_socket: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
@@ -93,3 +105,23 @@ def test_docker_fixtures_run_against_podman(pytester: pytest.Pytester, tmp_path:
     logs = [p.get("value", "") for p in case.iter("property")
             if p.get("name", "").startswith("pytest-flake evidence: logs of container ")]
     assert len(logs) == 1 and "/missing-under-podman" in logs[0]
+
+
+def test_podman_ulimits_above_the_hard_limit_say_what_to_set(pytester: pytest.Pytester, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] in (resource.RLIM_INFINITY, 1048576):
+        pytest.skip("this machine's hard nofile limit is not below Podman's default for containers")
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
+    with podman_service("[containers]\n") as url:
+        monkeypatch.setenv("DOCKER_HOST", url)
+        pytester.makepyfile(test_limits="""
+            def test_start(docker_container):
+                docker_container("docker", ports=[3031])
+        """)
+        result = pytester.runpytest_subprocess(f"--flake={REF}", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "DockerError: cannot start container pf-*-web-server-1 from web-server:1.0: *error setting rlimit* (Podman "
+        "gives containers ulimits (nofile 1048576 for root) above this machine's hard limits; set default_ulimits = "
+        '[[]"nofile=N:N", "nproc=N:N"] in containers.conf (ulimit -Hn, ulimit -Hu))',  # [[] is a literal [
+    ])
