@@ -105,6 +105,9 @@ if [ "$variant" = cloud ]; then
     mkdir -p "$root/etc/cloud/cloud.cfg.d"
     printf 'datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n' \
         >"$root/etc/cloud/cloud.cfg.d/90-pytest-flake.cfg"
+    # cloud-init's locale module sets en_US.UTF-8 (its default, as on Arch): have it generated.
+    echo 'en_US.UTF-8 UTF-8' >"$root/etc/locale.gen"
+    chroot "$root" locale-gen >/dev/null
     # A stand-in for Arch's first-boot unit: a file in /etc that mask refuses, and that fails if run.
     cat >"$root/etc/systemd/system/pacman-init.service" <<'UNIT'
 [Unit]
