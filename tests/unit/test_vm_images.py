@@ -205,7 +205,8 @@ def test_the_shipped_arch_recipe() -> None:
     recipe = vm.ArchRecipe.load()
     assert recipe.url.startswith("https://") and recipe.sha256_url == recipe.url + ".SHA256"
     for unit in ("systemd-time-wait-sync.service", "pacman-init.service",
-                 "archlinux-keyring-wkd-sync.service", "systemd-networkd-wait-online.service"):
+                 "archlinux-keyring-wkd-sync.service", "systemd-networkd-wait-online.service",
+                 "reflector-init.service"):
         assert unit in recipe.skip_units
 
 
