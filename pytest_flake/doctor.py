@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
+from .errors import FlakeError
 from .nix import INSTALL_HINT, NIX_FEATURES
 
 COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
@@ -81,7 +82,10 @@ def _docker_endpoint(settings: Settings) -> str:
         from .docker import describe_endpoint
     except ImportError:  # the docker extra is not installed
         return f"{settings.docker_host or 'client default'} (from {settings.source('docker_host')})"
-    return describe_endpoint(settings)
+    try:
+        return describe_endpoint(settings)
+    except FlakeError as exc:  # a broken docker context: said here, raised when a test needs Docker
+        return f"unknown ({exc})"
 
 
 def configured(settings: Settings) -> bool:

@@ -122,3 +122,11 @@ def test_connects_to_the_real_daemon_through_a_context(tmp_path: Path, clean_doc
         assert client.version.startswith("Docker ")
     finally:
         client.close()
+
+
+def test_header_survives_a_broken_context(tmp_path: Path, clean_docker_env: Path) -> None:
+    from pytest_flake import doctor
+
+    (clean_docker_env / "config.json").write_text(json.dumps({"currentContext": "gone"}))
+    line = next(line for line in doctor.header(settings(tmp_path)) if line.startswith("docker: "))
+    assert line.startswith("docker: unknown (docker context 'gone' (the current context) has no readable endpoint")
