@@ -693,7 +693,7 @@ def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> No
             sock.settimeout(timeout)
             try:
                 data = sock.recv(1)
-            except socket.timeout:
+            except TimeoutError:  # socket.timeout is TimeoutError since 3.10
                 return  # open and silent: a server waiting for a request
             except OSError as exc:
                 raise NotReady(f"{host}:{port} reset: {exc}") from exc
