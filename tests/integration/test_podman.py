@@ -55,9 +55,7 @@ def _limits() -> str:
 def podman_service(conf: str) -> Iterator[str]:
     """A private ``podman system service`` with its own storage and ``containers.conf``; yields its socket URL."""
     podman = shutil.which("podman")
-    if podman is None:
-        if os.environ.get("CI"):
-            pytest.fail("podman is not installed (apt-get install podman catatonit)")
+    if podman is None:  # optional: scripts/setup does not install it (Docker is the daemon CI must have)
         pytest.skip("podman is not installed (apt-get install podman catatonit)")
     base = Path(tempfile.mkdtemp(prefix="pf-podman-"))  # short: a unix socket path has ~100 bytes
     (base / "containers.conf").write_text(conf)
