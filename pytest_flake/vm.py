@@ -745,7 +745,7 @@ def kernel_progress(console: str) -> bool:
 
 
 def watch_kvm_first_boot(console: Callable[[], str], running: Callable[[], bool], *,
-                         answered: Callable[[], bool] = lambda: False, timeout: float = KVM_TRIAL_SECONDS,
+                         answered: Callable[[], bool] = lambda: False, timeout: float | None = None,
                          interval: float = 0.5) -> tuple[bool, str]:
     """Watch the console of a first boot under KVM: ``(True, why)`` once the kernel shows progress.
 
@@ -755,6 +755,7 @@ def watch_kvm_first_boot(console: Callable[[], str], running: Callable[[], bool]
     ``(False, why)`` when the guest stops, or when ``timeout`` passes without kernel progress
     (a hanging KVM guest: the caller falls back to TCG).
     """
+    timeout = KVM_TRIAL_SECONDS if timeout is None else timeout
     started = time.monotonic()
     while True:
         if kernel_progress(console()) or answered():
