@@ -15,6 +15,7 @@ import pytest
 
 from pytest_flake import CheckFailed
 from pytest_flake.guest import Guest
+from pytest_flake.nspawn.machine import SystemdContainer
 
 pytestmark = pytest.mark.flake("examples/offline")
 
@@ -61,7 +62,7 @@ def test_two_containers_both_serve_guest_port_8080(systemd_container_factory, po
         http.get(first.url(9, "/"), retry_for=0.5).expect(200)
 
 
-def test_same_guest_api_as_a_vm(systemd_container, tmp_path: Path):
+def test_same_guest_api_as_a_vm(systemd_container: SystemdContainer, tmp_path: Path) -> None:
     container = systemd_container
     assert isinstance(container, Guest)
     assert container.succeed("systemctl is-system-running").strip() == "running"

@@ -47,11 +47,16 @@ def requirements_of(wheel: Path) -> list[Requirement]:
     return [Requirement(line.split(":", 1)[1].strip()) for line in lines]
 
 
+def no_extra_environment() -> dict[str, str]:
+    """This interpreter's marker environment with no extra selected (``extra == ""``)."""
+    return {**{key: str(value) for key, value in default_environment().items()}, "extra": ""}
+
+
 def closure(requirements: list[Requirement]) -> set[str]:
     """Names of the installed distributions that the requirements (no extras) pull in, recursively."""
-    env = default_environment()
+    env = no_extra_environment()
     seen: set[str] = set()
-    todo = [r for r in requirements if r.marker is None or r.marker.evaluate({**env, "extra": ""})]
+    todo = [r for r in requirements if r.marker is None or r.marker.evaluate(env)]
     while todo:
         req = todo.pop()
         name = metadata.distribution(req.name).metadata["Name"]
@@ -60,7 +65,7 @@ def closure(requirements: list[Requirement]) -> set[str]:
         seen.add(name.lower())
         for line in metadata.requires(name) or []:
             sub = Requirement(line)
-            if sub.marker is None or sub.marker.evaluate({**env, "extra": ""}):
+            if sub.marker is None or sub.marker.evaluate(env):
                 todo.append(sub)
     return seen
 
@@ -82,7 +87,7 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(tmp)
     requirements = requirements_of(wheel)
-    core = [r for r in requirements if r.marker is None or r.marker.evaluate({**default_environment(), "extra": ""})]
+    core = [r for r in requirements if r.marker is None or r.marker.evaluate(no_extra_environment())]
     assert "pytest-testinfra" not in {r.name for r in core}, core
     assert {r.name for r in requirements if r.name == "pytest-testinfra"}, "testinfra should be in the extras"
     venv = tmp / "venv"

@@ -7,6 +7,7 @@ import os
 import socket
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,7 @@ def test_prepare_for_containers_masks_vm_only_units(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- relay
 @pytest.fixture
-def echo_server() -> int:
+def echo_server() -> Iterator[int]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -250,10 +251,10 @@ def test_netns_sockets_name_a_namespace_that_does_not_exist(tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- maintenance
 def test_unavailable_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(maintenance.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("pytest_flake.nspawn.maintenance.os.geteuid", lambda: 1000)
     assert "need root" in (maintenance.unavailable() or "")
-    monkeypatch.setattr(maintenance.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(maintenance.shutil, "which", lambda tool: None)
+    monkeypatch.setattr("pytest_flake.nspawn.maintenance.os.geteuid", lambda: 0)
+    monkeypatch.setattr("pytest_flake.nspawn.maintenance.shutil.which", lambda tool: None)
     reason = maintenance.unavailable() or ""
     assert "systemd-nspawn is not installed" in reason and "apt-get install systemd-container" in reason
     lines = maintenance.doctor(None)  # type: ignore[arg-type]
@@ -269,7 +270,7 @@ def test_sweep_removes_a_dead_sessions_copies_and_restores_its_loops(tmp_path: P
     book.prepare(spare=10)
     (fake.dev / "loop4").unlink()  # what a killed session's container did
     book_class = loops.LoopBook
-    monkeypatch.setattr(maintenance.loops, "LoopBook",
+    monkeypatch.setattr("pytest_flake.nspawn.maintenance.loops.LoopBook",
                         lambda path: book_class(path, dev=fake.dev, sys_block=fake.sys))
     maintenance.sweep(["pf-deadbeef", "not-ours"], None, root=state)
     assert not folder.exists()

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_flake import portable
 from pytest_flake.errors import CheckFailed, PortableError
 from pytest_flake.portable import (
     IMAGE_HINT,
@@ -181,7 +180,7 @@ class FakeGuest:
             out = "web-server.service - web-server\n   Active: failed (Result: exit-code)"
         return SimpleNamespace(rc=rc, stdout=out + "\n", stderr="")
 
-    def copy_to(self, local: Path, remote: str) -> None:
+    def copy_to(self, local: Path | str, remote: str) -> None:
         self.copied.append((Path(local), remote))
 
 
@@ -337,7 +336,7 @@ def test_squashfs_with_os_release_in_etc_or_usr_lib(tmp_path, usrlib):
 class SquashfsCheckingGuest(FakeGuest):
     """Records what kind of file each copied image is, while it still exists."""
 
-    def copy_to(self, local: Path, remote: str) -> None:
+    def copy_to(self, local: Path | str, remote: str) -> None:
         super().copy_to(local, remote)
         self.kinds = [*getattr(self, "kinds", []), describe_file(Path(local))]
 
@@ -408,7 +407,7 @@ def test_missing_path(tmp_path):
 @needs_mksquashfs
 def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
     tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
-    monkeypatch.setattr(portable.shutil, "which", lambda name: None)
+    monkeypatch.setattr("pytest_flake.portable.shutil.which", lambda name: None)
     with pytest.raises(PortableError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
         PortableService(FakeGuest(), tree, timeout=5).__enter__()
 
