@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -153,7 +154,7 @@ def test_console_log(vm: VM) -> None:
              what="console marker", timeout=10)
 
 
-def _not_yet(what: str) -> None:
+def _not_yet(what: str) -> NoReturn:
     raise NotReady(what)
 
 

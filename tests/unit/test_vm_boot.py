@@ -12,7 +12,7 @@ import pytest
 
 from pytest_flake import vm
 from pytest_flake.config import Settings, parse_size
-from pytest_flake.errors import UsageError
+from pytest_flake.errors import UsageError, VMError
 
 
 def settings(tmp_path: Path, **env: str) -> Settings:
@@ -128,7 +128,7 @@ def no_debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (boot / "vmlinuz-6.1.0-test").write_bytes(b"\x00" * (2 * 1024 * 1024))
     monkeypatch.setattr(vm, "KVM_DEVICE", str(device))
     monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", (str(boot / "vmlinuz-*"),))
-    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 2.0)
+    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 30.0)  # a working stub answers at once, even on a busy host
     cache = tmp_path / "state" / "images"
     assert not vm.debian_image_dir(cache).exists()
     return tmp_path
@@ -171,6 +171,7 @@ def test_kvm_decided_with_the_host_kernel_when_it_works(no_debian_host: Path, mo
 
 def test_kvm_decided_with_the_host_kernel_when_it_hangs(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_qemu(no_debian_host, monkeypatch, "hanging")
+    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 2.0)
     pool = arch_pool(no_debian_host)
     assert pool.accel(ARCH) == "tcg"
     header = vm.describe_accel(pool.settings, pool.cache)
@@ -379,6 +380,6 @@ def test_files_qemu_writes_are_handed_to_its_user(tmp_path: Path) -> None:
     base.chmod(0o644)
     vm.check_readable(user, base, None)
     base.chmod(0o600)
-    with pytest.raises(vm.VMError, match="cannot read") as err:
+    with pytest.raises(VMError, match="cannot read") as err:
         vm.check_readable(user, base)
     assert "chmod a+r" in str(err.value)

@@ -169,7 +169,7 @@ def test_download_failure_leaves_no_partial_file(mirror: FakeMirror, tmp_path: P
 def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mirror.files["big.qcow2"] = FAKE
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(vm.shutil, "disk_usage", lambda _p: usage._replace(free=1024))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage._replace(free=1024))
     with pytest.raises(VMError, match="no space for"):
         vm.download(mirror.url("big.qcow2"), tmp_path / "big.qcow2")
     assert not (tmp_path / "big.qcow2").exists()
