@@ -50,13 +50,13 @@ def test_sweep_and_doctor_without_daemon(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("port", ["3031", 3031, "3031/tcp", "53/udp"])
 def test_port_keys(port: object) -> None:
-    assert docker._port_key(port) in ("3031/tcp", "53/udp")  # type: ignore[arg-type]
+    assert docker.port_key(port) in ("3031/tcp", "53/udp")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("port", ["http", "3031/icmp", "-1", ""])
 def test_bad_port(port: str) -> None:
     with pytest.raises(UsageError, match="is not a container port"):
-        docker._port_key(port)
+        docker.port_key(port)
 
 
 @pytest.fixture

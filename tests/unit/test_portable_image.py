@@ -407,7 +407,7 @@ def test_missing_path(tmp_path):
 @needs_mksquashfs
 def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
     tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
-    monkeypatch.setattr("pytest_flake.portable.shutil.which", lambda name: None)
+    monkeypatch.setattr("pytest_flake.portable.image.shutil.which", lambda name: None)
     with pytest.raises(PortableError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
         PortableService(FakeGuest(), tree, timeout=5).__enter__()
 
