@@ -6,18 +6,19 @@ Component modules (docker, vm) contribute ``doctor(settings)`` lists of their ow
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from .components import components
 from .config import Settings
 from .errors import FlakeError
 from .nix import INSTALL_HINT, NIX_FEATURES
 
-COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
+# the registry's components the doctor asks (all of them; a test may narrow it)
+COMPONENTS: tuple[str, ...] | None = None
 
 
 def _nix(args: list[str]) -> subprocess.CompletedProcess[str] | None:
@@ -53,16 +54,16 @@ def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
 
 
 def component_checks(settings: Settings) -> list[tuple[bool, str]]:
+    """The checks of every registered component (:mod:`pytest_flake.components`), in registry order."""
     lines: list[tuple[bool, str]] = []
-    for name in COMPONENTS:
-        short = name.rsplit(".", 1)[-1]
+    for component in components(settings, COMPONENTS):
         try:
-            module: Any = importlib.import_module(name)
-            lines += module.doctor(settings)
+            lines += component.doctor(settings)
         except ImportError as exc:
-            lines.append((False, f"{short}: cannot import ({exc}); pip install 'pytest-flake[{short}]'"))
+            lines.append((False, f"{component.name}: cannot import ({exc}); "
+                                 f"pip install 'pytest-flake[{component.name}]'"))
         except Exception as exc:  # a broken check is reported, not raised
-            lines.append((False, f"{short}: check failed: {exc}"))
+            lines.append((False, f"{component.name}: check failed: {exc}"))
     return lines
 
 

@@ -76,8 +76,20 @@ class PortableError(FlakeError):
     """A portable service image is unusable or portablectl failed."""
 
 
+class ProcessExited(FlakeError):
+    """A program started by ``flake.run()`` exited before it was ready (its port never opened)."""
+
+
 class FlakeTimeout(FlakeError, TimeoutError):
     """Something did not become ready in time; the note carries what was seen last."""
+
+
+class NotReady(Exception):
+    """Raised by a probe given to :func:`~pytest_flake.waiting.wait_for` to say "not yet".
+
+    Its message is what was seen. Not a :class:`FlakeError`: it never leaves ``wait_for``,
+    which turns the last one into a :class:`FlakeTimeout`.
+    """
 
 
 class CheckFailed(AssertionError):

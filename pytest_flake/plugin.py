@@ -25,7 +25,7 @@ from .errors import FlakeError
 from .fixtures import *  # noqa: F403  (fixtures are registered by being imported here)
 from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState
 from .reporting import attach_evidence
-from .session import SWEEPERS, sweep_dead_sessions  # noqa: F401  (re-exported)
+from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .errors import FlakeError, tail
+from .errors import FlakeError, ProcessExited, tail
 from .session import start_time
 from .waiting import free_port, port_open, wait_for
 
@@ -34,10 +34,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-
-
-class ProcessExited(FlakeError):
-    """The program exited before it was ready."""
 
 
 class Process:
