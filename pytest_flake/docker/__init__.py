@@ -16,8 +16,9 @@ The Docker SDK is imported lazily (``pytest-flake[docker]``); importing this pac
 
 from __future__ import annotations
 
+from .._host import port_answers
 from .archive import KIND_SCRIPT, KIND_TAR, ZSTD_HINT, Archive, forget_inspections, inspect_archive
-from .container import Container, port_answers, port_key
+from .container import Container, port_key
 from .daemon import (
     CONTEXT_SOURCE,
     DEFAULT_ENDPOINT,
@@ -29,10 +30,11 @@ from .daemon import (
     tls_config,
 )
 from .exec_backend import container_shell, exec_backend
-from .maintenance import doctor, sweep
+from .maintenance import DockerComponent, component, doctor, sweep
 
 __all__ = [
     "CONTEXT_SOURCE", "DEFAULT_ENDPOINT", "KIND_SCRIPT", "KIND_TAR", "START_HINT", "ZSTD_HINT", "Archive",
-    "Container", "Docker", "Image", "container_shell", "describe_endpoint", "doctor", "endpoint", "exec_backend",
-    "forget_inspections", "inspect_archive", "port_answers", "port_key", "sweep", "tls_config",
+    "Container", "Docker", "DockerComponent", "Image", "component", "container_shell", "describe_endpoint",
+    "doctor", "endpoint", "exec_backend", "forget_inspections", "inspect_archive", "port_answers", "port_key",
+    "sweep", "tls_config",
 ]

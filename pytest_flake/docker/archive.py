@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .._host import SNIFF_BYTES, describe_dir, describe_file, sniff
 from ..errors import DockerError, MissingToolError, UsageError, tail
 
 log = logging.getLogger("pytest_flake")
@@ -37,6 +38,7 @@ KIND_TAR = "docker-archive"
 KIND_SCRIPT = "streamLayeredImage script"
 
 OPENERS = {"gzip": "gzip", "bzip2": "bz2", "xz": "lzma"}
+COMPRESSIONS = ("gzip", "bzip2", "xz", "zstd")  # kinds of _host.sniff a docker-archive may have
 
 @contextlib.contextmanager
 def plain_tar(path: Path, compression: str) -> Iterator[Iterator[bytes]]:
@@ -127,12 +129,6 @@ def _run_script(path: Path) -> Iterator[IO[bytes]]:
             raise failure
 
 
-_MAGIC = (
-    (b"\x1f\x8b", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"(\xb5/\xfd", "zstd"),
-)
 ZSTD_HINT = "pip install 'pytest-flake[docker]' (it brings the zstandard module), or install the zstd program"
 
 
@@ -169,33 +165,6 @@ def _zstd_reader(path: Path) -> Iterator[IO[bytes]]:
             errors.seek(0)
             raise UsageError(f"zstd cannot decompress {path} (exit code {code})",
                              details=tail(errors.read().decode(errors="replace")))
-
-
-def _describe_file(path: Path, head: bytes) -> str:
-    """What a file that is not an image archive is, in a few words."""
-    if head.startswith(b"\x7fELF"):
-        return "an ELF executable"
-    if head.startswith((b"hsqs", b"sqsh")):
-        return "a squashfs image (a portable service image?)"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive"
-    if head[:4] == b"QFI\xfb":
-        return "a qcow2 disk image"
-    if not head:
-        return "an empty file"
-    try:
-        first = head.decode("utf-8").splitlines()[0] if head.strip() else ""
-    except UnicodeDecodeError:
-        return f"a binary file starting with {head[:8].hex(' ')}"
-    if first.startswith("[Unit]") or "[Service]" in head.decode("utf-8", "replace"):
-        return "a systemd unit file"
-    return f"a text file starting with {first[:60]!r}"
-
-
-def _describe_dir(path: Path) -> str:
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
-    return f"a directory ({shown or 'empty'})"
 
 
 def _not_an_image(path: Path, what: str, hint: str | None = None) -> UsageError:
@@ -248,9 +217,9 @@ def _inspect_uncached(path: Path) -> Archive:
                       if p.is_file() and re.search(r"\.tar(\.gz|\.xz|\.bz2|\.zst)?$", p.name)]
         if len(candidates) == 1:
             return _inspect_uncached(candidates[0])
-        raise _not_an_image(path, _describe_dir(path))
+        raise _not_an_image(path, describe_dir(path))
     with open(path, "rb") as handle:
-        head = handle.read(512)
+        head = handle.read(SNIFF_BYTES)
     if head.startswith(b"#!"):
         if not os.access(path, os.X_OK):
             raise _not_an_image(path, "a script that is not executable")
@@ -258,9 +227,10 @@ def _inspect_uncached(path: Path) -> Archive:
             entry, config = _read_tar(stdout, path, f"the output of the script {path}")
         kind, compression = KIND_SCRIPT, ""
     else:
-        compression = next((name for magic, name in _MAGIC if head.startswith(magic)), "")
-        if not compression and head[257:262] != b"ustar":
-            raise _not_an_image(path, _describe_file(path, head))
+        sniffed = sniff(head)
+        compression = sniffed if sniffed in COMPRESSIONS else ""
+        if not compression and sniffed != "tar":
+            raise _not_an_image(path, describe_file(path, head))
         opener = _zstd_reader(path) if compression == "zstd" else open(path, "rb")
         with opener as handle:
             entry, config = _read_tar(handle, path, f"a {compression + ' ' if compression else ''}file")

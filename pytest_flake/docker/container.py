@@ -12,11 +12,11 @@ import contextlib
 import logging
 import re
 import shlex
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._host import port_answers
 from ..errors import DockerError, UsageError, tail
 from ..waiting import NotReady, wait_for
 from .exec_backend import exec_backend
@@ -43,32 +43,11 @@ def _podman_hint(daemon: Any, text: str) -> str | None:
 
 # --- containers -------------------------------------------------------------------------------------------
 def port_key(port: int | str) -> str:
+    """``3031`` -> ``3031/tcp``, ``"53/udp"`` stays; anything else is a :class:`UsageError`."""
     text = str(port)
     if not re.fullmatch(r"\d{1,5}(/(tcp|udp|sctp))?", text):
         raise UsageError(f"port {port!r} is not a container port", hint="use a number like 3031 or '3031/tcp'")
     return text if "/" in text else f"{text}/tcp"
-
-
-def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> None:
-    """Probe: raise :class:`NotReady` unless something behind ``host:port`` takes a connection.
-
-    A published port is held by docker-proxy from the start, so a bare connect succeeds
-    before the service listens; the proxy then closes the connection at once. A service
-    that listens keeps it open (or speaks first): that is "ready".
-    """
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.settimeout(timeout)
-            try:
-                data = sock.recv(1)
-            except TimeoutError:  # socket.timeout is TimeoutError since 3.10
-                return  # open and silent: a server waiting for a request
-            except OSError as exc:
-                raise NotReady(f"{host}:{port} reset: {exc}") from exc
-            if not data:
-                raise NotReady(f"{host}:{port} accepted and closed at once (nothing listens in the container yet)")
-    except OSError as exc:
-        raise NotReady(f"{host}:{port} refused: {exc}") from exc
 
 
 class Container:

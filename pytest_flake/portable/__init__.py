@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from .image import IMAGE_HINT, STORE_HASH, PortableImage, describe_file, image_name, squash_directory
+from .._host import describe_file
+from .image import IMAGE_HINT, SQUASHFS_HINT, STORE_HASH, PortableImage, image_name, squash_directory
 from .service import PORTABLECTL_HINT, REMOTE_DIR, Guest, PortableService
 from .units import (
     OS_RELEASE,
@@ -21,7 +22,7 @@ from .units import (
 )
 
 __all__ = [
-    "IMAGE_HINT", "OS_RELEASE", "PORTABLECTL_HINT", "REMOTE_DIR", "STORE_HASH", "UNIT_DIRS", "UNIT_SUFFIXES",
-    "Guest", "PortableImage", "PortableService", "UnitFile", "describe_file", "image_name", "matches_prefix",
-    "parse_environment", "parse_os_release", "parse_unit", "squash_directory",
+    "IMAGE_HINT", "OS_RELEASE", "PORTABLECTL_HINT", "REMOTE_DIR", "SQUASHFS_HINT", "STORE_HASH", "UNIT_DIRS",
+    "UNIT_SUFFIXES", "Guest", "PortableImage", "PortableService", "UnitFile", "describe_file", "image_name",
+    "matches_prefix", "parse_environment", "parse_os_release", "parse_unit", "squash_directory",
 ]

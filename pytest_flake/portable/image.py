@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import PortableError, format_choices, tail
+from .._host import SNIFF_BYTES, describe_file, run_tool, sniff
+from ..errors import PortableError, format_choices
 from .units import OS_RELEASE, UNIT_DIRS, UNIT_SUFFIXES, matches_prefix, parse_os_release
 
 log = logging.getLogger("pytest_flake")
@@ -26,47 +25,7 @@ STORE_HASH = re.compile(r"^[0-9a-df-np-sv-z]{32}-")  # a Nix store path's "<hash
 IMAGE_HINT = "pass a portableService output, a NAME_VERSION.raw file or an image directory (with os-release)"
 
 
-def describe_file(path: Path) -> str:
-    """What a file looks like, by its first bytes: for "is not an image" messages."""
-    if path.is_dir():
-        return "a directory"
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(1024)
-    except OSError as exc:
-        return f"unreadable ({exc})"
-    size = path.stat().st_size
-    if head.startswith(b"hsqs"):
-        return "a squashfs image"
-    if len(head) >= 520 and head[512:520] == b"EFI PART":
-        return "a GPT disk image"
-    if head.startswith(b"\x1f\x8b"):
-        return "a gzip file (a docker-archive or tarball?)"
-    if head.startswith(b"(\xb5/\xfd"):
-        return "a zstd file (a docker-archive or tarball?)"
-    if head.startswith(b"\x7fELF"):
-        return "an ELF executable"
-    if head.startswith(b"QFI\xfb"):
-        return "a qcow2 disk image"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "a tar archive"
-    if head.startswith(b"#!"):
-        return f"a script ({head.splitlines()[0].decode(errors='replace')})"
-    if head.lstrip().startswith(b"[Unit]") or b"\n[Service]" in head:
-        return "a systemd unit file"
-    try:
-        head.decode("utf-8")
-        return f"a text file ({size} bytes)"
-    except UnicodeDecodeError:
-        return f"data ({size} bytes)"
-
-
-def _unsquashfs() -> str:
-    tool = shutil.which("unsquashfs")
-    if tool is None:
-        raise PortableError("unsquashfs is not installed, so a squashfs image cannot be inspected",
-                            hint="apt-get install squashfs-tools (scripts/setup does it)")
-    return tool
+SQUASHFS_HINT = "apt-get install squashfs-tools (scripts/setup does it)"
 
 
 def image_name(path: Path) -> str:
@@ -152,13 +111,18 @@ class PortableImage:
         if path.is_dir():
             image = cls._open_directory(path)
         else:
-            what = describe_file(path)
-            if what == "a squashfs image":
+            try:
+                with path.open("rb") as handle:
+                    head = handle.read(SNIFF_BYTES)
+            except OSError as exc:
+                raise _not_an_image(path, f"unreadable ({exc.strerror or exc})") from None
+            kind = sniff(head)
+            if kind == "squashfs":
                 image = cls._open_squashfs(path)
-            elif what == "a GPT disk image":
+            elif kind == "gpt":
                 image = cls(path=path, kind="gpt", os_release={}, files=())  # checked in the guest
             else:
-                raise _not_an_image(path, what)
+                raise _not_an_image(path, describe_file(path, head))
         image.validate()
         return image
 
@@ -172,22 +136,23 @@ class PortableImage:
 
     @classmethod
     def _open_squashfs(cls, path: Path) -> PortableImage:
-        tool = _unsquashfs()
-        listing = subprocess.run([tool, "-lc", "-d", "", str(path)], capture_output=True, text=True, timeout=120)
-        if listing.returncode != 0:
-            raise PortableError(f"{path}: unsquashfs cannot read it (exit code {listing.returncode})",
-                                details=tail(listing.stderr))
-        entries = [line.strip().lstrip("/") for line in listing.stdout.splitlines() if line.strip()]
+        listing = run_tool(["unsquashfs", "-lc", "-d", "", str(path)], what=f"{path}: unsquashfs cannot read it",
+                           timeout=120, error=PortableError, hint=SQUASHFS_HINT)
+        entries = [line.strip().lstrip("/") for line in listing.splitlines() if line.strip()]
         files = tuple(e for e in entries if str(PurePosixPath(e).parent) in UNIT_DIRS and e.endswith(UNIT_SUFFIXES))
         release: dict[str, str] = {}
         for candidate in OS_RELEASE:
             if candidate in entries:
                 with tempfile.TemporaryDirectory(prefix="pf-os-release-") as tmp:
                     # os-release is often a symlink (etc -> ../usr/lib): unsquashfs follows within the image
-                    out = subprocess.run([tool, "-q", "-n", "-f", "-d", tmp, str(path), candidate],
-                                         capture_output=True, text=True, timeout=120)
+                    try:
+                        run_tool(["unsquashfs", "-q", "-n", "-f", "-d", tmp, str(path), candidate],
+                                 what=f"{path}: unsquashfs cannot extract {candidate}", timeout=120,
+                                 error=PortableError, hint=SQUASHFS_HINT)
+                    except PortableError:
+                        continue
                     target = Path(tmp) / candidate
-                    if out.returncode == 0 and target.is_file():
+                    if target.is_file():
                         release = parse_os_release(target.read_text(errors="replace"))
                         break
         return cls(path=path, kind="squashfs", os_release=release, files=files)
@@ -208,16 +173,9 @@ class PortableImage:
 
 def squash_directory(tree: Path, raw: Path) -> Path:
     """A squashfs image ``raw`` of the directory image ``tree`` (owned by root, as portableService makes it)."""
-    tool = shutil.which("mksquashfs")
-    if tool is None:
-        raise PortableError(f"mksquashfs is not installed, so the directory image {tree} cannot be packed "
-                            "as a .raw file for the guest",
-                            hint="apt-get install squashfs-tools (scripts/setup does it)")
     started = time.monotonic()
-    result = subprocess.run([tool, str(tree), str(raw), "-all-root", "-noappend", "-quiet", "-no-progress"],
-                            capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise PortableError(f"mksquashfs could not pack the directory image {tree} (exit code {result.returncode})",
-                            details=tail(result.stdout + result.stderr))
+    run_tool(["mksquashfs", str(tree), str(raw), "-all-root", "-noappend", "-quiet", "-no-progress"],
+             what=f"packing the directory image {tree} as a .raw file for the guest", timeout=600,
+             error=PortableError, hint=SQUASHFS_HINT)
     log.debug("portable: packed %s as %s in %.2fs", tree, raw.name, time.monotonic() - started)
     return raw

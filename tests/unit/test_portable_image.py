@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_flake.errors import CheckFailed, PortableError
+from pytest_flake.errors import CheckFailed, MissingToolError, PortableError
 from pytest_flake.portable import (
     IMAGE_HINT,
     PortableImage,
@@ -347,7 +347,7 @@ def test_directory_image_reaches_the_guest_as_name_version_raw(tmp_path):
     guest = SquashfsCheckingGuest()
     with PortableService(guest, tree, timeout=5, settle=0.1) as service:
         assert [remote for _, remote in guest.copied] == ["/root/web-server_1.0.raw"]
-        assert guest.kinds == ["a squashfs image"]
+        assert [kind.split(" (")[0] for kind in guest.kinds] == ["a squashfs image"]
         assert service.portable == "web-server_1.0.raw"
         assert "portablectl attach --now --profile=default --runtime /root/web-server_1.0.raw" in guest.commands
     assert not guest.copied[0][0].exists()  # the packed copy is gone
@@ -407,7 +407,7 @@ def test_missing_path(tmp_path):
 @needs_mksquashfs
 def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
     tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
-    monkeypatch.setattr("pytest_flake.portable.image.shutil.which", lambda name: None)
-    with pytest.raises(PortableError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
+    monkeypatch.setattr("pytest_flake._host.shutil.which", lambda name: None)
+    with pytest.raises(MissingToolError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
         PortableService(FakeGuest(), tree, timeout=5).__enter__()
 
