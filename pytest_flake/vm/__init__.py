@@ -81,7 +81,7 @@ from .images import (
     resolve_image,
 )
 from .machine import VM, Platform, VMConfig
-from .maintenance import doctor, sweep
+from .maintenance import VMComponent, component, doctor, sweep
 from .pool import VMPool
 from .qemuuser import QemuUser, acl_user_perm, check_readable, grant_search, hand_to_qemu
 from .savefile import copy_save_with_xml, read_save_xml
@@ -100,7 +100,8 @@ from .ssh import hostkey_lines_from_console, ssh_client
 from .warm import WARM_ENV, Hypervisor, WarmState, WarmStore, boot_log_of, warm_enabled, warm_key, warm_slot
 
 __all__ = [
-    "VM", "VMPool", "VMConfig", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey", "QemuUser", "Hypervisor",
+    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey",
+    "QemuUser", "Hypervisor",
     "WarmStore", "WarmState", "BootSpec", "sweep", "doctor", "resolve_image", "fetch_arch", "build_debian",
     "download", "parse_sha256_file", "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
     "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
-import shlex
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MissingToolError, VMError, tail
+from .._host import run_tool
+from ..errors import VMError
 
 log = logging.getLogger("pytest_flake")
 
@@ -50,20 +48,8 @@ def step(what: str) -> Iterator[None]:
 
 
 def run(argv: list[str], *, what: str, timeout: float | None = None) -> str:
-    """Run a host command; raise :class:`VMError` naming it, its exit code and output."""
-    log.debug("run: %s", shlex.join(argv))
-    if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
-        raise MissingToolError(f"{what}: {argv[0]} is not installed", hint="run scripts/setup or install it")
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise VMError(f"{what}: {shlex.join(argv)} did not finish in {timeout}s") from exc
-    if proc.returncode != 0:
-        raise VMError(
-            f"{what}: {shlex.join(argv)} exited with {proc.returncode}",
-            details=tail(proc.stdout + proc.stderr, 30),
-        )
-    return proc.stdout
+    """Run a host command (:func:`pytest_flake._host.run_tool`); a failure is a :class:`VMError`."""
+    return run_tool(argv, what=what, timeout=timeout, error=VMError)
 
 
 def need_space(directory: Path, needed: int, what: str) -> None:
@@ -74,18 +60,6 @@ def need_space(directory: Path, needed: int, what: str) -> None:
             f"no space for {what}: {free / GiB:.1f} GiB free in {directory}, {needed / GiB:.1f} GiB needed",
             hint="free some space or point PYTEST_FLAKE_STATE to a bigger disk",
         )
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file: two sessions never build or download the same image at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_root() -> bool:

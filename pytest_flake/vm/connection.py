@@ -11,9 +11,10 @@ from .common import is_root
 if TYPE_CHECKING:
     from ..config import Settings
 
-def default_uri(settings: Settings) -> str:
+def default_uri(settings: Settings | None) -> str:
     """The libvirt URI: the setting, else ``qemu:///system`` as root and ``qemu:///session`` otherwise."""
-    return settings.libvirt_uri or ("qemu:///system" if is_root() else "qemu:///session")
+    explicit = settings.libvirt_uri if settings is not None else None
+    return explicit or ("qemu:///system" if is_root() else "qemu:///session")
 
 
 def libvirt_module() -> Any:

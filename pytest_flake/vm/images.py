@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._host import locked
 from ..errors import MissingToolError, UsageError, VMError
 from ..session import state_dir
-from .common import RECIPES, GiB, MiB, hash_files, is_root, locked, log, need_space, run, step
+from .common import RECIPES, GiB, MiB, hash_files, is_root, log, need_space, run, step
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -20,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import CheckTimeout, FlakeError, FlakeTimeout, UsageError, VMError, tail
+from .._host import free_port, reflink_copy, write_private
+from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, UsageError, VMError, tail
 from ..guest import GuestCommands
-from ..waiting import NotReady, free_port, wait_for
+from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import NETDEV_ID, log, step
 from .connection import destroy_domain, libvirt_module
@@ -243,14 +243,14 @@ class VM(GuestCommands):
                     with step(f"vm://{self.name}: saving the booted guest for warm starts"):
                         self._dom.save(str(tmp / "state.save"))
                         self._dom = None
-                        subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(self.overlay),
-                                        str(tmp / "overlay.qcow2")], check=True)
+                        reflink_copy(self.overlay, tmp / "overlay.qcow2", error=VMError,
+                                     what=f"vm://{self.name}: copying the overlay of the saved guest")
                         self.platform.prepare_files(self._image, self.overlay, self.console,
                                                 *([self.seed] if self.seed else []))
                         self._conn().restoreFlags(str(tmp / "state.save"), None,
                                                     libvirt.VIR_DOMAIN_SAVE_RUNNING)
                         self._dom = self._conn().lookupByName(self.name)
-                except (libvirt.libvirtError, subprocess.CalledProcessError, OSError) as exc:
+                except (libvirt.libvirtError, VMError, OSError) as exc:
                     if self._dom is None:
                         raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
                     raise
@@ -262,7 +262,7 @@ class VM(GuestCommands):
                               session_id=self.config.session_id)
         except VMError:
             raise
-        except (libvirt.libvirtError, subprocess.CalledProcessError, OSError) as exc:
+        except (libvirt.libvirtError, OSError) as exc:
             log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
             if self._dom is None:
                 raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
@@ -277,11 +277,9 @@ class VM(GuestCommands):
         with step(f"vm://{self.name}: warm start from {state.dir.name}"
                    + (f" (saved by {state.created_by})" if state.created_by else "")):
             try:
-                subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(state.overlay), str(self.overlay)],
-                               check=True)
-                fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(state.private_key.read_bytes())
+                reflink_copy(state.overlay, self.overlay, error=VMError,
+                             what=f"vm://{self.name}: restore failed: copying the saved overlay")
+                write_private(private, state.private_key.read_bytes())
                 self.keys = KeyPair(private=private, public=state.public_key)
                 self.console.write_text(boot_log_of(state))
                 xml = restore_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
@@ -290,7 +288,7 @@ class VM(GuestCommands):
                 self.platform.prepare_files(self._image, self.overlay, self.console)
                 self._conn().restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
                 self._dom = self._conn().lookupByName(self.name)
-            except (libvirt.libvirtError, subprocess.CalledProcessError, OSError, ET.ParseError) as exc:
+            except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
             finally:
                 copy.unlink(missing_ok=True)

@@ -1,15 +1,17 @@
-"""The VM side of the sweep (what killed sessions left behind) and of the doctor (pre-flight checks)."""
+"""VMs as a registry component (:mod:`pytest_flake.components`): the sweep (what killed sessions left
+behind: domains, overlays, half-written warm states) and the doctor (pre-flight checks)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FlakeError
-from ..session import PREFIX, state_dir
+from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
@@ -21,18 +23,19 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 
-def sweep(session_ids: list[str], settings: Settings, root: Path | None = None) -> None:
-    """Remove the domains, overlays and half-written warm states of dead sessions (killed runs).
+def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
+    """Remove the domains (on libvirt at ``uri``), overlays and half-written warm states of dead sessions.
 
-    Complete warm states in the image cache are not a session's: they stay.
+    Only ids of pytest-flake sessions count, and a domain is a session's when its name is the id
+    and a dash. Complete warm states in the image cache are not a session's: they stay.
     """
-    ids = [sid for sid in session_ids if sid.startswith(PREFIX)]
+    ids = [sid for sid in dead_ids if sid.startswith(PREFIX)]
     if not ids:
         return
-    base = (root or state_dir()) / "vms"
-    WarmStore(image_cache(root) / "warm").sweep(ids)
+    base = state_root / "vms"
+    WarmStore(image_cache(state_root) / "warm").sweep(ids)
     try:
-        conn = connect(default_uri(settings))
+        conn = connect(uri)
     except FlakeError as exc:
         log.warning("vm sweep: %s", exc)
         conn = None
@@ -156,3 +159,23 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
         lines.append((free > 4 * GiB, f"{free / GiB:.1f} GiB free for images in {cache}"
                       + ("" if free > 4 * GiB else ": the images need about 4 GiB")))
     return lines
+
+
+class VMComponent:
+    """VMs as a registry component; the settings name the libvirt URI the sweep looks at."""
+
+    name = "vm"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
+        sweep(dead_ids, state_root, uri=default_uri(self.settings))
+
+    def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
+        return doctor(settings)
+
+
+def component(settings: Settings | None = None) -> VMComponent:
+    """The ``vm`` component."""
+    return VMComponent(settings)

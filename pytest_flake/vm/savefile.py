@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import struct
-import subprocess
 from pathlib import Path
 
+from .._host import reflink_copy
 from ..errors import VMError
 
 _SAVE_MAGIC = b"LibvirtQemudSave"
@@ -42,7 +42,7 @@ def copy_save_with_xml(src: Path, dst: Path, new_xml: str) -> None:
     if len(payload) > data_len:
         raise VMError(f"{src}: the new domain XML does not fit in the save header")
     fields[5] = len(xml) if cookie else 0
-    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)], check=True)
+    reflink_copy(src, dst, what=f"copying the saved state {src.name}", error=VMError)
     with open(dst, "r+b") as handle:
         handle.write(_SAVE_HEADER.pack(*fields))
         handle.write(payload.ljust(data_len, b"\0"))

@@ -4,7 +4,6 @@ systemd credentials (SMBIOS strings), and the cloud-init NoCloud seed disk."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._host import write_private
 from ..errors import MissingToolError
 from .common import RECIPES, run
 
@@ -33,10 +33,7 @@ class KeyPair:
         public = directory / "id_ed25519.pub"
         if not private.is_file():
             key = Ed25519PrivateKey.generate()
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()))
+            write_private(private, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()))
             text = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
             public.write_text(f"{text} {comment}\n")
         return cls(private=private, public=public.read_text().strip())
@@ -120,9 +117,7 @@ def make_seed(path: Path, user_data: str, instance: str) -> Path:
     folder = path.with_suffix(".d")
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder / "user-data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a host key
-        with os.fdopen(fd, "w") as out:
-            out.write(user_data)
+        write_private(folder / "user-data", user_data)  # it holds a host key
         (folder / "meta-data").write_text(f"instance-id: {instance}\nlocal-hostname: pf-vm\n")
         path.unlink(missing_ok=True)
         run(["mkfs.vfat", "-n", "CIDATA", "-C", str(path), "2048"], what="cloud-init seed")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import RECIPES, hash_files, locked, log
+from .._host import locked
+from .common import RECIPES, hash_files, log
 from .images import Image
 
 WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)

@@ -128,7 +128,8 @@ def no_debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (boot / "vmlinuz-6.1.0-test").write_bytes(b"\x00" * (2 * 1024 * 1024))
     monkeypatch.setattr("pytest_flake.vm.accel.KVM_DEVICE", str(device))
     monkeypatch.setattr("pytest_flake.vm.accel.HOST_KERNEL_GLOBS", (str(boot / "vmlinuz-*"),))
-    monkeypatch.setattr("pytest_flake.vm.accel.KVM_PROBE_SECONDS", 30.0)  # a working stub answers at once, even on a busy host
+    # a working stub answers at once, even on a busy host
+    monkeypatch.setattr("pytest_flake.vm.accel.KVM_PROBE_SECONDS", 30.0)
     cache = tmp_path / "state" / "images"
     assert not vm.debian_image_dir(cache).exists()
     return tmp_path

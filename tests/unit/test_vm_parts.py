@@ -261,13 +261,13 @@ def test_sweep_removes_only_the_domains_of_dead_sessions(tmp_path: Path, monkeyp
     conn = FakeConnection(["pf-dead0001-vm-1", "pf-dead0001-vm-2", "pf-dead00011-vm-1", "pf-live0002-vm-1",
                            "not-ours-vm-1", "someone-elses-domain"])
     monkeypatch.setattr("pytest_flake.vm.maintenance.connect", lambda uri: conn)
-    vm.sweep(["pf-dead0001", "not-ours", ""], settings(tmp_path), root=tmp_path)
+    vm.component(settings(tmp_path)).sweep(["pf-dead0001", "not-ours", ""], tmp_path)
     # only the dead session's domains; not one whose id merely starts with it, nor a foreign "session" id
     assert conn.removed == ["destroy pf-dead0001-vm-1", "undefine pf-dead0001-vm-1",
                             "destroy pf-dead0001-vm-2", "undefine pf-dead0001-vm-2"]
     assert conn.closed
     conn = FakeConnection(["not-ours-vm-1"])
-    vm.sweep(["not-ours", ""], settings(tmp_path), root=tmp_path)  # no id of ours: libvirt is never asked
+    vm.component(settings(tmp_path)).sweep(["not-ours", ""], tmp_path)  # no id of ours: libvirt is never asked
     assert conn.removed == [] and not conn.closed
 
 
@@ -415,8 +415,7 @@ def test_sweep_keeps_the_warm_states(tmp_path: Path) -> None:
     leftover = store.root / ".0123456789abcdef.pf-00000001.tmp"
     leftover.mkdir()
     (tmp_path / "vms" / "pf-00000001").mkdir(parents=True)
-    vm.sweep(["pf-00000001"], settings(tmp_path, LIBVIRT_DEFAULT_URI=f"qemu+unix:///system?socket={tmp_path}/none"),
-             root=tmp_path)
+    vm.sweep(["pf-00000001"], tmp_path, uri=f"qemu+unix:///system?socket={tmp_path}/none")
     assert not (tmp_path / "vms" / "pf-00000001").exists() and not leftover.exists()
     assert store.load(key) is not None
 
@@ -472,3 +471,12 @@ def test_warm_console_begins_with_the_saved_boot_log(tmp_path: Path) -> None:
     (tmp_path / "console.log").write_text("Linux version 6.1\nlogin:")
     text = vm.boot_log_of(state)
     assert text.startswith("Linux version 6.1\nlogin:\n[pytest-flake: restored from a warm state")
+
+
+def test_vm_is_a_registry_component(tmp_path: Path) -> None:
+    from pytest_flake.components import Component, LazyComponent, components
+
+    (entry,) = components(settings(tmp_path), ["vm"])
+    assert isinstance(entry, LazyComponent)
+    made = entry.load()
+    assert isinstance(made, vm.VMComponent) and isinstance(made, Component) and made.name == "vm"
