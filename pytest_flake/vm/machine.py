@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import free_port, reflink_copy, write_private
-from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, UsageError, VMError, tail
+from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, VMError, tail
 from ..guest import GuestCommands
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
@@ -30,7 +30,15 @@ from .domain import BootSpec, boot_xml, netdev, restore_xml
 from .images import Image, create_overlay
 from .savefile import copy_save_with_xml, read_save_xml
 from .seed import HostKey, KeyPair, cloud_config, credential, make_seed, render_user_data, skip_dropin
-from .ssh import QuietParamiko, hostkey_lines_from_console, pinned_backend_class, ssh_banner, ssh_client
+from .ssh import (
+    QuietParamiko,
+    hostkey_lines_from_console,
+    pinned_backend_class,
+    sftp_get,
+    sftp_put,
+    ssh_banner,
+    ssh_client,
+)
 from .warm import WarmState, WarmStore, boot_log_of
 
 if TYPE_CHECKING:
@@ -394,27 +402,7 @@ class VM(GuestCommands):
 
     def copy_to(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a file or a folder (recursively) into the guest over SFTP; modes are kept."""
-        source = Path(local)
-        sftp = self._connection().open_sftp()
-        try:
-            if source.is_dir():
-                with contextlib.suppress(OSError):
-                    sftp.mkdir(remote)
-                for path in sorted(source.rglob("*")):
-                    target = f"{remote.rstrip('/')}/{path.relative_to(source).as_posix()}"
-                    if path.is_dir():
-                        with contextlib.suppress(OSError):
-                            sftp.mkdir(target)
-                    else:
-                        sftp.put(str(path), target)
-                        sftp.chmod(target, path.stat().st_mode & 0o7777)
-                return
-            if not source.is_file():
-                raise UsageError(f"vm://{self.name}: copy_to: {source} does not exist")
-            sftp.put(str(source), remote)
-            sftp.chmod(remote, source.stat().st_mode & 0o7777)
-        finally:
-            sftp.close()
+        sftp_put(self._connection(), Path(local), remote, what=f"vm://{self.name}: copy_to")
 
     @property
     def wait_timeout(self) -> float:
@@ -423,28 +411,7 @@ class VM(GuestCommands):
 
     def copy_from(self, remote: str, local: str | os.PathLike[str]) -> None:
         """Copy a file or a folder (recursively) out of the guest over SFTP; modes are kept."""
-        import stat
-
-        target = Path(local)
-        sftp = self._connection().open_sftp()
-        try:
-            try:
-                info = sftp.stat(remote)
-            except OSError as exc:
-                raise UsageError(f"vm://{self.name}: copy_from: {remote} does not exist in the guest") from exc
-
-            def get(src: str, dst: Path, mode: int) -> None:
-                if stat.S_ISDIR(mode):
-                    dst.mkdir(parents=True, exist_ok=True)
-                    for entry in sftp.listdir_attr(src):
-                        get(f"{src.rstrip('/')}/{entry.filename}", dst / entry.filename, entry.st_mode or 0)
-                else:
-                    sftp.get(src, str(dst))
-                    dst.chmod(mode & 0o7777)
-
-            get(remote, target, info.st_mode or 0)
-        finally:
-            sftp.close()
+        sftp_get(self._connection(), remote, Path(local), what=f"vm://{self.name}: copy_from")
 
     def wait_for_console_text(self, regex: str, timeout: float | None = None) -> str:
         """Wait until the serial console matches ``regex`` (searched in the whole log); the match.

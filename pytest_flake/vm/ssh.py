@@ -1,14 +1,17 @@
-"""SSH to a guest: one paramiko client that checks the host key, the banner probe, and the
-testinfra backend adapter that runs over that one connection."""
+"""SSH to a guest: one paramiko client that checks the host key, the banner probe, copies over
+SFTP, and the testinfra backend adapter that runs over that one connection."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     import paramiko
@@ -88,3 +91,52 @@ def pinned_backend_class() -> type:
             return self._factory()
 
     return PinnedParamikoBackend
+
+
+def sftp_put(client: paramiko.SSHClient, source: Path, remote: str, *, what: str) -> None:
+    """Copy a file or a folder (recursively) to ``remote`` over SFTP; modes are kept."""
+    sftp = client.open_sftp()
+    try:
+        if source.is_dir():
+            with contextlib.suppress(OSError):
+                sftp.mkdir(remote)
+            for path in sorted(source.rglob("*")):
+                target = f"{remote.rstrip('/')}/{path.relative_to(source).as_posix()}"
+                if path.is_dir():
+                    with contextlib.suppress(OSError):
+                        sftp.mkdir(target)
+                else:
+                    sftp.put(str(path), target)
+                    sftp.chmod(target, path.stat().st_mode & 0o7777)
+            return
+        if not source.is_file():
+            raise UsageError(f"{what}: {source} does not exist")
+        sftp.put(str(source), remote)
+        sftp.chmod(remote, source.stat().st_mode & 0o7777)
+    finally:
+        sftp.close()
+
+
+def sftp_get(client: paramiko.SSHClient, remote: str, target: Path, *, what: str) -> None:
+    """Copy a file or a folder (recursively) from ``remote`` over SFTP; modes are kept."""
+    import stat
+
+    sftp = client.open_sftp()
+    try:
+        try:
+            info = sftp.stat(remote)
+        except OSError as exc:
+            raise UsageError(f"{what}: {remote} does not exist in the guest") from exc
+
+        def get(src: str, dst: Path, mode: int) -> None:
+            if stat.S_ISDIR(mode):
+                dst.mkdir(parents=True, exist_ok=True)
+                for entry in sftp.listdir_attr(src):
+                    get(f"{src.rstrip('/')}/{entry.filename}", dst / entry.filename, entry.st_mode or 0)
+            else:
+                sftp.get(src, str(dst))
+                dst.chmod(mode & 0o7777)
+
+        get(remote, target, info.st_mode or 0)
+    finally:
+        sftp.close()
