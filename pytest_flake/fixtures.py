@@ -1,12 +1,15 @@
 """pytest-flake's fixtures: thin ``with Component(...) as c: yield c`` wrappers.
 
 The real work lives in modules that never import pytest (nix, process, httpcheck,
-docker, vm, portable). This module adds what only pytest knows: which test is
-running, whether it failed (``--flake-keep``), and what to attach to its report.
+docker, vm, portable, nspawn). This module adds what only pytest knows, always read from
+the node a fixture runs for (``request.node``): its markers, whether its test failed
+(``--flake-keep``), and what to attach to its report. Factory fixtures keep what they
+made on a :class:`contextlib.ExitStack`, unwound at the end of the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -18,7 +21,8 @@ import pytest
 from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
-from .nix import Flake
+from .nix import Binding, Flake
+from .process import Process
 from .reporting import BuildStatus, record_fact
 from .session import Session, sweep_dead_sessions
 
@@ -26,7 +30,7 @@ log = logging.getLogger("pytest_flake")
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[Session]()
-CURRENT_ITEM = pytest.StashKey["pytest.Item | None"]()
+FLAKE_KEY = pytest.StashKey[Flake]()  # the session's Flake, once the flake fixture made it
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
 
@@ -92,8 +96,9 @@ TEST_STATE = pytest.StashKey[TestState]()
 
 
 def _state(request: pytest.FixtureRequest) -> TestState | None:
-    item = request.config.stash.get(CURRENT_ITEM, None)
-    return item.stash.get(TEST_STATE, None) if item is not None else None
+    """The state of the test a function-scoped fixture runs for (None for wider scopes)."""
+    state: TestState | None = request.node.stash.get(TEST_STATE, None)
+    return state
 
 
 def evidence(request: pytest.FixtureRequest, title: str, collect: Callable[[], str]) -> None:
@@ -127,6 +132,18 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callabl
     return True
 
 
+def _silent_close(close: Callable[[], Any], what: str) -> Callable[[], None]:
+    """``close`` as an ExitStack callback: a failure is logged, so it cannot hide the other teardowns."""
+
+    def run() -> None:
+        try:
+            close()
+        except Exception as exc:
+            log.warning("pytest-flake: could not remove %s: %s", what, exc)
+
+    return run
+
+
 # --- core -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def flake_settings(request: pytest.FixtureRequest) -> Settings:
@@ -140,52 +157,84 @@ def flake_session(request: pytest.FixtureRequest) -> Session:
     return ensure_session(request.config)
 
 
-def _marker_ref(config: pytest.Config) -> str | None:
-    item = config.stash.get(CURRENT_ITEM, None)
-    if item is None:
-        return None
-    marker = item.get_closest_marker("flake")
+def marker_ref(node: pytest.Item | pytest.Collector | pytest.Session) -> str | None:
+    """The ref of the ``flake(ref)`` marker closest to ``node`` (test, class, module), or None."""
+    marker = node.get_closest_marker("flake")
     if marker is None:
         return None
     if not marker.args or not isinstance(marker.args[0], str):
-        raise UsageError(f"{item.nodeid}: the flake marker takes a flake reference: @pytest.mark.flake('path:./dir')")
+        raise UsageError(f"{node.nodeid}: the flake marker takes a flake reference: @pytest.mark.flake('path:./dir')")
     return str(marker.args[0])
 
 
+def flake_binding(node: pytest.Item | pytest.Collector | pytest.Session,
+                  owner: Callable[[Callable[[], Any]], None] | None = None) -> contextlib.AbstractContextManager[Any]:
+    """While a test or a fixture runs, the session's flake uses ``node``'s marker and hands it what it starts.
+
+    For a test (or a function-scoped fixture: ``node`` is the test) a process started by
+    ``flake.run()`` is stopped at the end of the test and its output goes to the test's
+    report; for a wider fixture ``owner`` (its ``request.addfinalizer``) stops it when that
+    fixture ends, else the end of the session does. Nothing is bound before the ``flake``
+    fixture exists.
+    """
+    config = node.config
+    flake = config.stash.get(FLAKE_KEY, None)
+    if flake is None:
+        return contextlib.nullcontext()
+    state = node.stash.get(TEST_STATE, None) if isinstance(node, pytest.Item) else None
+    session_stack = config.stash[FLAKE_STACK_KEY]
+
+    def on_run(process: Process) -> None:
+        if state is not None:
+            state.evidence.append((f"output of {process.name}", process.logs))
+            state.cleanups.append(process.stop)
+        elif owner is not None:
+            owner(process.stop)
+        else:
+            session_stack.callback(process.stop)
+
+    def on_fact(name: str, value: str) -> None:
+        record_fact(node, name, value)
+
+    # a wider fixture set up for a test leaves its facts (store paths) to that test's report
+    return flake.bound(Binding(ref_for=lambda: marker_ref(node), on_run=on_run,
+                               on_fact=on_fact if isinstance(node, pytest.Item) else None))
+
+
+FLAKE_STACK_KEY = pytest.StashKey[contextlib.ExitStack]()  # stops what the flake started outside any test
+
+
 @pytest.fixture(scope="session")
-def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Flake:
+def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[Flake]:
     """The flake under test (``--flake``, or a test's ``@pytest.mark.flake(ref)``).
 
     ``flake.outputs()`` lists ``packages.<system>``, ``flake.apps()`` ``apps.<system>``;
     ``flake.build(attr)`` builds once per session; ``flake.run(attr, port=...)`` starts what
     ``nix run .#attr`` runs (waiting ``--flake-timeout`` for the port) and stops its process
-    group at the end of the test that started it (fixtures included). For a server that
-    many tests share, start a ``pytest_flake.Process`` in a session fixture of your own:
-    ``with Process([flake.program(), ...], port=0) as server: yield server``.
+    group at the end of the test that started it; started in a fixture of a wider scope
+    (module, session), at the end of that fixture. The ``flake`` marker of the test, class or
+    module a test or fixture belongs to chooses the flake it uses.
     """
     config = request.config
+    with contextlib.ExitStack() as stack:
+        config.stash[FLAKE_STACK_KEY] = stack
+        made = Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
+                     system=flake_settings.flake_system, ref_for=lambda: _default_ref(flake_settings),
+                     log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
+                     gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
+                     on_build=BuildStatus(config))
+        config.stash[FLAKE_KEY] = made
+        try:
+            yield made
+        finally:
+            del config.stash[FLAKE_KEY]
 
-    def ref_for() -> str:
-        ref = _marker_ref(config) or flake_settings.flake
-        if ref is None:
-            raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
-        return ref
 
-    return Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
-                 system=flake_settings.flake_system, ref_for=ref_for,
-                 on_run=lambda process: _register_process(config, process),
-                 log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
-                 gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
-                 on_build=BuildStatus(config))
-
-
-def _register_process(config: pytest.Config, process: Any) -> None:
-    item = config.stash.get(CURRENT_ITEM, None)
-    state = item.stash.get(TEST_STATE, None) if item is not None else None
-    if state is None:
-        return
-    state.evidence.append((f"output of {process.name}", process.logs))
-    state.cleanups.append(process.stop)
+def _default_ref(settings: Settings) -> str:
+    """The ref when no marker names one: ``--flake``, else a usage error saying how to give one."""
+    if settings.flake is None:
+        raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
+    return settings.flake
 
 
 @pytest.fixture
@@ -248,7 +297,7 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
     until it runs and the ports answer. Its logs are attached to the report of a failed
     test; it is removed at the end of the test (kept with ``--flake-keep`` if it failed).
     """
-    started: list[Container] = []
+    stack = contextlib.ExitStack()
 
     def run(image_or_attr: Image | str | os.PathLike[str] = "docker", ports: Sequence[int | str] = (),
             env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None) -> Container:
@@ -263,18 +312,21 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
             image = docker_image(image_or_attr)
         container = flake_docker.container(image, ports=ports, env=env, command=command)
         container.__enter__()
-        started.append(container)
+        stack.callback(_remove_container, request, container)
         evidence(request, f"logs of container {container.name} ({container.ref})", container.logs)
         _container_fact(request, container, image)
         return container
 
-    yield run
-    for container in reversed(started):
-        container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
-        try:
-            container.__exit__(None, None, None)
-        except Exception as exc:  # one container's teardown must not hide the others
-            log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
+    with stack:
+        yield run
+
+
+def _remove_container(request: pytest.FixtureRequest, container: Container) -> None:
+    container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
+    try:
+        container.__exit__(None, None, None)
+    except Exception as exc:  # one container's teardown must not hide the others
+        log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
 
 
 
@@ -286,7 +338,7 @@ def _container_fact(request: pytest.FixtureRequest, container: Container, image:
     except Exception as exc:  # a fact must never hide the test's own outcome
         ports = f"(unknown: {exc})"
     image_id = getattr(image, "id", "") or container.ref
-    record_fact(request.config, f"docker container {container.name}",
+    record_fact(request.node, f"docker container {container.name}",
                 f"{container.ref} {image_id}; ports {ports or 'none'}")
 
 
@@ -354,19 +406,18 @@ def vm_factory(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[Ca
     ``memory`` in MiB and ``cpus`` default to ``--vm-memory`` and ``--vm-cpus``. All VMs
     made are removed at the end of the test.
     """
-    machines: list[VM] = []
+    stack = contextlib.ExitStack()
 
     def make(image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
         _check_vm_image(image, "vm_factory(image=...)")
         machine = flake_vms.vm(image=image, memory=memory, cpus=cpus)
         machine.__enter__()
-        machines.append(machine)
+        stack.callback(_close_vm, request, machine)
         evidence(request, f"console of VM {machine.name}", machine.console_log)
         return machine
 
-    yield make
-    for machine in reversed(machines):
-        _close_vm(request, machine)
+    with stack:
+        yield make
 
 
 # --- portable ---------------------------------------------------------------------------
@@ -392,7 +443,7 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
     def resolve(attr: str) -> Path:
         return flake.build(attr).out
 
-    services: list[PortableService] = []
+    stack = contextlib.ExitStack()
 
     def attach(vm: Any, attr_or_path: str | os.PathLike[str] = "portable", profile: str = "default",
                runtime: bool = True) -> PortableService:
@@ -401,15 +452,18 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
                                   timeout=flake_settings.flake_timeout)
         evidence(request, f"journal of portable service {service.name} in {vm.name}", service.journal)
         service.__enter__()
-        services.append(service)
+        stack.callback(_detach_service, request, service)
         return service
 
-    yield attach
-    for service in reversed(services):
-        if keep_if_failed(request, f"portable service {service.name}",
-                          f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
-            continue
-        service.close()
+    with stack:
+        yield attach
+
+
+def _detach_service(request: pytest.FixtureRequest, service: PortableService) -> None:
+    if keep_if_failed(request, f"portable service {service.name}",
+                      f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
+        return
+    service.close()
 
 
 # --- service ----------------------------------------------------------------------------
@@ -429,22 +483,22 @@ if TYPE_CHECKING:
     from .service import Service
 
 
-def _vm_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def _vm_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """A fresh VM of ``--vm-image`` for the portable target; its console goes to the report."""
     pool: VMPool = request.getfixturevalue("flake_vms")
     machine = pool.vm()
-    cleanups.append(lambda: _close_vm(request, machine))
+    stack.callback(_close_vm, request, machine)
     evidence(request, f"console of VM {machine.name}", machine.console_log)
     machine.__enter__()
     return machine
 
 
-# where the service fixture's portable target runs: name -> fn(request, cleanups) -> a started guest
-# whose teardown is appended to cleanups (run after the service is detached)
-PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, list[Callable[[], None]]], Guest]] = {"vm": _vm_guest}
+# where the service fixture's portable target runs: name -> fn(request, stack) -> a started guest
+# whose teardown goes on stack (unwound after the service is detached)
+PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, contextlib.ExitStack], Guest]] = {"vm": _vm_guest}
 
 
-def portable_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def portable_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """The guest of the service fixture's portable target, on ``--flake-portable-host`` (``vm`` by default)."""
     settings: Settings = request.getfixturevalue("flake_settings")
     host = str(getattr(settings, "flake_portable_host", None) or "vm")
@@ -452,7 +506,7 @@ def portable_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], N
     if make is None:
         raise UsageError(f"--flake-portable-host={host} is not available",
                          hint=f"valid hosts: {', '.join(sorted(PORTABLE_HOSTS))}")
-    return make(request, cleanups)
+    return make(request, stack)
 
 
 @pytest.fixture
@@ -483,7 +537,7 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     settings: Settings = request.getfixturevalue("flake_settings")
     flake: Flake = request.getfixturevalue("flake")
     timeout = float(settings.flake_timeout)
-    cleanups: list[Callable[[], None]] = []
+    guests = contextlib.ExitStack()  # the portable target's guest, unwound after the service is detached
     svc: Service
     if target == "local":
         session: Session = request.getfixturevalue("flake_session")
@@ -491,11 +545,11 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     elif target == "docker":
         svc = DockerService(spec, request.getfixturevalue("flake_docker"), request.getfixturevalue("docker_image"))
     else:
-        svc = PortableTarget(spec, lambda: portable_guest(request, cleanups),
+        svc = PortableTarget(spec, lambda: portable_guest(request, guests),
                              resolve=lambda attr: flake.build(attr).out, timeout=timeout)
     title = {"local": "output of", "docker": "logs of the container of", "portable": "journal of"}[target]
     evidence(request, f"{title} {target} service {spec.attr(target)}", svc.logs)
-    try:
+    with guests:
         with svc:
             yield svc
             if keep_if_failed(request, f"{target} service", svc.how_to_reach):
@@ -503,12 +557,6 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
                     svc.keep()
                 elif isinstance(svc, PortableTarget):
                     svc.portable = None  # stays attached in the kept guest
-    finally:
-        for step in reversed(cleanups):
-            try:
-                step()
-            except Exception as exc:  # one teardown step must not hide the others
-                log.warning("pytest-flake: service teardown of %s: %s", node.nodeid, exc)
 
 
 # --- systemd containers -----------------------------------------------------------------
@@ -589,22 +637,21 @@ def systemd_container_factory(request: pytest.FixtureRequest,
     Each container has its own network, so two can serve the same port. All are removed at
     the end of the test.
     """
-    containers: list[SystemdContainer] = []
+    stack = contextlib.ExitStack()
 
     def make(image: str | os.PathLike[str] | None = None) -> SystemdContainer:
         container = _start_container(request, flake_containers, None if image is None else os.fspath(image))
-        containers.append(container)
+        stack.callback(_close_container, request, container)
         return container
 
-    yield make
-    for container in reversed(containers):
-        _close_container(request, container)
+    with stack:
+        yield make
 
 
-def _container_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def _container_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """A fresh systemd container for the service fixture's portable target (--flake-portable-host nspawn)."""
     container = _start_container(request, request.getfixturevalue("flake_containers"), None)
-    cleanups.append(lambda: _close_container(request, container))
+    stack.callback(_close_container, request, container)
     return container
 
 

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,11 +284,29 @@ def _git_untracked(directory: Path) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line]
 
 
+@dataclass(frozen=True)
+class Binding:
+    """What a :class:`Flake` is used for right now (see :meth:`Flake.bound`).
+
+    ``ref_for()``: the flake reference in force (None: the default; read when the flake is
+    used, so a bad marker fails only a test that uses it); ``on_run(process)``: takes
+    ownership of a process ``run()`` started (stops it when its owner ends); ``on_fact(name,
+    value)``: records a fact such as the store path of a build (the JUnit properties of a
+    test); None leaves facts to the binding around this one.
+    """
+
+    ref_for: Callable[[], str | None] | None = None
+    on_run: Callable[[Process], None] | None = None
+    on_fact: Callable[[str, str], None] | None = None
+
+
 class Flake:
     """A flake under test: lists its outputs, builds them once per session, runs them.
 
-    ``ref`` may change per test (the ``flake(ref)`` marker): pass ``ref_for`` a callable
-    returning the ref in force; builds are cached per (ref, attribute).
+    ``ref`` may change per test (the ``flake(ref)`` marker): whoever runs the code that uses
+    the flake says so with :meth:`bound` (the pytest plugin does, from the marker of the test
+    or fixture being run), or passes ``ref_for``, a callable returning the ref in force.
+    Builds are cached per (ref, attribute).
     """
 
     def __init__(
@@ -323,12 +341,29 @@ class Flake:
         self._on_build = on_build
         self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
         self._programs: dict[tuple[str, str], Path] = {}
+        self._bindings: list[Binding] = []
+
+    @contextlib.contextmanager
+    def bound(self, binding: Binding) -> Iterator[Binding]:
+        """Within the block, ``binding`` says which ref is in force and who owns what is started.
+
+        Bindings nest (a fixture set up while a test's binding is in force binds its own);
+        the innermost one counts. Outside every binding: the default ref and ``on_run``.
+        """
+        self._bindings.append(binding)
+        try:
+            yield binding
+        finally:
+            self._bindings.remove(binding)
 
     # -- references -------------------------------------------------------------------
     @property
     def ref(self) -> str:
         """The flake reference in force (normalized: relative paths made absolute)."""
-        raw = (self._ref_for() if self._ref_for else None) or self._default_ref
+        binding = self._bindings[-1] if self._bindings else None
+        raw = ((binding.ref_for() if binding and binding.ref_for else None)
+               or (self._ref_for() if self._ref_for else None)
+               or self._default_ref)
         ref, directory = normalize_ref(raw, self._invocation_dir)
         if ref not in self._checked:
             if directory is not None:
@@ -462,6 +497,9 @@ class Flake:
         self._builds[key] = build
         if self._on_build is not None:
             self._on_build(installable, seconds, build)
+        on_fact = next((b.on_fact for b in reversed(self._bindings) if b.on_fact is not None), None)
+        if on_fact is not None:
+            on_fact(f"nix build {installable}", str(build.out))
         return build
 
     def _local_positions(self, text: str) -> str:
@@ -637,6 +675,7 @@ class Flake:
         process = Process([str(program), *args], env=env, port=port,
                           timeout=self.timeout if timeout is None else timeout, name=name, log_dir=self._log_dir)
         process.start()
-        if self._on_run is not None:
-            self._on_run(process)
+        on_run = self._bindings[-1].on_run if self._bindings else self._on_run
+        if on_run is not None:
+            on_run(process)
         return process

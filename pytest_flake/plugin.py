@@ -22,12 +22,41 @@ from _pytest._io import TerminalWriter
 from . import doctor
 from .config import OPTIONS, Settings
 from .errors import FlakeError
-from .fixtures import *  # noqa: F403  (fixtures are registered by being imported here)
-from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState
+from .fixtures import (
+    SESSION_KEY,
+    SETTINGS_ERROR,
+    SETTINGS_KEY,
+    TEST_STATE,
+    TestState,
+    docker_container,
+    docker_image,
+    flake,
+    flake_binding,
+    flake_containers,
+    flake_docker,
+    flake_session,
+    flake_settings,
+    flake_vms,
+    http,
+    portable_service,
+    service,
+    systemd_container,
+    systemd_container_factory,
+    vm,
+    vm_factory,
+)
 from .reporting import attach_evidence
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
+
+# the fixtures this plugin registers (pytest finds them as names of this module)
+FIXTURES = (
+    flake_settings, flake_session, flake, http,
+    flake_docker, docker_image, docker_container,
+    flake_vms, vm, vm_factory, portable_service, service,
+    flake_containers, systemd_container, systemd_container_factory,
+)
 
 # fixture name -> markers added to every test that uses it (directly or through others)
 FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
@@ -166,11 +195,6 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # an interrupted test (Ctrl-C, SIGTERM) never reached its own teardown hook
-    item = session.config.stash.get(CURRENT_ITEM, None)
-    state = item.stash.get(TEST_STATE, None) if item is not None else None
-    if state is not None:
-        state.cleanup()
     flake_session = session.config.stash.get(SESSION_KEY, None)
     if flake_session is not None:
         flake_session.__exit__(None, None, None)
@@ -194,23 +218,47 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(error)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's state lives on the test; an interrupted test (Ctrl-C, SIGTERM) is cleaned up here."""
     item.stash[TEST_STATE] = TestState(item)
-    item.config.stash[CURRENT_ITEM] = item
+    yield
+    item.stash[TEST_STATE].cleanup()  # nothing left after a normal teardown
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     fact = item.config.stash.get(FLAKE_FACT, None)
     if fact is not None and uses_plugin(item):
         item.user_properties.append(("pytest-flake flake", fact))
+    with flake_binding(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """A fixture wider than a test uses the ``flake`` marker of its own node and owns the processes it starts."""
+    if request.scope == "function" or fixturedef.argname == "flake":
+        yield
+        return
+    with flake_binding(request.node, owner=request.addfinalizer):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with flake_binding(item):
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     _no_timeout_in_teardown(item)
-    yield
+    with flake_binding(item):
+        yield
     state = item.stash.get(TEST_STATE, None)
     if state is not None:
         state.cleanup()
-    item.config.stash[CURRENT_ITEM] = None
 
 
 def _no_timeout_in_teardown(item: pytest.Item) -> None:

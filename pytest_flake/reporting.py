@@ -4,7 +4,7 @@
   seconds (what is building, for how long), the way pytest writes its own progress: the
   line is rewritten in place on a terminal, and written once (then once when done) in a
   CI log. The build log itself streams to the ``pytest_flake.nix`` logger (``log_cli``).
-- :func:`record_fact` adds ``(name, value)`` to the running test's ``user_properties``:
+- :func:`record_fact` adds ``(name, value)`` to a test's ``user_properties``:
   ``--junitxml`` writes them as ``<property>`` elements (the flake ref with its locked
   revision, store paths, image ids, ports).
 - :func:`attach_evidence` puts a failed test's evidence (program output, container logs,
@@ -37,8 +37,6 @@ class BuildStatus:
 
     def __call__(self, installable: str, seconds: float, build: Any) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if build is not None:
-            record_fact(self.config, f"nix build {installable}", str(build.out))
         if reporter is None or (installable not in self.shown and (build is not None or seconds < STATUS_AFTER)):
             return
         tty = bool(getattr(reporter, "isatty", False)) and not self.config.getini("log_cli")
@@ -66,20 +64,17 @@ class BuildStatus:
             write()
 
 
-def _current_item(config: pytest.Config) -> pytest.Item | None:
-    from .fixtures import CURRENT_ITEM
+def record_fact(node: pytest.Item | pytest.Collector | pytest.Session, name: str, value: str) -> None:
+    """Add ``(name, value)`` to the ``user_properties`` of the test ``node`` (once; JUnit ``<property>``).
 
-    return config.stash.get(CURRENT_ITEM, None)
-
-
-def record_fact(config: pytest.Config, name: str, value: str) -> None:
-    """Add ``(name, value)`` to the running test's ``user_properties`` (once; JUnit ``<property>``)."""
-    item = _current_item(config)
-    if item is None:
+    ``node`` is where the fact was found (``request.node``); a fact found outside a test
+    (a module or session fixture) belongs to no test's report and is dropped.
+    """
+    if not isinstance(node, pytest.Item):
         return
     entry = (name, value)
-    if entry not in item.user_properties:
-        item.user_properties.append(entry)
+    if entry not in node.user_properties:
+        node.user_properties.append(entry)
 
 
 def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list[tuple[str, str]]) -> None:
