@@ -29,6 +29,7 @@ from .errors import (
     BuildError,
     EvalError,
     FlakeTimeout,
+    FlakeWarning,
     MissingOutputError,
     MissingToolError,
     NixError,
@@ -106,10 +107,6 @@ in
 if found == [ ] then { found = null; }
 else { found = builtins.head found; } // facts (builtins.head found) (lookup (builtins.head found))
 """
-
-
-class FlakeWarning(UserWarning):
-    """Something about the flake that is probably not what the user wants."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol
 
-from ..errors import CheckFailed, PortableError, tail
+from ..errors import CheckFailed, GiveUp, PortableError, tail
 from ..waiting import NotReady, wait_for
 from .image import PortableImage, squash_directory
 from .units import parse_environment
@@ -282,7 +282,7 @@ class PortableService:
             state, states = self._states(name, services)
             for unit in services:  # a failed unit leaves the image "attached", not "running"
                 if states.get(unit, {}).get("ActiveState") == "failed":
-                    raise _UnitFailed(unit)
+                    raise GiveUp(unit)
             if not state.startswith("running"):
                 raise NotReady(f"portablectl is-attached {name}: {state}")
             for unit in services:
@@ -307,9 +307,10 @@ class PortableService:
         try:
             wait_for(probe, what=f"portable service {name} running", timeout=self.timeout, interval=0.2,
                      max_interval=0.5, on_timeout=self.status)
-        except _UnitFailed as failed:
-            raise CheckFailed(f"{failed.unit} of portable service {name} failed to start\n"
-                              f"{self.status(failed.unit)}\n{self.journal(failed.unit)}") from None
+        except GiveUp as failed:
+            unit = str(failed)
+            raise CheckFailed(f"{unit} of portable service {name} failed to start\n"
+                              f"{self.status(unit)}\n{self.journal(unit)}") from None
 
     def is_active(self, unit: str | None = None) -> bool:
         """Whether ``unit`` (default: every service of the image) is active."""
@@ -361,10 +362,3 @@ _STATE_SCRIPT = (
     'pid=$(systemctl show -P MainPID "$unit"); '
     'if [ "${pid:-0}" -gt 0 ]; then echo "Comm=$(cat "/proc/$pid/comm" 2>/dev/null)"; fi; done'
 )
-
-
-class _UnitFailed(Exception):
-    def __init__(self, unit: str) -> None:
-        super().__init__(unit)
-        self.unit = unit
-
