@@ -210,3 +210,6 @@ def sweep(directory: Path) -> int:
                 pass
         pid_file.unlink(missing_ok=True)
     return killed
+
+
+__all__ = ["Process", "ProcessError", "ProcessExited", "sweep"]
