@@ -16,6 +16,7 @@ from pytest_flake.portable import (
     PortableService,
     describe_file,
     image_name,
+    parse_environment,
     parse_os_release,
     parse_unit,
 )
@@ -58,6 +59,25 @@ def test_parse_unit_sections_continuations_and_resets():
     assert unit.exec_start == ["/nix/store/abc-web-server-1.0/bin/web-server", "--verbose"]
     assert unit.environment == {"LISTEN": "3031", "GREETING": "hello world"}
     assert unit.getall("Service", "ExecStartPre") == ["/bin/false"]  # the empty assignment reset the list
+
+
+def test_environment_is_parsed_one_way_for_a_unit_file_and_a_running_unit(tmp_path):
+    """``Environment=`` of a unit file and ``systemctl show -P Environment`` go through parse_environment."""
+    assert parse_environment('LISTEN=3031 "GREETING=hello world" EMPTY=') == {
+        "LISTEN": "3031", "GREETING": "hello world", "EMPTY": ""}
+    assert parse_unit("[Service]\nEnvironment=A=1 B=2\nEnvironment=\"A=3 4\"\n").environment == {"A": "3 4", "B": "2"}
+
+    class ShowingGuest(FakeGuest):
+        def run(self, command: str) -> SimpleNamespace:
+            if command.startswith("systemctl show -P Environment"):
+                self.commands.append(command)
+                return SimpleNamespace(rc=0, stdout='PORTABLE=web-server_1.0.raw "GREETING=hello world"\n', stderr="")
+            return super().run(command)
+
+    guest = ShowingGuest()
+    service = PortableService(guest, fake_image(tmp_path, "web-server_1.0"), timeout=5)
+    assert service.environment() == {"PORTABLE": "web-server_1.0.raw", "GREETING": "hello world"}
+    assert guest.commands[-1] == "systemctl show -P Environment web-server.service"
 
 
 def test_parse_unit_rejects_what_is_not_a_unit():
