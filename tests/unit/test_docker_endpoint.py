@@ -115,3 +115,17 @@ def test_port_answers_refused() -> None:
 
     with pytest.raises(NotReady, match="refused"):
         docker.port_answers(free_port())
+
+
+def test_importing_docker_and_portable_imports_no_sdk_testinfra_or_pytest() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, pytest_flake.docker, pytest_flake.portable; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+    loaded = set(json.loads(out))
+    assert "pytest_flake" in loaded
+    assert not loaded & {"docker", "testinfra", "pytest", "_pytest", "zstandard", "paramiko"}
