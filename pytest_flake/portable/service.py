@@ -41,7 +41,7 @@ class Guest(Protocol):
 
     name: str
 
-    def run(self, command: str) -> Any: ...
+    def run(self, cmd: str) -> Any: ...  # named as in pytest_flake.guest.Guest, which every guest implements
 
     def copy_to(self, local: Path | str, remote: str) -> Any: ...
 

@@ -165,7 +165,8 @@ class FakeGuest:
         self.polls = 0
         self.exec_fails_after: int | None = None
 
-    def run(self, command: str) -> SimpleNamespace:
+    def run(self, cmd: str) -> SimpleNamespace:
+        command = cmd
         self.commands.append(command)
         out, rc = "", 0
         if command == "sh -c 'command -v portablectl'":
