@@ -17,7 +17,6 @@ extra that is not installed) reaches the caller, which says which extra to insta
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -76,43 +75,11 @@ def component(settings: Settings | None = None) -> Component:
     return ProcessComponent(settings)
 
 
-class _Legacy:
-    """A component still in its single-module form (``pytest_flake.docker`` before ``docker/``).
-
-    Its ``sweep(ids, settings[, root])`` and ``doctor(settings)`` are called with the new
-    arguments. Goes away once every component has its ``maintenance`` module.
-    """
-
-    def __init__(self, name: str, module: Any, settings: Settings | None) -> None:
-        self.name = name
-        self._module = module
-        self._settings = settings
-
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        if len(inspect.signature(self._module.sweep).parameters) > 2:  # sweep(ids, settings, root)
-            self._module.sweep(list(dead_ids), self._settings, state_root)
-        else:
-            self._module.sweep(list(dead_ids), self._settings)
-
-    def doctor(self, settings: Settings) -> list[Check]:
-        return list(self._module.doctor(settings))
-
-
 def _load(name: str, module_name: str, settings: Settings | None) -> Component:
-    try:
-        module: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        package = module_name.rsplit(".", 1)[0]
-        if exc.name != module_name or package == module_name:
-            raise
-        # ``pytest_flake.<name>`` is still one module: adapt its functions
-        module = importlib.import_module(package)
-    factory = getattr(module, "component", None)
-    if factory is None:
-        return _Legacy(name, module, settings)
-    made = factory(settings)
-    if not isinstance(made, Component):
-        raise TypeError(f"{module_name}.component() made {made!r}, which is not a Component")
+    module: Any = importlib.import_module(module_name)
+    made = module.component(settings)
+    if not isinstance(made, Component) or made.name != name:
+        raise TypeError(f"{module_name}.component() made {made!r}, which is not the Component {name!r}")
     return made
 
 

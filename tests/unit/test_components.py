@@ -111,22 +111,3 @@ def test_doctor_names_the_extra_when_a_component_cannot_be_imported(monkeypatch:
     monkeypatch.setattr(doctor, "COMPONENTS", ("vm",))
     assert doctor.component_checks(None) == [  # type: ignore[arg-type]
         (False, "vm: cannot import (No module named 'libvirt'); pip install 'pytest-flake[vm]'")]
-
-
-def test_a_module_still_in_one_piece_is_adapted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[object] = []
-
-    class Old:
-        @staticmethod
-        def sweep(session_ids: list[str], settings: object, root: Path | None = None) -> None:
-            calls.append((session_ids, settings, root))
-
-        @staticmethod
-        def doctor(settings: object) -> list[tuple[bool, str]]:
-            return [(True, "old: fine")]
-
-    adapted = registry._Legacy("vm", Old, "SETTINGS")  # type: ignore[arg-type]
-    assert isinstance(adapted, Component)
-    adapted.sweep(("pf-1",), tmp_path)
-    assert calls == [(["pf-1"], "SETTINGS", tmp_path)]
-    assert adapted.doctor(None) == [(True, "old: fine")]  # type: ignore[arg-type]
