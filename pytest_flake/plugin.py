@@ -6,9 +6,7 @@ Registered through the ``pytest11`` entry point ``flake``; do not also list it i
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Generator
@@ -16,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import ReprFileLocation, TerminalRepr
-from _pytest._io import TerminalWriter
 
 from . import doctor
 from .config import OPTIONS, Settings
@@ -45,7 +41,7 @@ from .fixtures import (
     vm,
     vm_factory,
 )
-from .reporting import attach_evidence
+from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
@@ -287,47 +283,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
-        report.longrepr = _describe_error(excinfo, Path(str(item.config.rootpath)))
-
-
-_INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
-
-
-class _ErrorRepr(TerminalRepr):
-    """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
-
-    def __init__(self, text: str, message: str, path: str, lineno: int) -> None:
-        self.text = text
-        self.reprcrash = ReprFileLocation(path, lineno, message)
-
-    def toterminal(self, tw: TerminalWriter) -> None:
-        for line in self.text.splitlines():
-            tw.line(line)
-
-
-def _describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
-    """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
-
-    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
-    """
-    exc = excinfo.value
-    lines: list[str] = []
-    for entry in excinfo.traceback:
-        path = str(entry.path)
-        if any(part in path for part in _INTERNALS):
-            continue
-        shown = path
-        if rootdir is not None:
-            with contextlib.suppress(ValueError):
-                shown = str(Path(path).relative_to(rootdir))
-        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}")
-        with contextlib.suppress(Exception):
-            lines.append(f"    {str(entry.statement).strip()}")
-    message = f"{type(exc).__name__}: {exc}"
-    lines.append(message)
-    lines += getattr(exc, "__notes__", [])
-    last = excinfo.traceback[-1] if excinfo.traceback else None
-    return _ErrorRepr("\n".join(lines), message, str(last.path) if last else "", last.lineno + 1 if last else 0)
+        report.longrepr = describe_error(excinfo, Path(str(item.config.rootpath)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -12,14 +12,22 @@
   ``Captured stdout`` (JUnit's ``<system-out>`` with ``-o junit_logging=system-out`` or
   ``all``), a ``user_properties`` entry (always in the JUnit file), and a pytest-html
   extra when pytest-html is installed.
+- :func:`describe_error` is how a test that ends in one of our infrastructure errors
+  (a :class:`~pytest_flake.errors.FlakeError`) is reported: the user's own lines, then the
+  message and its notes, without pytest's, pluggy's and pytest-flake's frames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest._code.code import ReprFileLocation, TerminalRepr
+from _pytest._io import TerminalWriter
 
 STATUS_AFTER = 3.0  # seconds a build runs before it gets a status line
 EVIDENCE_PROPERTY = "pytest-flake evidence: "
@@ -104,3 +112,43 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list
     for title, text in evidence:
         extras.append(pytest_html.extras.text(text, name=title))
     report.extras = extras  # type: ignore[attr-defined]
+
+
+_INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
+
+
+class _ErrorRepr(TerminalRepr):
+    """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
+
+    def __init__(self, text: str, message: str, path: str, lineno: int) -> None:
+        self.text = text
+        self.reprcrash = ReprFileLocation(path, lineno, message)
+
+    def toterminal(self, tw: TerminalWriter) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+
+def describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
+    """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
+
+    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
+    """
+    exc = excinfo.value
+    lines: list[str] = []
+    for entry in excinfo.traceback:
+        path = str(entry.path)
+        if any(part in path for part in _INTERNALS):
+            continue
+        shown = path
+        if rootdir is not None:
+            with contextlib.suppress(ValueError):
+                shown = str(Path(path).relative_to(rootdir))
+        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}")
+        with contextlib.suppress(Exception):
+            lines.append(f"    {str(entry.statement).strip()}")
+    message = f"{type(exc).__name__}: {exc}"
+    lines.append(message)
+    lines += getattr(exc, "__notes__", [])
+    last = excinfo.traceback[-1] if excinfo.traceback else None
+    return _ErrorRepr("\n".join(lines), message, str(last.path) if last else "", last.lineno + 1 if last else 0)
