@@ -19,15 +19,9 @@ from . import doctor
 from .config import OPTIONS, Settings
 from .errors import FlakeError
 from .fixtures import (
-    SESSION_KEY,
-    SETTINGS_ERROR,
-    SETTINGS_KEY,
-    TEST_STATE,
-    TestState,
     docker_container,
     docker_image,
     flake,
-    flake_binding,
     flake_containers,
     flake_docker,
     flake_session,
@@ -41,6 +35,7 @@ from .fixtures import (
     vm,
     vm_factory,
 )
+from .nodestate import SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
 from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 
