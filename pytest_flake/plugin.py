@@ -79,6 +79,7 @@ MARKERS = (
 # fixtures of the plugin that need neither settings nor a session: using only these is not using the plugin
 LIGHT_FIXTURES = frozenset({"http"})
 USES_PLUGIN = pytest.StashKey[bool]()
+USES_NIX = pytest.StashKey[bool]()  # a selected test builds with nix: only then does the header run it
 FLAKE_FACT = pytest.StashKey[str]()  # "REF (locked: git rev ...)", a property of every test that uses the plugin
 
 
@@ -173,11 +174,18 @@ def uses_plugin(item: pytest.Item) -> bool:
     return False
 
 
+def uses_nix(item: pytest.Item) -> bool:
+    """Whether a test builds with nix: the ``nix`` marker (the ``flake`` fixture adds it), or ``service``."""
+    return item.get_closest_marker("nix") is not None or "service" in getattr(item, "fixturenames", ())
+
+
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
     """Nix facts (version, system, the flake's locked revision), only for a run that uses the plugin."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not config.stash.get(USES_PLUGIN, False):
         return []
+    if not config.stash.get(USES_NIX, False):
+        return ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
     lines = doctor.nix_facts(settings)
     for line in lines:
         if line.startswith("flake locked: ") and settings.flake:
@@ -204,6 +212,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     used = any(uses_plugin(item) for item in session.items)
     config.stash[USES_PLUGIN] = used
+    config.stash[USES_NIX] = used and any(uses_nix(item) for item in session.items)
     error = config.stash.get(SETTINGS_ERROR, None)
     if used and error is not None:
         raise pytest.UsageError(error)
