@@ -1,4 +1,4 @@
-"""Flake references, ``nix build`` and ``nix eval``, and the session's build cache.
+"""A flake under test: its outputs, ``nix build`` and ``nix eval``, what ``nix run`` runs, the build cache.
 
 Works with Debian's Nix 2.8 and with current Nix: builds are read from
 ``nix build --json --no-link`` (2.8 has no ``--print-out-paths``), and every call passes
