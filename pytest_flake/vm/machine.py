@@ -317,7 +317,7 @@ class VM(GuestCommands):
                 self._hostkeys = hostkey_lines_from_console(self.console_log())
                 self.host_key_origin = "console" if self._hostkeys else ""
             try:
-                return ssh_client(self.ssh_port, self._private_key(), self._hostkeys, timeout=5)
+                return ssh_client(self.ssh_port, self.private_key, self._hostkeys, timeout=5)
             except paramiko.BadHostKeyException as exc:
                 raise VMError(f"vm://{self.name}: SSH host key mismatch on 127.0.0.1:{self.ssh_port}: {exc}",
                               hint="the image changed under its cache; delete the cached image") from exc
@@ -343,7 +343,9 @@ class VM(GuestCommands):
 
     # ---- access
 
-    def _private_key(self) -> Path:
+    @property
+    def private_key(self) -> Path:
+        """The private key authorised for root in this guest (the session's, or a warm state's copy)."""
         return (self.keys or self._session_keys()).private
 
     def _connection(self) -> paramiko.SSHClient:
@@ -352,7 +354,7 @@ class VM(GuestCommands):
             if transport is None or not transport.is_active():
                 if self._closed:
                     raise VMError(f"vm://{self.name} is closed")
-                self._client = ssh_client(self.ssh_port, self._private_key(), self._hostkeys)
+                self._client = ssh_client(self.ssh_port, self.private_key, self._hostkeys)
             assert self._client is not None
             return self._client
 
@@ -448,7 +450,7 @@ class VM(GuestCommands):
 
     def ssh_command(self) -> str:
         """How a person reaches this VM from a shell (for --flake-keep)."""
-        return (f"ssh -i {shlex.quote(str(self._private_key()))} -p {self.ssh_port} "
+        return (f"ssh -i {shlex.quote(str(self.private_key))} -p {self.ssh_port} "
                 "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
 
     def keep(self) -> None:
