@@ -24,8 +24,8 @@ from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
 from .nodestate import (
-    FLAKE_KEY,
     FLAKE_STACK_KEY,
+    bindings,
     ensure_session,
     evidence,
     keep_if_failed,
@@ -67,12 +67,8 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
                      system=flake_settings.flake_system, ref_for=lambda: _default_ref(flake_settings),
                      log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
                      gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
-                     on_build=BuildStatus(config))
-        config.stash[FLAKE_KEY] = made
-        try:
-            yield made
-        finally:
-            del config.stash[FLAKE_KEY]
+                     on_build=BuildStatus(config), bindings=bindings(config))
+        yield made
 
 
 def _default_ref(settings: Settings) -> str:

@@ -157,6 +157,7 @@ class Flake:
         gcroot_dir: Path | None = None,
         build_timeout: float | None = None,
         on_build: Callable[[str, float, Build | None], None] | None = None,
+        bindings: list[Binding] | None = None,
     ) -> None:
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
@@ -175,7 +176,8 @@ class Flake:
         self._on_build = on_build
         self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
         self._programs: dict[tuple[str, str], Path] = {}
-        self._bindings: list[Binding] = []
+        # shared with whoever binds it (the plugin binds before the flake exists): see bound()
+        self._bindings: list[Binding] = bindings if bindings is not None else []
 
     @contextlib.contextmanager
     def bound(self, binding: Binding) -> Iterator[Binding]:

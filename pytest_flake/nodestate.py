@@ -21,7 +21,7 @@ import pytest
 
 from .config import Settings
 from .errors import UsageError
-from .nix import Binding, Flake
+from .nix import Binding
 from .process import Process
 from .reporting import record_fact
 from .session import Session, sweep_dead_sessions
@@ -30,7 +30,6 @@ log = logging.getLogger("pytest_flake")
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[Session]()
-FLAKE_KEY = pytest.StashKey[Flake]()  # the session's Flake, once the flake fixture made it
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
 
@@ -149,15 +148,12 @@ def flake_binding(node: pytest.Item | pytest.Collector | pytest.Session,
     For a test (or a function-scoped fixture: ``node`` is the test) a process started by
     ``flake.run()`` is stopped at the end of the test and its output goes to the test's
     report; for a wider fixture ``owner`` (its ``request.addfinalizer``) stops it when that
-    fixture ends, else the end of the session does. Nothing is bound before the ``flake``
-    fixture exists.
+    fixture ends, else the end of the session does. The binding goes on :func:`bindings`,
+    which the ``flake`` fixture hands its Flake: a flake made while a binding is in force
+    (a fixture that asks for it part way through its set-up) sees it at once.
     """
     config = node.config
-    flake = config.stash.get(FLAKE_KEY, None)
-    if flake is None:
-        return contextlib.nullcontext()
     state = node.stash.get(TEST_STATE, None) if isinstance(node, pytest.Item) else None
-    session_stack = config.stash[FLAKE_STACK_KEY]
 
     def on_run(process: Process) -> None:
         if state is not None:
@@ -166,14 +162,34 @@ def flake_binding(node: pytest.Item | pytest.Collector | pytest.Session,
         elif owner is not None:
             owner(process.stop)
         else:
-            session_stack.callback(process.stop)
+            config.stash[FLAKE_STACK_KEY].callback(process.stop)
 
     def on_fact(name: str, value: str) -> None:
         record_fact(node, name, value)
 
     # a wider fixture set up for a test leaves its facts (store paths) to that test's report
-    return flake.bound(Binding(ref_for=lambda: marker_ref(node), on_run=on_run,
-                               on_fact=on_fact if isinstance(node, pytest.Item) else None))
+    return _bound(bindings(config), Binding(ref_for=lambda: marker_ref(node), on_run=on_run,
+                                            on_fact=on_fact if isinstance(node, pytest.Item) else None))
+
+
+@contextlib.contextmanager
+def _bound(stack: list[Binding], binding: Binding) -> Iterator[None]:
+    stack.append(binding)
+    try:
+        yield
+    finally:
+        stack.remove(binding)
+
+
+BINDINGS_KEY = pytest.StashKey[list[Binding]]()
+
+
+def bindings(config: pytest.Config) -> list[Binding]:
+    """The bindings in force, innermost last: the ones the session's :class:`~pytest_flake.nix.Flake` reads."""
+    found = config.stash.get(BINDINGS_KEY, None)
+    if found is None:
+        found = config.stash[BINDINGS_KEY] = []
+    return found
 
 
 FLAKE_STACK_KEY = pytest.StashKey[contextlib.ExitStack]()  # stops what the flake started outside any test

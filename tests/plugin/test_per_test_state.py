@@ -42,6 +42,29 @@ def test_marker_of_the_node_each_test_and_fixture_runs_for(pytester: pytest.Pyte
     result.assert_outcomes(passed=2)
 
 
+def test_a_flake_made_during_a_fixture_set_up_sees_the_marker_at_once(pytester: pytest.Pytester,
+                                                                      tiny_flake: Path) -> None:
+    """The first test's fixture asks for the flake part way through its set-up (as ``service`` does)."""
+    write_flake(pytester.path / "module", message="from-module")
+    pytester.makepyfile(test_late="""
+        import pytest
+
+        pytestmark = pytest.mark.flake("path:./module")
+
+
+        @pytest.fixture
+        def text(request):
+            flake = request.getfixturevalue("flake")
+            return flake.build().out.read_text().strip()
+
+
+        def test_first(text):
+            assert text == "from-module"
+    """)
+    result = pytester.runpytest("-p", "no:randomly")  # no --flake: only the marker names one
+    result.assert_outcomes(passed=1)
+
+
 def test_a_process_lives_as_long_as_the_test_or_fixture_that_started_it(pytester: pytest.Pytester,
                                                                          tiny_flake: Path) -> None:
     pytester.makepyfile(test_owners="""
