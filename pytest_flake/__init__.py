@@ -13,28 +13,33 @@ from .errors import (
     CheckFailed,
     CheckTimeout,
     DockerError,
+    EvalError,
     FlakeError,
     FlakeTimeout,
+    FlakeWarning,
+    GiveUp,
     InfrastructureError,
     MissingOutputError,
     MissingToolError,
     NixError,
+    NotReady,
     NspawnError,
     PortableError,
+    ProcessError,
+    ProcessExited,
     UsageError,
     VMError,
 )
 from .guest import Guest, GuestCommands
 from .httpcheck import HttpChecker, Response
-from .nix import Build, Flake, FlakeWarning
+from .nix import Build, Flake
 from .process import Process
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "Flake", "FlakeError", "FlakeTimeout",
-    "FlakeWarning", "Guest", "GuestCommands",
-    "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "NspawnError",
-    "PortableError",
-    "Process", "Response", "UsageError", "VMError", "__version__",
+    "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "EvalError", "Flake", "FlakeError",
+    "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands", "HttpChecker", "InfrastructureError",
+    "MissingOutputError", "MissingToolError", "NixError", "NotReady", "NspawnError", "PortableError", "Process",
+    "ProcessError", "ProcessExited", "Response", "UsageError", "VMError", "__version__",
 ]

@@ -6,29 +6,34 @@ Component modules (docker, vm) contribute ``doctor(settings)`` lists of their ow
 
 from __future__ import annotations
 
-import importlib
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from .components import components
 from .config import Settings
-from .errors import FlakeError
-from .nix import INSTALL_HINT, NIX_FEATURES
+from .errors import FlakeError, MissingToolError, NixError
+from .nixcmd import INSTALL_HINT, Nix
 
-COMPONENTS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
+# the registry's components the doctor asks (all of them; a test may narrow it)
+COMPONENTS: tuple[str, ...] | None = None
 
 
 def _nix(args: list[str]) -> subprocess.CompletedProcess[str] | None:
-    nix = shutil.which("nix")
-    if nix is None:
-        return None
+    """``nix ARGS`` through :class:`~pytest_flake.nixcmd.Nix` (its exit code is the caller's to judge); None when
+    nix is not installed or does not answer within a minute."""
     try:
-        return subprocess.run([nix, *NIX_FEATURES, *args], capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+        return Nix(timeout=60).run(args, check=False)
+    except (MissingToolError, NixError, OSError):
         return None
+
+
+def nix_facts_known(settings: Settings) -> list[str]:
+    """The header's nix line when no selected test uses nix: what the settings say, and no nix run."""
+    system = f"system: {settings.flake_system} (from {settings.source('flake_system')}), " if settings.flake_system \
+        else ""
+    return [f"{system}nix: not run (no selected test uses nix)"]
 
 
 def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
@@ -53,16 +58,16 @@ def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
 
 
 def component_checks(settings: Settings) -> list[tuple[bool, str]]:
+    """The checks of every registered component (:mod:`pytest_flake.components`), in registry order."""
     lines: list[tuple[bool, str]] = []
-    for name in COMPONENTS:
-        short = name.rsplit(".", 1)[-1]
+    for component in components(settings, COMPONENTS):
         try:
-            module: Any = importlib.import_module(name)
-            lines += module.doctor(settings)
+            lines += component.doctor(settings)
         except ImportError as exc:
-            lines.append((False, f"{short}: cannot import ({exc}); pip install 'pytest-flake[{short}]'"))
+            lines.append((False, f"{component.name}: cannot import ({exc}); "
+                                 f"pip install 'pytest-flake[{component.name}]'"))
         except Exception as exc:  # a broken check is reported, not raised
-            lines.append((False, f"{short}: check failed: {exc}"))
+            lines.append((False, f"{component.name}: check failed: {exc}"))
     return lines
 
 

@@ -76,8 +76,36 @@ class PortableError(FlakeError):
     """A portable service image is unusable or portablectl failed."""
 
 
+class ProcessError(FlakeError):
+    """A local program (``flake.run()``, :class:`~pytest_flake.process.Process`) could not be started or used."""
+
+
+class ProcessExited(ProcessError):
+    """A program started by ``flake.run()`` exited before it was ready (its port never opened)."""
+
+
 class FlakeTimeout(FlakeError, TimeoutError):
     """Something did not become ready in time; the note carries what was seen last."""
+
+
+class GiveUp(Exception):
+    """Raised by a probe given to :func:`~pytest_flake.waiting.wait_for` to stop waiting at once.
+
+    What it saw will not change (a unit that failed, a container that exited): the caller
+    turns it into the error it reports. Like :class:`NotReady`, it never leaves the caller.
+    """
+
+
+class FlakeWarning(UserWarning):
+    """Something about the flake that is probably not what the user wants (untracked files...)."""
+
+
+class NotReady(Exception):
+    """Raised by a probe given to :func:`~pytest_flake.waiting.wait_for` to say "not yet".
+
+    Its message is what was seen. Not a :class:`FlakeError`: it never leaves ``wait_for``,
+    which turns the last one into a :class:`FlakeTimeout`.
+    """
 
 
 class CheckFailed(AssertionError):

@@ -1,12 +1,16 @@
 """pytest-flake's fixtures: thin ``with Component(...) as c: yield c`` wrappers.
 
 The real work lives in modules that never import pytest (nix, process, httpcheck,
-docker, vm, portable). This module adds what only pytest knows: which test is
-running, whether it failed (``--flake-keep``), and what to attach to its report.
+docker, vm, portable, nspawn). This module adds what only pytest knows, always read from
+the node a fixture runs for (``request.node``, through :mod:`pytest_flake.nodestate`): its
+markers, whether its test failed (``--flake-keep``), and what to attach to its report.
+Factory fixtures keep what they made on a :class:`contextlib.ExitStack`, unwound at the
+end of the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -19,113 +23,18 @@ from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
+from .nodestate import (
+    FLAKE_STACK_KEY,
+    bindings,
+    ensure_session,
+    evidence,
+    keep_if_failed,
+    settings_of,
+)
 from .reporting import BuildStatus, record_fact
-from .session import Session, sweep_dead_sessions
+from .session import Session
 
 log = logging.getLogger("pytest_flake")
-
-SETTINGS_KEY = pytest.StashKey[Settings]()
-SESSION_KEY = pytest.StashKey[Session]()
-CURRENT_ITEM = pytest.StashKey["pytest.Item | None"]()
-# a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
-SETTINGS_ERROR = pytest.StashKey[str]()
-
-
-def settings_of(config: pytest.Config) -> Settings:
-    """The resolved settings; a bad value is a usage error here, when something needs them."""
-    error = config.stash.get(SETTINGS_ERROR, None)
-    if error is not None:
-        raise pytest.UsageError(error)
-    return config.stash[SETTINGS_KEY]
-
-
-def ensure_session(config: pytest.Config) -> Session:
-    """The session's id and directory, made when a test first needs them.
-
-    The sweep of sessions that were killed (their containers, domains, processes and
-    files) runs then, once: a run that never uses a fixture of the plugin creates no
-    directory and contacts no daemon.
-    """
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None:
-        settings = settings_of(config)
-        session = Session().__enter__()
-        config.stash[SESSION_KEY] = session
-        sweep_dead_sessions(session, settings)
-    return session
-
-
-class TestState:
-    """What pytest-flake tracks for one running test: evidence, cleanups, reports."""
-
-    __test__ = False  # not a test class
-
-    def __init__(self, item: pytest.Item) -> None:
-        self.item = item
-        self.evidence: list[tuple[str, Callable[[], str]]] = []
-        self.cleanups: list[Callable[[], Any]] = []
-        self.reports: dict[str, pytest.TestReport] = {}
-
-    @property
-    def failed(self) -> bool:
-        return any(r.failed for r in self.reports.values())
-
-    def collect_evidence(self) -> Iterator[tuple[str, str]]:
-        for title, collect in self.evidence:
-            try:
-                text = collect()
-            except Exception as exc:  # evidence must never hide the failure
-                text = f"(could not collect: {exc})"
-            if text:
-                yield title, text
-
-    def cleanup(self) -> None:
-        while self.cleanups:
-            step = self.cleanups.pop()
-            try:
-                step()
-            except Exception as exc:
-                log.warning("pytest-flake: cleanup of %s failed: %s", self.item.nodeid, exc)
-
-
-TEST_STATE = pytest.StashKey[TestState]()
-
-
-def _state(request: pytest.FixtureRequest) -> TestState | None:
-    item = request.config.stash.get(CURRENT_ITEM, None)
-    return item.stash.get(TEST_STATE, None) if item is not None else None
-
-
-def evidence(request: pytest.FixtureRequest, title: str, collect: Callable[[], str]) -> None:
-    """Attach ``collect()`` as section ``title`` to the report of the test if it fails."""
-    state = _state(request)
-    if state is not None:
-        state.evidence.append((title, collect))
-
-
-def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callable[[], str]) -> bool:
-    """With ``--flake-keep``, tell whether the current test failed and say how to reach ``what``.
-
-    ``how`` is the line to print, or a callable that makes it (called only when kept).
-
-    A fixture calls this in its teardown; True means: do not remove the resource.
-    The session's registration is then left behind too, so the next session sweeps
-    what was kept.
-    """
-    settings = request.config.stash[SETTINGS_KEY]
-    state = _state(request)
-    if not settings.flake_keep or state is None or not state.failed:
-        return False
-    session = request.config.stash.get(SESSION_KEY, None)
-    if session is not None:
-        session.keep = True
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"pytest-flake: kept {what} of failed {state.item.nodeid}: {how() if callable(how) else how}"
-    if reporter is not None:
-        reporter.write_line(line)
-    log.warning(line)
-    return True
-
 
 # --- core -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
@@ -140,52 +49,33 @@ def flake_session(request: pytest.FixtureRequest) -> Session:
     return ensure_session(request.config)
 
 
-def _marker_ref(config: pytest.Config) -> str | None:
-    item = config.stash.get(CURRENT_ITEM, None)
-    if item is None:
-        return None
-    marker = item.get_closest_marker("flake")
-    if marker is None:
-        return None
-    if not marker.args or not isinstance(marker.args[0], str):
-        raise UsageError(f"{item.nodeid}: the flake marker takes a flake reference: @pytest.mark.flake('path:./dir')")
-    return str(marker.args[0])
-
-
 @pytest.fixture(scope="session")
-def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Flake:
+def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[Flake]:
     """The flake under test (``--flake``, or a test's ``@pytest.mark.flake(ref)``).
 
     ``flake.outputs()`` lists ``packages.<system>``, ``flake.apps()`` ``apps.<system>``;
     ``flake.build(attr)`` builds once per session; ``flake.run(attr, port=...)`` starts what
     ``nix run .#attr`` runs (waiting ``--flake-timeout`` for the port) and stops its process
-    group at the end of the test that started it (fixtures included). For a server that
-    many tests share, start a ``pytest_flake.Process`` in a session fixture of your own:
-    ``with Process([flake.program(), ...], port=0) as server: yield server``.
+    group at the end of the test that started it; started in a fixture of a wider scope
+    (module, session), at the end of that fixture. The ``flake`` marker of the test, class or
+    module a test or fixture belongs to chooses the flake it uses.
     """
     config = request.config
-
-    def ref_for() -> str:
-        ref = _marker_ref(config) or flake_settings.flake
-        if ref is None:
-            raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
-        return ref
-
-    return Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
-                 system=flake_settings.flake_system, ref_for=ref_for,
-                 on_run=lambda process: _register_process(config, process),
-                 log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
-                 gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
-                 on_build=BuildStatus(config))
+    with contextlib.ExitStack() as stack:
+        config.stash[FLAKE_STACK_KEY] = stack
+        made = Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
+                     system=flake_settings.flake_system, ref_for=lambda: _default_ref(flake_settings),
+                     log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
+                     gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
+                     on_build=BuildStatus(config), bindings=bindings(config))
+        yield made
 
 
-def _register_process(config: pytest.Config, process: Any) -> None:
-    item = config.stash.get(CURRENT_ITEM, None)
-    state = item.stash.get(TEST_STATE, None) if item is not None else None
-    if state is None:
-        return
-    state.evidence.append((f"output of {process.name}", process.logs))
-    state.cleanups.append(process.stop)
+def _default_ref(settings: Settings) -> str:
+    """The ref when no marker names one: ``--flake``, else a usage error saying how to give one."""
+    if settings.flake is None:
+        raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
+    return settings.flake
 
 
 @pytest.fixture
@@ -248,7 +138,7 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
     until it runs and the ports answer. Its logs are attached to the report of a failed
     test; it is removed at the end of the test (kept with ``--flake-keep`` if it failed).
     """
-    started: list[Container] = []
+    stack = contextlib.ExitStack()
 
     def run(image_or_attr: Image | str | os.PathLike[str] = "docker", ports: Sequence[int | str] = (),
             env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None) -> Container:
@@ -263,18 +153,21 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
             image = docker_image(image_or_attr)
         container = flake_docker.container(image, ports=ports, env=env, command=command)
         container.__enter__()
-        started.append(container)
+        stack.callback(_remove_container, request, container)
         evidence(request, f"logs of container {container.name} ({container.ref})", container.logs)
         _container_fact(request, container, image)
         return container
 
-    yield run
-    for container in reversed(started):
-        container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
-        try:
-            container.__exit__(None, None, None)
-        except Exception as exc:  # one container's teardown must not hide the others
-            log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
+    with stack:
+        yield run
+
+
+def _remove_container(request: pytest.FixtureRequest, container: Container) -> None:
+    container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
+    try:
+        container.__exit__(None, None, None)
+    except Exception as exc:  # one container's teardown must not hide the others
+        log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
 
 
 
@@ -286,7 +179,7 @@ def _container_fact(request: pytest.FixtureRequest, container: Container, image:
     except Exception as exc:  # a fact must never hide the test's own outcome
         ports = f"(unknown: {exc})"
     image_id = getattr(image, "id", "") or container.ref
-    record_fact(request.config, f"docker container {container.name}",
+    record_fact(request.node, f"docker container {container.name}",
                 f"{container.ref} {image_id}; ports {ports or 'none'}")
 
 
@@ -354,19 +247,18 @@ def vm_factory(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[Ca
     ``memory`` in MiB and ``cpus`` default to ``--vm-memory`` and ``--vm-cpus``. All VMs
     made are removed at the end of the test.
     """
-    machines: list[VM] = []
+    stack = contextlib.ExitStack()
 
     def make(image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
         _check_vm_image(image, "vm_factory(image=...)")
         machine = flake_vms.vm(image=image, memory=memory, cpus=cpus)
         machine.__enter__()
-        machines.append(machine)
+        stack.callback(_close_vm, request, machine)
         evidence(request, f"console of VM {machine.name}", machine.console_log)
         return machine
 
-    yield make
-    for machine in reversed(machines):
-        _close_vm(request, machine)
+    with stack:
+        yield make
 
 
 # --- portable ---------------------------------------------------------------------------
@@ -392,7 +284,7 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
     def resolve(attr: str) -> Path:
         return flake.build(attr).out
 
-    services: list[PortableService] = []
+    stack = contextlib.ExitStack()
 
     def attach(vm: Any, attr_or_path: str | os.PathLike[str] = "portable", profile: str = "default",
                runtime: bool = True) -> PortableService:
@@ -401,15 +293,18 @@ def portable_service(request: pytest.FixtureRequest, flake: Flake,
                                   timeout=flake_settings.flake_timeout)
         evidence(request, f"journal of portable service {service.name} in {vm.name}", service.journal)
         service.__enter__()
-        services.append(service)
+        stack.callback(_detach_service, request, service)
         return service
 
-    yield attach
-    for service in reversed(services):
-        if keep_if_failed(request, f"portable service {service.name}",
-                          f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
-            continue
-        service.close()
+    with stack:
+        yield attach
+
+
+def _detach_service(request: pytest.FixtureRequest, service: PortableService) -> None:
+    if keep_if_failed(request, f"portable service {service.name}",
+                      f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
+        return
+    service.close()
 
 
 # --- service ----------------------------------------------------------------------------
@@ -429,22 +324,22 @@ if TYPE_CHECKING:
     from .service import Service
 
 
-def _vm_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def _vm_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """A fresh VM of ``--vm-image`` for the portable target; its console goes to the report."""
     pool: VMPool = request.getfixturevalue("flake_vms")
     machine = pool.vm()
-    cleanups.append(lambda: _close_vm(request, machine))
+    stack.callback(_close_vm, request, machine)
     evidence(request, f"console of VM {machine.name}", machine.console_log)
     machine.__enter__()
     return machine
 
 
-# where the service fixture's portable target runs: name -> fn(request, cleanups) -> a started guest
-# whose teardown is appended to cleanups (run after the service is detached)
-PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, list[Callable[[], None]]], Guest]] = {"vm": _vm_guest}
+# where the service fixture's portable target runs: name -> fn(request, stack) -> a started guest
+# whose teardown goes on stack (unwound after the service is detached)
+PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, contextlib.ExitStack], Guest]] = {"vm": _vm_guest}
 
 
-def portable_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def portable_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """The guest of the service fixture's portable target, on ``--flake-portable-host`` (``vm`` by default)."""
     settings: Settings = request.getfixturevalue("flake_settings")
     host = str(getattr(settings, "flake_portable_host", None) or "vm")
@@ -452,7 +347,7 @@ def portable_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], N
     if make is None:
         raise UsageError(f"--flake-portable-host={host} is not available",
                          hint=f"valid hosts: {', '.join(sorted(PORTABLE_HOSTS))}")
-    return make(request, cleanups)
+    return make(request, stack)
 
 
 @pytest.fixture
@@ -483,7 +378,7 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     settings: Settings = request.getfixturevalue("flake_settings")
     flake: Flake = request.getfixturevalue("flake")
     timeout = float(settings.flake_timeout)
-    cleanups: list[Callable[[], None]] = []
+    guests = contextlib.ExitStack()  # the portable target's guest, unwound after the service is detached
     svc: Service
     if target == "local":
         session: Session = request.getfixturevalue("flake_session")
@@ -491,11 +386,11 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     elif target == "docker":
         svc = DockerService(spec, request.getfixturevalue("flake_docker"), request.getfixturevalue("docker_image"))
     else:
-        svc = PortableTarget(spec, lambda: portable_guest(request, cleanups),
+        svc = PortableTarget(spec, lambda: portable_guest(request, guests),
                              resolve=lambda attr: flake.build(attr).out, timeout=timeout)
     title = {"local": "output of", "docker": "logs of the container of", "portable": "journal of"}[target]
     evidence(request, f"{title} {target} service {spec.attr(target)}", svc.logs)
-    try:
+    with guests:
         with svc:
             yield svc
             if keep_if_failed(request, f"{target} service", svc.how_to_reach):
@@ -503,12 +398,6 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
                     svc.keep()
                 elif isinstance(svc, PortableTarget):
                     svc.portable = None  # stays attached in the kept guest
-    finally:
-        for step in reversed(cleanups):
-            try:
-                step()
-            except Exception as exc:  # one teardown step must not hide the others
-                log.warning("pytest-flake: service teardown of %s: %s", node.nodeid, exc)
 
 
 # --- systemd containers -----------------------------------------------------------------
@@ -589,22 +478,21 @@ def systemd_container_factory(request: pytest.FixtureRequest,
     Each container has its own network, so two can serve the same port. All are removed at
     the end of the test.
     """
-    containers: list[SystemdContainer] = []
+    stack = contextlib.ExitStack()
 
     def make(image: str | os.PathLike[str] | None = None) -> SystemdContainer:
         container = _start_container(request, flake_containers, None if image is None else os.fspath(image))
-        containers.append(container)
+        stack.callback(_close_container, request, container)
         return container
 
-    yield make
-    for container in reversed(containers):
-        _close_container(request, container)
+    with stack:
+        yield make
 
 
-def _container_guest(request: pytest.FixtureRequest, cleanups: list[Callable[[], None]]) -> Guest:
+def _container_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """A fresh systemd container for the service fixture's portable target (--flake-portable-host nspawn)."""
     container = _start_container(request, request.getfixturevalue("flake_containers"), None)
-    cleanups.append(lambda: _close_container(request, container))
+    stack.callback(_close_container, request, container)
     return container
 
 

@@ -29,7 +29,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import CheckFailed, CheckTimeout, FlakeTimeout, tail
+from .errors import CheckFailed, CheckTimeout, FlakeTimeout, GiveUp, tail
 from .waiting import NotReady, wait_for
 
 log = logging.getLogger("pytest_flake")
@@ -235,16 +235,16 @@ class GuestCommands:
             if active == "active":
                 return
             if active == "failed":
-                raise _UnitDown(f"unit {unit} failed (Result={state.get('Result', '?')})")
+                raise GiveUp(f"unit {unit} failed (Result={state.get('Result', '?')})")
             if active == "inactive" and state.get("LoadState") == "loaded" and not state.get("Jobs", "").strip():
-                raise _UnitDown(f"unit {unit} is inactive and no job will start it")
+                raise GiveUp(f"unit {unit} is inactive and no job will start it")
             raise NotReady(f"{unit}: ActiveState={active or '?'} SubState={state.get('SubState', '?')} "
                            f"LoadState={state.get('LoadState', '?')}")
 
         try:
             wait_for(probe, what=f"guest {self.name}: unit {unit} active", timeout=self._timeout(timeout),
                      interval=0.3, max_interval=1.0)
-        except _UnitDown as down:
+        except GiveUp as down:
             raise self._failed(str(down), last[0] if last else None, unit=unit) from None
         except FlakeTimeout as exc:
             raise self._failed(str(exc), last[0] if last else None, unit=unit, timeout=exc) from exc
@@ -283,10 +283,6 @@ class GuestCommands:
                      interval=0.3, max_interval=1.0)
         except FlakeTimeout as exc:
             raise self._failed(str(exc), None, timeout=exc) from exc
-
-
-class _UnitDown(Exception):
-    """Raised inside a wait: the unit will not become active; stop waiting."""
 
 
 def _parse_properties(text: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Flake references, ``nix build`` and ``nix eval``, and the session's build cache.
+"""A flake under test: its outputs, ``nix build`` and ``nix eval``, what ``nix run`` runs, the build cache.
 
 Works with Debian's Nix 2.8 and with current Nix: builds are read from
 ``nix build --json --no-link`` (2.8 has no ``--print-out-paths``), and every call passes
@@ -15,12 +15,10 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
-import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,25 +26,19 @@ from typing import Any
 from .errors import (
     BuildError,
     EvalError,
-    FlakeTimeout,
+    FlakeWarning,
     MissingOutputError,
-    MissingToolError,
     NixError,
     UsageError,
     format_choices,
     tail,
 )
+from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
 from .process import Process
 
 log = logging.getLogger("pytest_flake")
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
-NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
-INSTALL_HINT = (
-    "install Nix: 'apt-get install nix-bin' on Debian/Ubuntu (enable flakes: "
-    "experimental-features = nix-command flakes), 'nix.settings.experimental-features' on NixOS, "
-    "or see https://nixos.org/download; then check with 'pytest --flake-doctor'"
-)
 # Lines of nix's stderr that say a derivation's builder ran and failed (not an evaluation error).
 _BUILD_FAILURE = re.compile(r"error: (builder for|build of|cannot build|\d+ dependencies of derivation)")
 # ...and lines that only an evaluation error has: a position in a .nix file, or its kinds of error.
@@ -59,8 +51,6 @@ OUTPUT_GROUPS = (
     "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
     "defaultPackage", "defaultApp", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
 )
-_REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "http:", "https:", "tarball+",
-                   "file+", "flake:", "indirect:", "hg+")
 
 
 def _without_download_noise(log_text: str) -> str:
@@ -108,10 +98,6 @@ else { found = builtins.head found; } // facts (builtins.head found) (lookup (bu
 """
 
 
-class FlakeWarning(UserWarning):
-    """Something about the flake that is probably not what the user wants."""
-
-
 @dataclass(frozen=True)
 class Build:
     """A built flake output: its attribute, its store paths and its derivation."""
@@ -126,169 +112,35 @@ class Build:
         return str(self.out)
 
 
-class Nix:
-    """Runs the ``nix`` command: one place for its argv, its logging and its errors."""
-
-    def __init__(self, executable: str | None = None, timeout: float = 3600.0) -> None:
-        found = executable or shutil.which("nix")
-        if not found:
-            raise MissingToolError("nix is not on PATH", hint=INSTALL_HINT)
-        self.executable = found
-        self.timeout = timeout
-        self.calls = 0  # how many nix processes ran: the build cache is measured by it
-
-    def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [self.executable, *NIX_FEATURES, *args]
-        log.debug("$ %s", " ".join(argv))
-        self.calls += 1
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise NixError(f"'nix {' '.join(args)}' did not finish in {self.timeout:g}s") from exc
-        if check and proc.returncode != 0:
-            raise NixError(f"'nix {' '.join(args)}' failed with exit code {proc.returncode}",
-                           details=tail(proc.stderr))
-        return proc
-
-    def stream(self, args: Sequence[str], *, timeout: float | None = None,
-               on_line: Callable[[str], None] | None = None,
-               on_tick: Callable[[float], None] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run nix, handing each stderr line to ``on_line`` as it comes (build logs, progress).
-
-        ``on_tick(elapsed)`` is called about once a second while it runs. With ``timeout``
-        (seconds; None waits as long as it takes) the whole process group is killed and
-        :class:`FlakeTimeout` raised. Returns stdout and the whole stderr, like :meth:`run`.
-        """
-        argv = [self.executable, *NIX_FEATURES, *args]
-        log.debug("$ %s", " ".join(argv))
-        self.calls += 1
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                text=True, errors="replace", bufsize=1, start_new_session=True)
-        out: list[str] = []
-        err: list[str] = []
-
-        def read_stderr() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                err.append(line)
-                if on_line is not None:
-                    on_line(line.rstrip("\n"))
-
-        def read_stdout() -> None:
-            assert proc.stdout is not None
-            out.append(proc.stdout.read())
-
-        readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
-        for reader in readers:
-            reader.start()
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    elapsed = time.monotonic() - started
-                    if timeout is not None and elapsed > timeout:
-                        _kill_group(proc)
-                        raise FlakeTimeout(f"'nix {' '.join(args)}' did not finish in {timeout:g}s",
-                                           hint="raise --flake-build-timeout, or leave it unset to wait",
-                                           details=tail("".join(err), 30)) from None
-                    if on_tick is not None:
-                        on_tick(elapsed)
-        except BaseException:
-            _kill_group(proc)
-            raise
-        for reader in readers:
-            reader.join()
-        return subprocess.CompletedProcess(argv, proc.returncode, "".join(out), "".join(err))
-
-    def version(self) -> str:
-        """``2.8.0``: the version of the nix on PATH."""
-        out = self.run(["--version"]).stdout.strip()
-        return out.rsplit(" ", 1)[-1]
-
-    def current_system(self) -> str:
-        """The machine's Nix system, e.g. ``x86_64-linux``."""
-        return self.run(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"]).stdout.strip()
-
-    def eval_json(self, installable: str, apply: str | None = None) -> Any:
-        args = ["eval", "--json", installable]
-        if apply:
-            args += ["--apply", apply]
-        return json.loads(self.run(args).stdout)
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Interrupt nix (it stops its builders on SIGINT), then kill what is left of its group."""
-    for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGKILL, None)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _link_name(ref: str, attr: str) -> str:
     """A file name for the out-link of one build: the attribute, and a hash of the ref it came from."""
     digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
     return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
 
 
-def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
-    """Turn a user's flake ref into one Nix accepts, and the local directory if any.
+@dataclass(frozen=True)
+class Binding:
+    """What a :class:`Flake` is used for right now (see :meth:`Flake.bound`).
 
-    Relative paths are resolved against the invocation directory. A bare directory is
-    left for Nix to interpret (a git checkout becomes ``git+file:``, which hides untracked
-    files); ``path:DIR`` sees every file. Remote refs pass through unchanged.
+    ``ref_for()``: the flake reference in force (None: the default; read when the flake is
+    used, so a bad marker fails only a test that uses it); ``on_run(process)``: takes
+    ownership of a process ``run()`` started (stops it when its owner ends); ``on_fact(name,
+    value)``: records a fact such as the store path of a build (the JUnit properties of a
+    test); None leaves facts to the binding around this one.
     """
-    if ref.startswith(_REMOTE_SCHEMES):
-        return ref, None
-    for scheme in ("path:", "git+file:", "git+file://"):
-        if ref.startswith(scheme):
-            rest = ref[len(scheme):]
-            query = ""
-            if "?" in rest:
-                rest, query = rest.split("?", 1)
-                query = "?" + query
-            directory = _flake_dir((invocation_dir / rest).resolve() if not rest.startswith("/") else Path(rest))
-            return f"{scheme.rstrip('/') if scheme == 'git+file://' else scheme}{directory}{query}", directory
-    directory = _flake_dir((invocation_dir / ref).resolve())
-    return str(directory), directory
 
-
-def _flake_dir(path: Path) -> Path:
-    """A ``flake.nix`` file names the flake in its directory."""
-    return path.parent if path.name == "flake.nix" and path.is_file() else path
-
-
-def _git_untracked(directory: Path) -> list[str]:
-    """Untracked, not ignored files below ``directory`` when it is in a git checkout."""
-    git = shutil.which("git")
-    if not git:
-        return []
-    try:
-        top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=30)
-        if top.returncode != 0:
-            return []
-        proc = subprocess.run([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line for line in proc.stdout.splitlines() if line]
+    ref_for: Callable[[], str | None] | None = None
+    on_run: Callable[[Process], None] | None = None
+    on_fact: Callable[[str, str], None] | None = None
 
 
 class Flake:
     """A flake under test: lists its outputs, builds them once per session, runs them.
 
-    ``ref`` may change per test (the ``flake(ref)`` marker): pass ``ref_for`` a callable
-    returning the ref in force; builds are cached per (ref, attribute).
+    ``ref`` may change per test (the ``flake(ref)`` marker): whoever runs the code that uses
+    the flake says so with :meth:`bound` (the pytest plugin does, from the marker of the test
+    or fixture being run), or passes ``ref_for``, a callable returning the ref in force.
+    Builds are cached per (ref, attribute).
     """
 
     def __init__(
@@ -305,6 +157,7 @@ class Flake:
         gcroot_dir: Path | None = None,
         build_timeout: float | None = None,
         on_build: Callable[[str, float, Build | None], None] | None = None,
+        bindings: list[Binding] | None = None,
     ) -> None:
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
@@ -323,12 +176,30 @@ class Flake:
         self._on_build = on_build
         self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
         self._programs: dict[tuple[str, str], Path] = {}
+        # shared with whoever binds it (the plugin binds before the flake exists): see bound()
+        self._bindings: list[Binding] = bindings if bindings is not None else []
+
+    @contextlib.contextmanager
+    def bound(self, binding: Binding) -> Iterator[Binding]:
+        """Within the block, ``binding`` says which ref is in force and who owns what is started.
+
+        Bindings nest (a fixture set up while a test's binding is in force binds its own);
+        the innermost one counts. Outside every binding: the default ref and ``on_run``.
+        """
+        self._bindings.append(binding)
+        try:
+            yield binding
+        finally:
+            self._bindings.remove(binding)
 
     # -- references -------------------------------------------------------------------
     @property
     def ref(self) -> str:
         """The flake reference in force (normalized: relative paths made absolute)."""
-        raw = (self._ref_for() if self._ref_for else None) or self._default_ref
+        binding = self._bindings[-1] if self._bindings else None
+        raw = ((binding.ref_for() if binding and binding.ref_for else None)
+               or (self._ref_for() if self._ref_for else None)
+               or self._default_ref)
         ref, directory = normalize_ref(raw, self._invocation_dir)
         if ref not in self._checked:
             if directory is not None:
@@ -462,6 +333,9 @@ class Flake:
         self._builds[key] = build
         if self._on_build is not None:
             self._on_build(installable, seconds, build)
+        on_fact = next((b.on_fact for b in reversed(self._bindings) if b.on_fact is not None), None)
+        if on_fact is not None:
+            on_fact(f"nix build {installable}", str(build.out))
         return build
 
     def _local_positions(self, text: str) -> str:
@@ -637,6 +511,10 @@ class Flake:
         process = Process([str(program), *args], env=env, port=port,
                           timeout=self.timeout if timeout is None else timeout, name=name, log_dir=self._log_dir)
         process.start()
-        if self._on_run is not None:
-            self._on_run(process)
+        on_run = self._bindings[-1].on_run if self._bindings else self._on_run
+        if on_run is not None:
+            on_run(process)
         return process
+
+
+__all__ = ["INSTALL_HINT", "NIX_FEATURES", "Binding", "Build", "Flake", "FlakeWarning", "Nix", "normalize_ref"]

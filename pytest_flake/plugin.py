@@ -6,9 +6,7 @@ Registered through the ``pytest11`` entry point ``flake``; do not also list it i
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Generator
@@ -16,18 +14,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import ReprFileLocation, TerminalRepr
-from _pytest._io import TerminalWriter
 
 from . import doctor
 from .config import OPTIONS, Settings
 from .errors import FlakeError
-from .fixtures import *  # noqa: F403  (fixtures are registered by being imported here)
-from .fixtures import CURRENT_ITEM, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState
-from .reporting import attach_evidence
-from .session import SWEEPERS, sweep_dead_sessions  # noqa: F401  (re-exported)
+from .fixtures import (
+    docker_container,
+    docker_image,
+    flake,
+    flake_containers,
+    flake_docker,
+    flake_session,
+    flake_settings,
+    flake_vms,
+    http,
+    portable_service,
+    service,
+    systemd_container,
+    systemd_container_factory,
+    vm,
+    vm_factory,
+)
+from .nodestate import SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
+from .reporting import attach_evidence, describe_error
+from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 
 log = logging.getLogger("pytest_flake")
+
+# the fixtures this plugin registers (pytest finds them as names of this module)
+FIXTURES = (
+    flake_settings, flake_session, flake, http,
+    flake_docker, docker_image, docker_container,
+    flake_vms, vm, vm_factory, portable_service, service,
+    flake_containers, systemd_container, systemd_container_factory,
+)
 
 # fixture name -> markers added to every test that uses it (directly or through others)
 FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
@@ -59,6 +79,7 @@ MARKERS = (
 # fixtures of the plugin that need neither settings nor a session: using only these is not using the plugin
 LIGHT_FIXTURES = frozenset({"http"})
 USES_PLUGIN = pytest.StashKey[bool]()
+USES_NIX = pytest.StashKey[bool]()  # a selected test builds with nix: only then does the header run it
 FLAKE_FACT = pytest.StashKey[str]()  # "REF (locked: git rev ...)", a property of every test that uses the plugin
 
 
@@ -153,11 +174,18 @@ def uses_plugin(item: pytest.Item) -> bool:
     return False
 
 
+def uses_nix(item: pytest.Item) -> bool:
+    """Whether a test builds with nix: the ``nix`` marker (the ``flake`` fixture adds it), or ``service``."""
+    return item.get_closest_marker("nix") is not None or "service" in getattr(item, "fixturenames", ())
+
+
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
     """Nix facts (version, system, the flake's locked revision), only for a run that uses the plugin."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not config.stash.get(USES_PLUGIN, False):
         return []
+    if not config.stash.get(USES_NIX, False):
+        return ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
     lines = doctor.nix_facts(settings)
     for line in lines:
         if line.startswith("flake locked: ") and settings.flake:
@@ -166,11 +194,6 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # an interrupted test (Ctrl-C, SIGTERM) never reached its own teardown hook
-    item = session.config.stash.get(CURRENT_ITEM, None)
-    state = item.stash.get(TEST_STATE, None) if item is not None else None
-    if state is not None:
-        state.cleanup()
     flake_session = session.config.stash.get(SESSION_KEY, None)
     if flake_session is not None:
         flake_session.__exit__(None, None, None)
@@ -189,28 +212,53 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     used = any(uses_plugin(item) for item in session.items)
     config.stash[USES_PLUGIN] = used
+    config.stash[USES_NIX] = used and any(uses_nix(item) for item in session.items)
     error = config.stash.get(SETTINGS_ERROR, None)
     if used and error is not None:
         raise pytest.UsageError(error)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's state lives on the test; an interrupted test (Ctrl-C, SIGTERM) is cleaned up here."""
     item.stash[TEST_STATE] = TestState(item)
-    item.config.stash[CURRENT_ITEM] = item
+    yield
+    item.stash[TEST_STATE].cleanup()  # nothing left after a normal teardown
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     fact = item.config.stash.get(FLAKE_FACT, None)
     if fact is not None and uses_plugin(item):
         item.user_properties.append(("pytest-flake flake", fact))
+    with flake_binding(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """A fixture wider than a test uses the ``flake`` marker of its own node and owns the processes it starts."""
+    if request.scope == "function" or fixturedef.argname == "flake":
+        yield
+        return
+    with flake_binding(request.node, owner=request.addfinalizer):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with flake_binding(item):
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     _no_timeout_in_teardown(item)
-    yield
+    with flake_binding(item):
+        yield
     state = item.stash.get(TEST_STATE, None)
     if state is not None:
         state.cleanup()
-    item.config.stash[CURRENT_ITEM] = None
 
 
 def _no_timeout_in_teardown(item: pytest.Item) -> None:
@@ -239,47 +287,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
-        report.longrepr = _describe_error(excinfo, Path(str(item.config.rootpath)))
-
-
-_INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
-
-
-class _ErrorRepr(TerminalRepr):
-    """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
-
-    def __init__(self, text: str, message: str, path: str, lineno: int) -> None:
-        self.text = text
-        self.reprcrash = ReprFileLocation(path, lineno, message)
-
-    def toterminal(self, tw: TerminalWriter) -> None:
-        for line in self.text.splitlines():
-            tw.line(line)
-
-
-def _describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
-    """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
-
-    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
-    """
-    exc = excinfo.value
-    lines: list[str] = []
-    for entry in excinfo.traceback:
-        path = str(entry.path)
-        if any(part in path for part in _INTERNALS):
-            continue
-        shown = path
-        if rootdir is not None:
-            with contextlib.suppress(ValueError):
-                shown = str(Path(path).relative_to(rootdir))
-        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}")
-        with contextlib.suppress(Exception):
-            lines.append(f"    {str(entry.statement).strip()}")
-    message = f"{type(exc).__name__}: {exc}"
-    lines.append(message)
-    lines += getattr(exc, "__notes__", [])
-    last = excinfo.traceback[-1] if excinfo.traceback else None
-    return _ErrorRepr("\n".join(lines), message, str(last.path) if last else "", last.lineno + 1 if last else 0)
+        report.longrepr = describe_error(excinfo, Path(str(item.config.rootpath)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .errors import FlakeError, tail
+from .errors import ProcessError, ProcessExited, UsageError, tail
 from .session import start_time
 from .waiting import free_port, port_open, wait_for
 
@@ -34,10 +34,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-
-
-class ProcessExited(FlakeError):
-    """The program exited before it was ready."""
 
 
 class Process:
@@ -93,7 +89,7 @@ class Process:
             except OSError as exc:
                 if self._log_dir is None:
                     self._log_path.unlink(missing_ok=True)
-                raise FlakeError(f"cannot start {self.argv[0]}: {exc}") from exc
+                raise ProcessError(f"cannot start {self.argv[0]}: {exc}") from exc
         if self._log_dir is not None:
             self._pid_file = self._log_dir / f"{self._proc.pid}.pid"
             self._pid_file.write_text(start_time(self._proc.pid))
@@ -172,13 +168,13 @@ class Process:
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise FlakeError(f"{self.name} was not started")
+            raise ProcessError(f"{self.name} was not started", hint="call start() or use it in a with block")
         return self._proc.pid
 
     def url(self, path: str = "/") -> str:
         """``http://127.0.0.1:PORT/path`` of the program's port."""
         if self.port is None:
-            raise FlakeError(f"{self.name} was started without a port", hint="pass port= to flake.run()")
+            raise UsageError(f"{self.name} was started without a port", hint="pass port= to flake.run()")
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
 
     def logs(self) -> str:
@@ -214,3 +210,6 @@ def sweep(directory: Path) -> int:
                 pass
         pid_file.unlink(missing_ok=True)
     return killed
+
+
+__all__ = ["Process", "ProcessError", "ProcessExited", "sweep"]

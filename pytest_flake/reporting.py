@@ -4,7 +4,7 @@
   seconds (what is building, for how long), the way pytest writes its own progress: the
   line is rewritten in place on a terminal, and written once (then once when done) in a
   CI log. The build log itself streams to the ``pytest_flake.nix`` logger (``log_cli``).
-- :func:`record_fact` adds ``(name, value)`` to the running test's ``user_properties``:
+- :func:`record_fact` adds ``(name, value)`` to a test's ``user_properties``:
   ``--junitxml`` writes them as ``<property>`` elements (the flake ref with its locked
   revision, store paths, image ids, ports).
 - :func:`attach_evidence` puts a failed test's evidence (program output, container logs,
@@ -12,14 +12,22 @@
   ``Captured stdout`` (JUnit's ``<system-out>`` with ``-o junit_logging=system-out`` or
   ``all``), a ``user_properties`` entry (always in the JUnit file), and a pytest-html
   extra when pytest-html is installed.
+- :func:`describe_error` is how a test that ends in one of our infrastructure errors
+  (a :class:`~pytest_flake.errors.FlakeError`) is reported: the user's own lines, then the
+  message and its notes, without pytest's, pluggy's and pytest-flake's frames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest._code.code import ReprFileLocation, TerminalRepr
+from _pytest._io import TerminalWriter
 
 STATUS_AFTER = 3.0  # seconds a build runs before it gets a status line
 EVIDENCE_PROPERTY = "pytest-flake evidence: "
@@ -37,8 +45,6 @@ class BuildStatus:
 
     def __call__(self, installable: str, seconds: float, build: Any) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if build is not None:
-            record_fact(self.config, f"nix build {installable}", str(build.out))
         if reporter is None or (installable not in self.shown and (build is not None or seconds < STATUS_AFTER)):
             return
         tty = bool(getattr(reporter, "isatty", False)) and not self.config.getini("log_cli")
@@ -66,20 +72,17 @@ class BuildStatus:
             write()
 
 
-def _current_item(config: pytest.Config) -> pytest.Item | None:
-    from .fixtures import CURRENT_ITEM
+def record_fact(node: pytest.Item | pytest.Collector | pytest.Session, name: str, value: str) -> None:
+    """Add ``(name, value)`` to the ``user_properties`` of the test ``node`` (once; JUnit ``<property>``).
 
-    return config.stash.get(CURRENT_ITEM, None)
-
-
-def record_fact(config: pytest.Config, name: str, value: str) -> None:
-    """Add ``(name, value)`` to the running test's ``user_properties`` (once; JUnit ``<property>``)."""
-    item = _current_item(config)
-    if item is None:
+    ``node`` is where the fact was found (``request.node``); a fact found outside a test
+    (a module or session fixture) belongs to no test's report and is dropped.
+    """
+    if not isinstance(node, pytest.Item):
         return
     entry = (name, value)
-    if entry not in item.user_properties:
-        item.user_properties.append(entry)
+    if entry not in node.user_properties:
+        node.user_properties.append(entry)
 
 
 def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list[tuple[str, str]]) -> None:
@@ -109,3 +112,43 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list
     for title, text in evidence:
         extras.append(pytest_html.extras.text(text, name=title))
     report.extras = extras  # type: ignore[attr-defined]
+
+
+_INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
+
+
+class _ErrorRepr(TerminalRepr):
+    """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
+
+    def __init__(self, text: str, message: str, path: str, lineno: int) -> None:
+        self.text = text
+        self.reprcrash = ReprFileLocation(path, lineno, message)
+
+    def toterminal(self, tw: TerminalWriter) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+
+def describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
+    """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
+
+    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
+    """
+    exc = excinfo.value
+    lines: list[str] = []
+    for entry in excinfo.traceback:
+        path = str(entry.path)
+        if any(part in path for part in _INTERNALS):
+            continue
+        shown = path
+        if rootdir is not None:
+            with contextlib.suppress(ValueError):
+                shown = str(Path(path).relative_to(rootdir))
+        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}")
+        with contextlib.suppress(Exception):
+            lines.append(f"    {str(entry.statement).strip()}")
+    message = f"{type(exc).__name__}: {exc}"
+    lines.append(message)
+    lines += getattr(exc, "__notes__", [])
+    last = excinfo.traceback[-1] if excinfo.traceback else None
+    return _ErrorRepr("\n".join(lines), message, str(last.path) if last else "", last.lineno + 1 if last else 0)

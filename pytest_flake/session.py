@@ -10,7 +10,6 @@ finds a registration whose process is gone sweeps what that session left behind
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import secrets
@@ -22,8 +21,6 @@ log = logging.getLogger("pytest_flake")
 
 LABEL = "pytest-flake.session"
 PREFIX = "pf-"
-# component modules that own resources a killed session may have left behind
-SWEEPERS = ("pytest_flake.docker", "pytest_flake.vm", "pytest_flake.nspawn")
 
 
 def state_dir() -> Path:
@@ -109,22 +106,21 @@ def sweep_dead_sessions(current: Session, settings: Any) -> list[str]:
     """Remove what killed sessions left: their processes, containers, domains and files.
 
     Called once per session, when a test first uses a fixture of the plugin (a run
-    that never uses it touches no daemon). Returns the ids of the sessions swept.
+    that never uses it touches no daemon). Every component of the registry
+    (:func:`pytest_flake.components.components`) sweeps, under this session's state
+    root. Returns the ids of the sessions swept.
     """
-    from .process import sweep as sweep_processes
+    from .components import components
 
     dead = current.dead_sessions()
     if not dead:
         return dead
     log.warning("pytest-flake: sweeping %d session(s) that did not end: %s", len(dead), ", ".join(dead))
-    for session_id in dead:
-        sweep_processes(current.session_dir(session_id))
-    for name in SWEEPERS:
+    for component in components(settings):
         try:
-            module: Any = importlib.import_module(name)
-            module.sweep(dead, settings)
+            component.sweep(dead, current.root)
         except Exception as exc:  # one component's trouble must not stop the others
-            log.warning("pytest-flake: could not sweep %s resources of %s: %s", name.rsplit(".", 1)[-1],
+            log.warning("pytest-flake: could not sweep %s resources of %s: %s", component.name,
                         ", ".join(dead), exc)
     for session_id in dead:
         current.forget(session_id)

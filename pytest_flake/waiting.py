@@ -9,22 +9,18 @@ that says what was seen on the last attempt.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import tenacity
 
-from .errors import FlakeTimeout, add_note
+from ._host import free_port, port_answers, port_open
+from .errors import FlakeTimeout, NotReady, add_note
 
 log = logging.getLogger("pytest_flake")
 
 T = TypeVar("T")
-
-
-class NotReady(Exception):
-    """Raised by a probe to say "not yet"; its message is what was seen."""
 
 
 def wait_for(
@@ -73,17 +69,4 @@ def wait_for(
     return result
 
 
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> None:
-    """Probe: raise :class:`NotReady` unless ``host:port`` accepts a TCP connection."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as exc:
-        raise NotReady(f"{host}:{port} refused: {exc}") from exc
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["NotReady", "free_port", "port_answers", "port_open", "wait_for"]

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
+
+from .._host import locked
 
 log = logging.getLogger("pytest_flake")
 
@@ -114,12 +115,8 @@ class LoopBook:
         self.dev = dev
         self.sys_block = sys_block
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path.with_suffix(".lock"))
 
     def _read(self) -> dict[str, list[int]] | None:
         try:

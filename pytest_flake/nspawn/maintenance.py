@@ -15,10 +15,11 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..session import PREFIX, state_dir
+from ..session import PREFIX
 from . import loops
 from .machine import SUBDIR
 from .trees import MARKER, debian_tree_dir, drop_copy
@@ -84,16 +85,16 @@ def _child_pids(pid: int) -> list[int]:
         return []
 
 
-def sweep(session_ids: list[str], settings: Settings | None = None, root: Path | None = None) -> None:
+def sweep(dead_ids: Sequence[str], state_root: Path) -> None:
     """Stop the containers of dead sessions, remove their copies, put the host's loop devices back."""
-    ids = [sid for sid in session_ids if sid.startswith(PREFIX)]
+    ids = [sid for sid in dead_ids if sid.startswith(PREFIX)]
     if not ids:
         return
     pids = _nspawn_processes([f"{sid}-" for sid in ids])
     if pids:
         log.info("nspawn sweep: stopping %d container(s) of dead sessions", len(pids))
         _kill(pids)
-    base = (root or state_dir()) / "sessions"
+    base = state_root / "sessions"
     for sid in ids:
         folder = base / sid / SUBDIR
         if not folder.is_dir():
@@ -133,3 +134,20 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
     else:
         lines.append((True, f"nspawn: container image {image} (--container-image)"))
     return lines
+
+
+class NspawnComponent:
+    """Systemd containers as a registry component (:mod:`pytest_flake.components`)."""
+
+    name = "nspawn"
+
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
+        sweep(dead_ids, state_root)
+
+    def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
+        return doctor(settings)
+
+
+def component(settings: Settings | None = None) -> NspawnComponent:
+    """The ``nspawn`` component; needs no settings to sweep (containers are found by name)."""
+    return NspawnComponent()

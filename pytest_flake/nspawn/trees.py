@@ -10,20 +10,18 @@ never writes to any of them: it runs on a throwaway copy-on-write copy (:func:`w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MissingToolError, NspawnError, UsageError, tail
+from .._host import locked, reflink_copy, run_tool
+from ..errors import NspawnError, UsageError
 from . import loops
 
 log = logging.getLogger("pytest_flake")
@@ -44,23 +42,7 @@ class Tree:
 
 
 def _run(argv: list[str], what: str, timeout: float = 600) -> str:
-    if shutil.which(argv[0]) is None:
-        raise MissingToolError(f"{what}: {argv[0]} is not installed", hint="run scripts/setup")
-    log.debug("run: %s", shlex.join(argv))
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise NspawnError(f"{what}: {shlex.join(argv)} exited with {proc.returncode}",
-                          details=tail(proc.stdout + proc.stderr, 30))
-    return proc.stdout
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return run_tool(argv, what=what, timeout=timeout, error=NspawnError, hint="run scripts/setup")
 
 
 def check_os_tree(root: Path, what: str) -> None:
@@ -103,7 +85,7 @@ def _extract_disk(disk: Path, dest: Path, work: Path) -> None:
     try:
         _run(["mount", "-o", "ro,loop", str(raw), str(mnt)], "debian tree: mount the image")
         try:
-            _run(["cp", "-a", "--reflink=auto", f"{mnt}/.", str(dest)], "debian tree: copy the root")
+            reflink_copy(mnt, dest, tree=True, what="debian tree: copy the root", timeout=600, error=NspawnError)
         finally:
             _run(["umount", str(mnt)], "debian tree: unmount the image")
     finally:
@@ -129,7 +111,7 @@ def debian_tree(cache: Path) -> Tree:
     if (folder / MARKER).is_file():
         return Tree("debian", root)
     image = vm.build_debian(cache)
-    with _locked(cache / ".nspawn-debian.lock"):
+    with locked(cache / ".nspawn-debian.lock"):
         if (folder / MARKER).is_file():
             return Tree("debian", root)
         for stale in cache.glob("nspawn-debian-*"):
@@ -155,7 +137,7 @@ def _tarball_tree(path: Path, cache: Path) -> Tree:
     root = folder / "root"
     if (folder / MARKER).is_file():
         return Tree(path.name, root)
-    with _locked(cache / f".nspawn-tar-{key}.lock"):
+    with locked(cache / f".nspawn-tar-{key}.lock"):
         if not (folder / MARKER).is_file():
             shutil.rmtree(folder, ignore_errors=True)
             with tempfile.TemporaryDirectory(prefix="nspawn-tar-", dir=cache) as tmp:
@@ -215,7 +197,7 @@ def writable_copy(tree: Tree, workdir: Path) -> Path:
         return root
     log.warning("nspawn: overlay over %s failed (%s); making a reflink copy instead", tree.root,
                 proc.stderr.strip())
-    _run(["cp", "-a", "--reflink=auto", f"{tree.root}/.", str(root)], f"copy of the tree {tree.name}")
+    reflink_copy(tree.root, root, tree=True, what=f"copy of the tree {tree.name}", timeout=600, error=NspawnError)
     return root
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pytest_flake import Flake, MissingOutputError, Process, UsageError
+from pytest_flake import Flake, MissingOutputError, NotReady, Process, UsageError
+from pytest_flake.waiting import wait_for
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / "flakes" / "conformance"
 REF = f"path:{CONFORMANCE}"
@@ -53,10 +53,13 @@ def nix_run(attr: str) -> subprocess.CompletedProcess[str]:
 
 def output_of(process: Process) -> str:
     """What a program that prints and exits printed (it is stopped if it does not exit)."""
+    def exited() -> None:
+        if process.poll() is None:
+            raise NotReady(f"{process!r} still runs")
+
     with process:
-        deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(exited, what=f"{process!r} exiting", timeout=60, interval=0.02, max_interval=0.2,
+                 on_timeout=process.logs)
         assert process.poll() == 0, f"{process!r} did not exit with 0: {process.logs()}"
         return process.logs()
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from pytest_flake.config import Settings
-from pytest_flake.docker import Container, Docker, Image, sweep
+from pytest_flake.docker import Container, Docker, Image, component
 from pytest_flake.errors import DockerError, FlakeTimeout, UsageError
 from pytest_flake.nix import Flake
+from pytest_flake.session import state_dir
 
 pytest_plugins = ["pytester"]
 
@@ -130,12 +131,16 @@ def test_env_and_command(docker_container: Callable[..., Container], http) -> No
     http.get(container.url(8080)).expect(200, contains="web-server 1.0")
 
 
-def test_stop_keeps_logs(docker_container: Callable[..., Container]) -> None:
+def test_stop_keeps_logs(docker_container: Callable[..., Container], http) -> None:  # type: ignore[no-untyped-def]
     container = docker_container("docker", ports=[3031])
+    http.get(container.url(3031, "/cgi-bin/info")).expect(200)
     container.stop(timeout=1)
     assert container.status == "exited"
-    assert isinstance(container.logs(), str)
+    assert "url:/cgi-bin/info" in container.logs()  # busybox httpd -vv logs each request
     container.stop()  # idempotent
+    container.remove()
+    assert container.status == "removed"
+    assert "url:/cgi-bin/info" in container.logs()  # kept after removal too
 
 
 def test_port_not_published(docker_container: Callable[..., Container]) -> None:
@@ -175,7 +180,7 @@ def test_sweep_removes_containers_of_dead_sessions(flake_settings: Settings,
     with Docker.from_settings(flake_settings, session_id=dead) as docker:
         docker.container(image, ports=[3031]).start()  # never removed: as if its session was killed
         assert len(labelled(docker, dead)) == 1
-        sweep([dead], flake_settings)
+        component(flake_settings).sweep([dead], state_dir())
         assert labelled(docker, dead) == []
 
 

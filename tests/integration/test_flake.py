@@ -170,7 +170,9 @@ def test_killed_session_leaves_no_process(pytester: pytest.Pytester, tmp_path: P
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL skips every teardown: the server dies with its parent, the next session sweeps the rest."""
     import json
-    import time
+
+    from pytest_flake import NotReady
+    from pytest_flake.waiting import wait_for
 
     state = tmp_path / "state"
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(state))
@@ -179,10 +181,12 @@ def test_killed_session_leaves_no_process(pytester: pytest.Pytester, tmp_path: P
     killed = pytester.runpytest_subprocess(f"--flake=path:{EXAMPLE}", "-p", "no:cacheprovider")
     assert killed.ret != 0
     report = json.loads((tmp_path / "report.json").read_text())
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{report['pid']}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{report['pid']}").exists(), "the server outlived the killed session"
+
+    def server_gone() -> None:
+        if Path(f"/proc/{report['pid']}").exists():
+            raise NotReady(f"pid {report['pid']} still runs")
+
+    wait_for(server_gone, what="the server outlived the killed session", timeout=10, interval=0.1)
     registration = state / "sessions" / report["session"]
     assert registration.is_dir()  # left behind by the killed session...
 

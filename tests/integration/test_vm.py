@@ -68,9 +68,9 @@ def qemu_process(machine: VM) -> tuple[int, dict[str, list[int]]]:
     raise AssertionError(f"no QEMU process of {machine.name}")
 
 
-def assert_qemu_unprivileged(machine: VM) -> None:
+def assert_qemu_unprivileged(machine: VM, pool: VMPool) -> None:
     _, ids = qemu_process(machine)
-    user = machine.pool.qemu_user
+    user = pool.qemu_user
     assert user is not None and user.uid != 0
     assert ids["Uid"] == [user.uid] * 4 and ids["Gid"] == [user.gid] * 4, ids
     assert 0 not in ids["Uid"] and 0 not in ids["Gid"]
@@ -78,18 +78,18 @@ def assert_qemu_unprivileged(machine: VM) -> None:
     for own in (machine.overlay, machine.console):
         stat = own.stat()
         assert (stat.st_uid, stat.st_mode & 0o777) == (user.uid, 0o600), own
-    image = machine.pool.image(machine.image_spec)
+    image = pool.image(machine.image_spec)
     base = image.disk.stat()
     assert base.st_uid == 0 and not base.st_mode & 0o022
 
 
-def test_qemu_does_not_run_as_root(vm: VM) -> None:
+def test_qemu_does_not_run_as_root(vm: VM, flake_vms: VMPool) -> None:
     """QEMU runs as libvirt's unprivileged user: an escape from the guest does not land as root."""
-    assert_qemu_unprivileged(vm)
+    assert_qemu_unprivileged(vm, flake_vms)
     assert vm.run("true").rc == 0
 
 
-def test_ssh_and_testinfra(vm: VM) -> None:
+def test_ssh_and_testinfra(vm: VM, flake_settings: Settings) -> None:
     result = vm.run("id -u; . /etc/os-release; echo $VERSION_CODENAME")
     assert result.rc == 0 and result.stdout.split() == ["0", "bookworm"]
     assert vm.run(["sh", "-c", "exit 3"]).rc == 3
@@ -101,7 +101,7 @@ def test_ssh_and_testinfra(vm: VM) -> None:
     assert host.package("systemd-container").is_installed
     assert host.file("/usr/bin/portablectl").exists and host.file("/usr/bin/systemd-dissect").exists
     assert host.run("touch /root/writable").rc == 0
-    assert vm.name.startswith("pf-") and vm.name in domain_names(vm.pool.settings)
+    assert vm.name.startswith("pf-") and vm.name in domain_names(flake_settings)
     assert "-vm-" in vm.name
 
 
@@ -116,13 +116,13 @@ def test_forwarded_port_answers_on_loopback_only(vm: VM, http) -> None:  # type:
     assert listening_addresses(vm.ssh_port) == {"0100007F"}
 
 
-def test_guest_network_is_restricted(vm: VM) -> None:
+def test_guest_network_is_restricted(vm: VM, flake_settings: Settings) -> None:
     """The running domain's QEMU netdev is user networking with restrict=on, forwards on loopback only.
 
     (Checked on the domain rather than by sending from the guest: no test sends to any
     address off this machine, not even to QEMU's virtual gateway.)
     """
-    conn = connect(default_uri(vm.pool.settings))
+    conn = connect(default_uri(flake_settings))
     try:
         xml = conn.lookupByName(vm.name).XMLDesc(0)
     finally:
@@ -166,8 +166,8 @@ def test_second_vm_starts_warm_from_the_saved_state(vm_factory: Callable[..., VM
     assert first.run("echo one > /root/mark").rc == 0
     assert second.run("test -e /root/mark").rc == 1  # each VM has its own overlay
     assert second.run("systemctl is-system-running --wait || true").stdout.strip() in ("running", "degraded")
-    assert_qemu_unprivileged(first)
-    assert_qemu_unprivileged(second)  # a warm start too
+    assert_qemu_unprivileged(first, flake_vms)
+    assert_qemu_unprivileged(second, flake_vms)  # a warm start too
     cold = [seconds for _, warm, seconds in flake_vms.starts if not warm]
     warm = [seconds for _, warm, seconds in flake_vms.starts if warm]
     assert warm

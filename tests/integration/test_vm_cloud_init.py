@@ -65,8 +65,8 @@ def test_ssh_as_root_with_the_host_key_checked_from_the_first_connection(cloud_v
     # a connection that expects another key is refused: the key really is checked
     other = vmmod.HostKey.generate().public
     with pytest.raises(paramiko.BadHostKeyException):
-        vmmod._ssh_client(machine.ssh_port, machine._private_key(), (" ".join(other.split()[:2]),)).close()
-    vmmod._ssh_client(machine.ssh_port, machine._private_key(), pinned).close()
+        vmmod.ssh_client(machine.ssh_port, machine.private_key, (" ".join(other.split()[:2]),)).close()
+    vmmod.ssh_client(machine.ssh_port, machine.private_key, pinned).close()
 
 
 def test_cloud_init_finished_with_the_seed_the_arch_path_sends(cloud_vm: tuple[VM, list[logging.LogRecord]]) -> None:
@@ -108,7 +108,7 @@ def test_first_boot_units_skipped_without_mask(cloud_vm: tuple[VM, list[logging.
 
 def test_root_grew_into_the_disk(cloud_vm: tuple[VM, list[logging.LogRecord]]) -> None:
     machine, _ = cloud_vm
-    image = machine.pool.image("debian-cloud")
+    image = machine.platform.image("debian-cloud")
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(image.disk)],
                                      capture_output=True, text=True, check=True).stdout)
     room = machine.disk_size - int(info["virtual-size"])

@@ -39,8 +39,8 @@ def fresh_root(flake_session: Session) -> Iterator[Path]:
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="needs /dev/kvm (the trial is skipped without it)")
 def test_first_boot_decides_kvm_and_falls_back_to_tcg(fresh_root: Path, flake_settings: Settings,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vmmod, "probe_kernel", lambda image, cache: (None, "no kernel at hand"))
-    monkeypatch.setattr(vmmod, "KVM_TRIAL_SECONDS", 20.0)
+    monkeypatch.setattr("pytest_flake.vm.pool.probe_kernel", lambda image, cache: (None, "no kernel at hand"))
+    monkeypatch.setattr("pytest_flake.vm.accel.KVM_TRIAL_SECONDS", 20.0)
     env = {"PYTEST_FLAKE_TIMEOUT": str(max(float(flake_settings.flake_timeout), 300.0)),
            "PYTEST_FLAKE_VM_IMAGE": "debian"}
     if flake_settings.libvirt_uri:

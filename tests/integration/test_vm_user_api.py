@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import pytest
 
 pytestmark = pytest.mark.flake("examples/offline")
 
 
 def test_guest_basics(vm, tmp_path):
-    assert vm.name
+    # the name is the guest's libvirt domain (running while the test runs), named after the session
+    assert re.fullmatch(r"pf-[0-9a-f]+-vm-[0-9]+", vm.name), vm.name
+    state = subprocess.run(["virsh", "domstate", vm.name], capture_output=True, text=True, check=False)
+    assert (state.returncode, state.stdout.strip()) == (0, "running"), state.stderr
     result = vm.run("uname -s")
     assert result.rc == 0 and result.stdout.strip() == "Linux"
     assert vm.run("exit 3").rc == 3

@@ -36,3 +36,31 @@ def test_header_shows_locked_revision_and_dirty_tree(pytester: pytest.Pytester) 
 
     result = pytester.runpytest(f"--flake=path:{repo}")
     result.stdout.fnmatch_lines(["pytest-flake: flake locked: path sha256-* (not under version control: no revision)"])
+
+
+def test_no_nix_run_when_no_selected_test_uses_nix(pytester: pytest.Pytester, tmp_path: object,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose selected tests need no nix (here: only settings) runs no nix for its header."""
+    from pathlib import Path
+
+    calls = Path(str(tmp_path)) / "nix-calls"
+    fake = Path(str(tmp_path)) / "bin"
+    fake.mkdir()
+    (fake / "nix").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'nix (Nix) 2.8.0'\n")
+    (fake / "nix").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    pytester.makepyfile("""
+        def test_settings(flake_settings):
+            assert flake_settings
+
+        def test_builds(flake):
+            assert flake.ref
+    """)
+    result = pytester.runpytest("--flake-system=x86_64-linux", "-k", "settings")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "pytest-flake: system: x86_64-linux (from --flake-system), nix: not run (no selected test uses nix)"])
+    assert not calls.exists()
+    result = pytester.runpytest("--flake-system=x86_64-linux", "-k", "builds")
+    result.stdout.fnmatch_lines(["pytest-flake: system: x86_64-linux, nix 2.8.0"])
+    assert "--version" in calls.read_text()  # the fake is the nix the header runs: the check above can fail

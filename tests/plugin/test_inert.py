@@ -96,7 +96,7 @@ def test_unused_plugin_touches_nothing(pytester: pytest.Pytester, watched: dict[
 def test_the_watch_sees_a_run_that_uses_the_plugin(pytester: pytest.Pytester, watched: dict[str, object]) -> None:
     """The same watch catches a run that does use the plugin: the fake nix is called, a session is made."""
     pytester.makepyfile("""
-        def test_uses(flake_session):
+        def test_uses(flake_session, flake):  # flake: a test that uses nix, so the header runs it
             assert flake_session.dir.is_dir()
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")

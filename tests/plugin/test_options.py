@@ -48,7 +48,7 @@ def test_default_flake_is_the_invocation_directory(pytester: pytest.Pytester) ->
 @pytest.mark.usefixtures("nix")
 def test_header_names_system_nix_docker_and_vm_settings(pytester: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    pytester.makepyfile(USES)
+    pytester.makepyfile("def test_uses(flake):\n    pass\n")  # a test that uses nix: the header runs it
     pytester.makeini("[pytest]\nvm_accel = tcg\n")
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/test-docker.sock")
     result = pytester.runpytest("--vm-image", "debian", "--flake-system", "aarch64-linux")

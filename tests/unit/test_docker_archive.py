@@ -199,7 +199,7 @@ def test_inspection_is_cached_on_disk(tmp_path: Path) -> None:
     script.chmod(0o755)
     cache = tmp_path / "cache"
     assert inspect_archive(script, cache).id == image_id
-    docker._INSPECTED.clear()  # as in a new session
+    docker.forget_inspections()  # as in a new session
     assert inspect_archive(script, cache).id == image_id
     assert counter.read_text().count("run") == 1
 
@@ -264,7 +264,7 @@ def test_zstd_with_neither_module_nor_program(tmp_path: Path, monkeypatch: pytes
     path = tmp_path / "web-server.tar.zst"
     path.write_bytes(b"(\xb5/\xfd" + b"\0" * 64)
     _without_zstandard(monkeypatch)
-    monkeypatch.setattr("pytest_flake.docker.shutil.which", lambda name: None)
+    monkeypatch.setattr("pytest_flake.docker.archive.shutil.which", lambda name: None)
     with pytest.raises(MissingToolError) as raised:
         inspect_archive(path)
     assert str(raised.value) == (f"{path} is zstd-compressed and neither the zstandard module nor the zstd program "
@@ -298,7 +298,7 @@ def _without_zstandard(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ImportError("No module named 'zstandard'")
         return real(name, package)
 
-    monkeypatch.setattr("pytest_flake.docker.importlib.import_module", import_module)
+    monkeypatch.setattr("pytest_flake.docker.archive.importlib.import_module", import_module)
 
 
 def make_legacy_archive() -> tuple[bytes, str]:

@@ -73,7 +73,7 @@ def test_rootless_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     runtime.mkdir()
     (runtime / "docker.sock").touch()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.setattr("pytest_flake.docker.os.geteuid", lambda: 1000)
+    monkeypatch.setattr("pytest_flake.docker.daemon.os.geteuid", lambda: 1000)
     assert docker.endpoint(settings(tmp_path)) == (f"unix://{runtime}/docker.sock", "rootless docker socket")
 
 

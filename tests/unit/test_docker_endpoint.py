@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -41,22 +42,38 @@ def test_unreachable_daemon_names_endpoint_and_fix(tmp_path: Path) -> None:
     assert "dockerd --host" in message and "DOCKER_HOST" in message
 
 
-def test_sweep_and_doctor_without_daemon(tmp_path: Path) -> None:
+def test_sweep_and_doctor_without_daemon(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     found = settings(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-daemon.sock")
-    docker.sweep(["pf-00000000"], found)  # quiet: nothing to sweep where nothing answers
-    checks = docker.doctor(found)
+    component = docker.component(found)
+    with caplog.at_level(logging.DEBUG, logger="pytest_flake"):
+        component.sweep(["pf-00000000"], tmp_path)  # quiet: nothing to sweep where nothing answers
+    said = [(record.levelno, record.getMessage()) for record in caplog.records]
+    assert any(level == logging.DEBUG and "docker: no sweep: no Docker daemon answers" in text for level, text in said)
+    assert not [text for level, text in said if level >= logging.WARNING]
+    checks = component.doctor(found)
     assert checks[-1][0] is False and "no Docker daemon answers" in checks[-1][1]
 
 
-@pytest.mark.parametrize("port", ["3031", 3031, "3031/tcp", "53/udp"])
-def test_port_keys(port: object) -> None:
-    assert docker._port_key(port) in ("3031/tcp", "53/udp")  # type: ignore[arg-type]
+def test_docker_is_a_registered_component() -> None:
+    from pytest_flake.components import NAMES, Component, components
+
+    assert "docker" in NAMES
+    made = components(None, ["docker"])[0]
+    assert made.name == "docker"
+    loaded = made.load()  # type: ignore[attr-defined]
+    assert isinstance(loaded, docker.DockerComponent) and isinstance(loaded, Component)
+
+
+@pytest.mark.parametrize(("port", "key"), [("3031", "3031/tcp"), (3031, "3031/tcp"), ("3031/tcp", "3031/tcp"),
+                                           ("53/udp", "53/udp"), ("8080/sctp", "8080/sctp")])
+def test_port_keys(port: int | str, key: str) -> None:
+    assert docker.port_key(port) == key
 
 
 @pytest.mark.parametrize("port", ["http", "3031/icmp", "-1", ""])
 def test_bad_port(port: str) -> None:
     with pytest.raises(UsageError, match="is not a container port"):
-        docker._port_key(port)
+        docker.port_key(port)
 
 
 @pytest.fixture
@@ -98,3 +115,17 @@ def test_port_answers_refused() -> None:
 
     with pytest.raises(NotReady, match="refused"):
         docker.port_answers(free_port())
+
+
+def test_importing_docker_and_portable_imports_no_sdk_testinfra_or_pytest() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, pytest_flake.docker, pytest_flake.portable; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+    loaded = set(json.loads(out))
+    assert "pytest_flake" in loaded
+    assert not loaded & {"docker", "testinfra", "pytest", "_pytest", "zstandard", "paramiko"}

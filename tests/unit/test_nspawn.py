@@ -272,7 +272,7 @@ def test_sweep_removes_a_dead_sessions_copies_and_restores_its_loops(tmp_path: P
     book_class = loops.LoopBook
     monkeypatch.setattr("pytest_flake.nspawn.maintenance.loops.LoopBook",
                         lambda path: book_class(path, dev=fake.dev, sys_block=fake.sys))
-    maintenance.sweep(["pf-deadbeef", "not-ours"], None, root=state)
+    maintenance.sweep(["pf-deadbeef", "not-ours"], state)
     assert not folder.exists()
     assert loops.present(fake.dev) == set(range(8))
 

@@ -9,13 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_flake.errors import CheckFailed, PortableError
+from pytest_flake.errors import CheckFailed, MissingToolError, PortableError
 from pytest_flake.portable import (
     IMAGE_HINT,
     PortableImage,
     PortableService,
     describe_file,
     image_name,
+    parse_environment,
     parse_os_release,
     parse_unit,
 )
@@ -58,6 +59,25 @@ def test_parse_unit_sections_continuations_and_resets():
     assert unit.exec_start == ["/nix/store/abc-web-server-1.0/bin/web-server", "--verbose"]
     assert unit.environment == {"LISTEN": "3031", "GREETING": "hello world"}
     assert unit.getall("Service", "ExecStartPre") == ["/bin/false"]  # the empty assignment reset the list
+
+
+def test_environment_is_parsed_one_way_for_a_unit_file_and_a_running_unit(tmp_path):
+    """``Environment=`` of a unit file and ``systemctl show -P Environment`` go through parse_environment."""
+    assert parse_environment('LISTEN=3031 "GREETING=hello world" EMPTY=') == {
+        "LISTEN": "3031", "GREETING": "hello world", "EMPTY": ""}
+    assert parse_unit("[Service]\nEnvironment=A=1 B=2\nEnvironment=\"A=3 4\"\n").environment == {"A": "3 4", "B": "2"}
+
+    class ShowingGuest(FakeGuest):
+        def run(self, command: str) -> SimpleNamespace:
+            if command.startswith("systemctl show -P Environment"):
+                self.commands.append(command)
+                return SimpleNamespace(rc=0, stdout='PORTABLE=web-server_1.0.raw "GREETING=hello world"\n', stderr="")
+            return super().run(command)
+
+    guest = ShowingGuest()
+    service = PortableService(guest, fake_image(tmp_path, "web-server_1.0"), timeout=5)
+    assert service.environment() == {"PORTABLE": "web-server_1.0.raw", "GREETING": "hello world"}
+    assert guest.commands[-1] == "systemctl show -P Environment web-server.service"
 
 
 def test_parse_unit_rejects_what_is_not_a_unit():
@@ -145,7 +165,8 @@ class FakeGuest:
         self.polls = 0
         self.exec_fails_after: int | None = None
 
-    def run(self, command: str) -> SimpleNamespace:
+    def run(self, cmd: str) -> SimpleNamespace:
+        command = cmd
         self.commands.append(command)
         out, rc = "", 0
         if command == "sh -c 'command -v portablectl'":
@@ -347,7 +368,7 @@ def test_directory_image_reaches_the_guest_as_name_version_raw(tmp_path):
     guest = SquashfsCheckingGuest()
     with PortableService(guest, tree, timeout=5, settle=0.1) as service:
         assert [remote for _, remote in guest.copied] == ["/root/web-server_1.0.raw"]
-        assert guest.kinds == ["a squashfs image"]
+        assert [kind.split(" (")[0] for kind in guest.kinds] == ["a squashfs image"]
         assert service.portable == "web-server_1.0.raw"
         assert "portablectl attach --now --profile=default --runtime /root/web-server_1.0.raw" in guest.commands
     assert not guest.copied[0][0].exists()  # the packed copy is gone
@@ -407,7 +428,7 @@ def test_missing_path(tmp_path):
 @needs_mksquashfs
 def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
     tree = make_nixpkgs_tree(tmp_path / "web-server_1.0", usrlib=True)
-    monkeypatch.setattr("pytest_flake.portable.shutil.which", lambda name: None)
-    with pytest.raises(PortableError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
+    monkeypatch.setattr("pytest_flake._host.shutil.which", lambda name: None)
+    with pytest.raises(MissingToolError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
         PortableService(FakeGuest(), tree, timeout=5).__enter__()
 

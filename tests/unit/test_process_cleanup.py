@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from pytest_flake.errors import FlakeError
 from pytest_flake.process import Process, ProcessExited
+from tests.unit.test_process import wait_for_output
 
 
 @pytest.fixture
@@ -23,9 +23,7 @@ def tmpdir_of_tempfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_stopped_process_removes_its_log_and_keeps_its_output(tmpdir_of_tempfile: Path) -> None:
     with Process(["sh", "-c", "echo serving; exec sleep 30"], name="shared") as server:
         assert [p.name for p in tmpdir_of_tempfile.iterdir()][0].startswith("shared-")
-        deadline = time.monotonic() + 10
-        while "serving" not in server.logs() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_output(server, "serving")
     assert list(tmpdir_of_tempfile.iterdir()) == []
     assert server.logs() == "serving\n"
 
@@ -45,9 +43,7 @@ def test_missing_program_leaves_nothing(tmpdir_of_tempfile: Path) -> None:
 
 def test_session_log_dir_keeps_the_log(tmp_path: Path) -> None:
     with Process(["sh", "-c", "echo kept; exec sleep 30"], name="in-session", log_dir=tmp_path) as server:
-        deadline = time.monotonic() + 10
-        while "kept" not in server.logs() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_output(server, "kept")
     logs = list(tmp_path.glob("in-session-*.log"))
     assert len(logs) == 1 and logs[0].read_text() == "kept\n"
     assert server.logs() == "kept\n"

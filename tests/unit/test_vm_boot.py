@@ -126,9 +126,10 @@ def no_debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     boot = tmp_path / "boot"
     boot.mkdir()
     (boot / "vmlinuz-6.1.0-test").write_bytes(b"\x00" * (2 * 1024 * 1024))
-    monkeypatch.setattr(vm, "KVM_DEVICE", str(device))
-    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", (str(boot / "vmlinuz-*"),))
-    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 30.0)  # a working stub answers at once, even on a busy host
+    monkeypatch.setattr("pytest_flake.vm.accel.KVM_DEVICE", str(device))
+    monkeypatch.setattr("pytest_flake.vm.accel.HOST_KERNEL_GLOBS", (str(boot / "vmlinuz-*"),))
+    # a working stub answers at once, even on a busy host
+    monkeypatch.setattr("pytest_flake.vm.accel.KVM_PROBE_SECONDS", 30.0)
     cache = tmp_path / "state" / "images"
     assert not vm.debian_image_dir(cache).exists()
     return tmp_path
@@ -171,7 +172,7 @@ def test_kvm_decided_with_the_host_kernel_when_it_works(no_debian_host: Path, mo
 
 def test_kvm_decided_with_the_host_kernel_when_it_hangs(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_qemu(no_debian_host, monkeypatch, "hanging")
-    monkeypatch.setattr(vm, "KVM_PROBE_SECONDS", 2.0)
+    monkeypatch.setattr("pytest_flake.vm.accel.KVM_PROBE_SECONDS", 2.0)
     pool = arch_pool(no_debian_host)
     assert pool.accel(ARCH) == "tcg"
     header = vm.describe_accel(pool.settings, pool.cache)
@@ -191,7 +192,7 @@ SEABIOS_AND_GRUB = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)\nBooting from Hard
 def test_kvm_decided_by_the_first_boot_when_no_kernel_is_at_hand(no_debian_host: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     fake_qemu(no_debian_host, monkeypatch, "working")
-    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", ())
+    monkeypatch.setattr("pytest_flake.vm.accel.HOST_KERNEL_GLOBS", ())
     pool = arch_pool(no_debian_host)
     assert pool.accel(ARCH) == vm.KVM_TRIAL  # nothing probed, nothing recorded yet
     assert vm.describe_accel(pool.settings, pool.cache) == "auto (KVM is probed when the first VM starts)"
@@ -208,7 +209,7 @@ def test_kvm_decided_by_the_first_boot_when_no_kernel_is_at_hand(no_debian_host:
 
 
 def test_kvm_first_boot_that_hangs_falls_back_to_tcg(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", ())
+    monkeypatch.setattr("pytest_flake.vm.accel.HOST_KERNEL_GLOBS", ())
     fake_qemu(no_debian_host, monkeypatch, "working")
     pool = arch_pool(no_debian_host)
     assert pool.accel(ARCH) == vm.KVM_TRIAL
@@ -240,7 +241,7 @@ def test_kernel_progress_needs_the_kernel_not_the_firmware() -> None:
 
 
 def test_host_kernel_needs_a_readable_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm, "HOST_KERNEL_GLOBS", (str(tmp_path / "vmlinuz-*"),))
+    monkeypatch.setattr("pytest_flake.vm.accel.HOST_KERNEL_GLOBS", (str(tmp_path / "vmlinuz-*"),))
     assert vm.host_kernel() is None
     (tmp_path / "vmlinuz-6.1-small").write_bytes(b"x")  # not a kernel
     assert vm.host_kernel() is None
@@ -362,7 +363,7 @@ def test_qemu_user_gets_search_only_access_that_survives_a_chmod(tmp_path: Path)
     granted = vm.grant_search(user, overlay)
     assert closed in granted and user.can_search(closed) and user.can_search(closed / "cache")
     assert closed.stat().st_mode & 0o007 == 0  # still closed to everybody else, and not listable by it
-    assert vm._acl_user_perm(closed, user.uid) == 0o1
+    assert vm.acl_user_perm(closed, user.uid) == 0o1
     closed.chmod(0o700)  # what pytest does to its temporary folders at each session start
     assert not user.can_search(closed)  # the entry is there, the mask takes its effect
     assert closed in vm.grant_search(user, overlay) and user.can_search(closed)

@@ -212,7 +212,7 @@ def test_the_shipped_arch_recipe() -> None:
 
 def test_debian_recipe_hash_follows_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(vm.RECIPES, tmp_path / "vms")
-    monkeypatch.setattr(vm, "RECIPES", tmp_path / "vms")
+    monkeypatch.setattr("pytest_flake.vm.images.RECIPES", tmp_path / "vms")
     before = vm.debian_recipe_hash()
     assert vm.debian_image_dir(tmp_path) == tmp_path / f"debian-{before}"
     packages = tmp_path / "vms" / "debian" / "packages.txt"
@@ -259,3 +259,23 @@ def test_user_image_url_is_downloaded_once(mirror: FakeMirror, tmp_path: Path) -
     second = vm.resolve_image(mirror.url("custom.img"), tmp_path)
     assert first == second and first.disk_format == "raw" and first.disk.read_bytes() == raw
     assert mirror.hits["custom.img"] == 1
+
+
+def test_recipes_are_found_in_a_checkout_and_in_a_wheel_layout(tmp_path: Path) -> None:
+    """``vms/`` sits beside the package in a checkout and inside it (``pytest_flake/vms``) when installed."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = "import pytest_flake.vm as v; print(v.RECIPES)"
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_FLAKE_VMS"}
+
+    def recipes(path: Path) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**env, "PYTHONPATH": str(path)}, cwd=tmp_path).stdout.strip()
+
+    assert recipes(root) == str(root / "vms")
+    installed = tmp_path / "site"
+    shutil.copytree(root / "pytest_flake", installed / "pytest_flake",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "vms", installed / "pytest_flake" / "vms")
+    assert recipes(installed) == str(installed / "pytest_flake" / "vms")

@@ -44,9 +44,9 @@ def test_save_header_is_rewritten_and_the_stream_kept(tmp_path: Path) -> None:
     src, dst = tmp_path / "a.save", tmp_path / "b.save"
     fake_save(src)
     assert vm.read_save_xml(src) == XML
-    new = vm._edit_domain_xml(vm.read_save_xml(src), name="pf-aaaa0000-vm-2", overlay=tmp_path / "o2.qcow2",
-                              console=tmp_path / "c2.log",
-                              netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22")
+    new = vm.restore_xml(vm.read_save_xml(src), name="pf-aaaa0000-vm-2", overlay=tmp_path / "o2.qcow2",
+                         console=tmp_path / "c2.log",
+                         netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22")
     vm.copy_save_with_xml(src, dst, new)
     assert src.stat().st_size == dst.stat().st_size
     assert dst.read_bytes().endswith(STREAM)
@@ -79,19 +79,75 @@ def test_domain_template_networking_stays_on_loopback() -> None:
     text = (vm.RECIPES / "domain.xml").read_text()
     assert "addr=0x10" in text and "virtio-net-pci" in text
     assert "0.0.0.0" not in text
-    # the netdev comes from VM._netdev, which always restricts and binds 127.0.0.1
-    machine = object.__new__(vm.VM)
-    machine.ssh_port = 2222
-    netdev = vm.VM._netdev(machine, {8080: 40000})
-    assert netdev == ("user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
-                      "hostfwd=tcp:127.0.0.1:40000-:8080")
+    # the netdev always restricts and binds 127.0.0.1
+    assert vm.netdev(2222, {8080: 40000}) == ("user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
+                                              "hostfwd=tcp:127.0.0.1:40000-:8080")
+
+
+def boot_spec(tmp_path: Path, **changes: Any) -> vm.BootSpec:
+    args: dict[str, Any] = dict(
+        name="pf-aaaa0000-vm-1", session="pf-aaaa0000", image_key="debian-abc", accel="tcg", memory=1024, cpus=2,
+        overlay=tmp_path / "vm-1.qcow2", console=tmp_path / "vm-1.console.log", netdev=vm.netdev(2222),
+        kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img", cmdline="root=/dev/vda console=ttyS0",
+        oem_strings=("io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA me",),
+    )
+    args.update(changes)
+    return vm.BootSpec(**args)
+
+
+def test_cold_boot_domain_xml(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(vm.boot_xml(boot_spec(tmp_path)))
+    assert root.get("type") == "qemu" and root.findtext("name") == "pf-aaaa0000-vm-1"
+    assert root.findtext("memory") == "1024" and root.findtext("vcpu") == "2"
+    assert root.findtext("description") == "pytest-flake session=pf-aaaa0000 image=debian-abc"
+    assert [child.tag for child in root.find("os") or []] == ["type", "kernel", "initrd", "cmdline", "smbios"]
+    assert root.findtext("os/cmdline") == "root=/dev/vda console=ttyS0"
+    assert [e.text for e in root.findall("sysinfo/oemStrings/entry")] == [
+        "io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA me"]
+    disks = root.findall("devices/disk")
+    assert len(disks) == 1 and disks[0].find("source").get("file") == str(tmp_path / "vm-1.qcow2")  # type: ignore[union-attr]
+    assert root.find("devices/serial/source").get("path") == str(tmp_path / "vm-1.console.log")  # type: ignore[union-attr]
+    assert root.find("seclabel") is None
+    args = [a.get("value") for a in root.iter(f"{{{vm.QEMU_NS}}}arg")]
+    assert args == ["-netdev", vm.netdev(2222), "-device", "virtio-net-pci,netdev=pfnet,addr=0x10"]
+    seeded = ET.fromstring(vm.boot_xml(boot_spec(tmp_path, kernel=None, accel="kvm", seed=tmp_path / "s.img",
+                                                 seclabel="+64055:+994")))
+    assert seeded.get("type") == "kvm" and seeded.find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    assert [d.findtext("target[@dev]") is not None for d in seeded.findall("devices/disk")] == [True, True]
+    assert [d.find("target").get("dev") for d in seeded.findall("devices/disk")] == ["vda", "vdb"]  # type: ignore[union-attr]
+    assert seeded.find("devices/disk[2]/readonly") is not None
+    assert seeded.find("seclabel").get("relabel") == "no" and seeded.findtext("seclabel/label") == "+64055:+994"  # type: ignore[union-attr]
+
+
+def test_every_domain_value_is_escaped(tmp_path: Path) -> None:
+    """Paths, the kernel command line, credentials and the image key are all escaped (not only some)."""
+    import xml.etree.ElementTree as ET
+
+    odd = tmp_path / "a&b <c> 'd' \"q\""
+    spec = boot_spec(tmp_path, overlay=odd / "vm.qcow2", console=odd / "console.log", seed=odd / "seed.img",
+                     kernel=odd / "vmlinuz", initrd=odd / "initrd", cmdline="x='<&>'", image_key="k&<'>",
+                     oem_strings=("io.systemd.credential:x=<a & 'b'>",))
+    root = ET.fromstring(vm.boot_xml(spec))  # well-formed
+    assert root.findtext("os/kernel") == str(odd / "vmlinuz") and root.findtext("os/initrd") == str(odd / "initrd")
+    assert root.findtext("os/cmdline") == "x='<&>'"
+    assert root.findtext("description") == "pytest-flake session=pf-aaaa0000 image=k&<'>"
+    assert root.findtext("sysinfo/oemStrings/entry") == "io.systemd.credential:x=<a & 'b'>"
+    sources = [d.find("source").get("file") for d in root.findall("devices/disk")]  # type: ignore[union-attr]
+    assert sources == [str(odd / "vm.qcow2"), str(odd / "seed.img")]
+    assert root.find("devices/serial/source").get("path") == str(odd / "console.log")  # type: ignore[union-attr]
+    # and a restore of it (the same builder) keeps them escaped
+    again = ET.fromstring(vm.restore_xml(vm.boot_xml(spec), name="n&<", overlay=odd / "o2", console=odd / "c2",
+                                         netdev=vm.netdev(3333)))
+    assert again.findtext("name") == "n&<" and again.findtext("os/cmdline") == "x='<&>'"
 
 
 def test_credentials() -> None:
-    assert vm._credential("ssh.authorized_keys.root", "ssh-ed25519 AAAA me") == \
+    assert vm.credential("ssh.authorized_keys.root", "ssh-ed25519 AAAA me") == \
         "io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA me"
-    dropin = vm._skip_dropin("pacman-init.service")
-    binary = vm._credential("systemd.unit-dropin.pacman-init.service", dropin)
+    dropin = vm.skip_dropin("pacman-init.service")
+    binary = vm.credential("systemd.unit-dropin.pacman-init.service", dropin)
     prefix = "io.systemd.credential.binary:systemd.unit-dropin.pacman-init.service="
     assert binary.startswith(prefix)
     assert base64.b64decode(binary[len(prefix):]).decode() == dropin
@@ -112,8 +168,8 @@ def test_key_pair(tmp_path: Path) -> None:
 def test_host_keys_from_a_cloud_init_console() -> None:
     console = ("noise\n-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3Nz root@arch\n"
                "ecdsa-sha2-nistp256 AAAAE2Vj root@arch\n-----END SSH HOST KEY KEYS-----\n")
-    assert vm._hostkey_lines_from_console(console) == ("ssh-ed25519 AAAAC3Nz", "ecdsa-sha2-nistp256 AAAAE2Vj")
-    assert vm._hostkey_lines_from_console("booting...") == ()
+    assert vm.hostkey_lines_from_console(console) == ("ssh-ed25519 AAAAC3Nz", "ecdsa-sha2-nistp256 AAAAE2Vj")
+    assert vm.hostkey_lines_from_console("booting...") == ()
 
 
 @pytest.mark.skipif(not (shutil.which("mkfs.vfat") and shutil.which("mtype")), reason="needs dosfstools, mtools")
@@ -148,7 +204,7 @@ def test_accel_auto_probes_once_per_boot(tmp_path: Path, monkeypatch: pytest.Mon
         calls.append(kernel)
         return False, "hangs"
 
-    monkeypatch.setattr(vm, "probe_kvm", probe)
+    monkeypatch.setattr("pytest_flake.vm.accel.probe_kvm", probe)
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
     auto = settings(tmp_path)
@@ -170,9 +226,49 @@ def test_unreachable_libvirt_says_how_to_start_it(tmp_path: Path) -> None:
     assert "libvirtd" in str(err.value) and "--libvirt-uri" in str(err.value)
 
 
-def test_sweep_ignores_foreign_names(tmp_path: Path) -> None:
-    vm.sweep(["not-ours", ""], settings(tmp_path), root=tmp_path)  # returns before touching libvirt
-    assert not (tmp_path / "vms").exists()
+class FakeDomain:
+    def __init__(self, name: str, removed: list[str]) -> None:
+        self._name, self.removed = name, removed
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> bool:  # noqa: N802 (libvirt's name)
+        return True
+
+    def destroy(self) -> None:
+        self.removed.append(f"destroy {self._name}")
+
+    def undefine(self) -> None:
+        self.removed.append(f"undefine {self._name}")
+
+
+class FakeConnection:
+    def __init__(self, names: list[str]) -> None:
+        self.removed: list[str] = []
+        self.domains = [FakeDomain(name, self.removed) for name in names]
+        self.closed = False
+
+    def listAllDomains(self, flags: int) -> list[FakeDomain]:  # noqa: N802 (libvirt's name)
+        return self.domains
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sweep_removes_only_the_domains_of_dead_sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("libvirt")
+    conn = FakeConnection(["pf-dead0001-vm-1", "pf-dead0001-vm-2", "pf-dead00011-vm-1", "pf-live0002-vm-1",
+                           "not-ours-vm-1", "someone-elses-domain"])
+    monkeypatch.setattr("pytest_flake.vm.maintenance.connect", lambda uri: conn)
+    vm.component(settings(tmp_path)).sweep(["pf-dead0001", "not-ours", ""], tmp_path)
+    # only the dead session's domains; not one whose id merely starts with it, nor a foreign "session" id
+    assert conn.removed == ["destroy pf-dead0001-vm-1", "undefine pf-dead0001-vm-1",
+                            "destroy pf-dead0001-vm-2", "undefine pf-dead0001-vm-2"]
+    assert conn.closed
+    conn = FakeConnection(["not-ours-vm-1"])
+    vm.component(settings(tmp_path)).sweep(["not-ours", ""], tmp_path)  # no id of ours: libvirt is never asked
+    assert conn.removed == [] and not conn.closed
 
 
 # --------------------------------------------------------------------------- warm states across sessions
@@ -319,8 +415,7 @@ def test_sweep_keeps_the_warm_states(tmp_path: Path) -> None:
     leftover = store.root / ".0123456789abcdef.pf-00000001.tmp"
     leftover.mkdir()
     (tmp_path / "vms" / "pf-00000001").mkdir(parents=True)
-    vm.sweep(["pf-00000001"], settings(tmp_path, LIBVIRT_DEFAULT_URI=f"qemu+unix:///system?socket={tmp_path}/none"),
-             root=tmp_path)
+    vm.sweep(["pf-00000001"], tmp_path, uri=f"qemu+unix:///system?socket={tmp_path}/none")
     assert not (tmp_path / "vms" / "pf-00000001").exists() and not leftover.exists()
     assert store.load(key) is not None
 
@@ -353,9 +448,8 @@ def test_states_of_removed_images_are_pruned(tmp_path: Path) -> None:
 def test_restored_domain_names_the_new_session(tmp_path: Path) -> None:
     xml = XML.replace("<name>", "<title>pytest-flake VM of session pf-aaaa0000</title>\n  "
                       "<description>pytest-flake session=pf-aaaa0000 image=debian-x</description>\n  <name>", 1)
-    new = vm._edit_domain_xml(xml, name="pf-bbbb1111-vm-1", overlay=tmp_path / "o.qcow2", console=tmp_path / "c",
-                              netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22",
-                              session="pf-bbbb1111")
+    new = vm.restore_xml(xml, name="pf-bbbb1111-vm-1", overlay=tmp_path / "o.qcow2", console=tmp_path / "c",
+                         netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22", session="pf-bbbb1111")
     assert "pf-aaaa0000" not in new
     assert "session=pf-bbbb1111 image=debian-x" in new and "session pf-bbbb1111" in new
 
@@ -371,9 +465,18 @@ def test_pool_reads_the_warm_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_warm_console_begins_with_the_saved_boot_log(tmp_path: Path) -> None:
-    state = vm._WarmState(dir=tmp_path, id="x", hostkeys=(), boot_seconds=30.0, created_by="pf-12345678")
-    assert vm._boot_log_of(state) == (
+    state = vm.WarmState(dir=tmp_path, id="x", hostkeys=(), boot_seconds=30.0, created_by="pf-12345678")
+    assert vm.boot_log_of(state) == (
         "[pytest-flake: restored from a warm state saved by session pf-12345678; the lines above are its boot]\n")
     (tmp_path / "console.log").write_text("Linux version 6.1\nlogin:")
-    text = vm._boot_log_of(state)
+    text = vm.boot_log_of(state)
     assert text.startswith("Linux version 6.1\nlogin:\n[pytest-flake: restored from a warm state")
+
+
+def test_vm_is_a_registry_component(tmp_path: Path) -> None:
+    from pytest_flake.components import Component, LazyComponent, components
+
+    (entry,) = components(settings(tmp_path), ["vm"])
+    assert isinstance(entry, LazyComponent)
+    made = entry.load()
+    assert isinstance(made, vm.VMComponent) and isinstance(made, Component) and made.name == "vm"

@@ -44,11 +44,9 @@ def test_other_errors_propagate_at_once() -> None:
         calls.append(1)
         raise ValueError("crashed")
 
-    started = time.monotonic()
     with pytest.raises(ValueError, match="crashed"):
         wait_for(probe, what="thing", timeout=5, interval=0.01)
-    assert calls == [1]
-    assert time.monotonic() - started < 1
+    assert calls == [1]  # called once: not retried until the timeout
 
 
 def test_timeout_names_what_and_last_seen() -> None:
@@ -61,7 +59,7 @@ def test_timeout_names_what_and_last_seen() -> None:
     with pytest.raises(FlakeTimeout) as err:
         wait_for(probe, what="guest web answering SSH", timeout=0.3, interval=0.02, max_interval=0.05,
                  hint="look at the console")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started >= 0.3  # it waited the whole timeout (how much longer is no claim here)
     exc = err.value
     assert isinstance(exc, TimeoutError) and isinstance(exc, FlakeError)
     msg = str(exc)

@@ -1,4 +1,4 @@
-"""systemd portable services in a guest: copy the image in, attach, reattach, detach.
+"""A portable service in a guest: copy the image in, attach, reattach, detach.
 
 What would be done by hand::
 
@@ -7,44 +7,31 @@ What would be done by hand::
     ssh vm systemctl status web-server.service
     ssh vm portablectl reattach --now --runtime /root/web-server_1.1.raw
 
-:class:`PortableImage` inspects an image on this machine (squashfs, raw/GPT disk or
-directory; its os-release; the unit files that match its prefix) so a bad image is
-rejected with a precise message before anything reaches the guest.
 :class:`PortableService` drives ``portablectl`` in a guest through any object with
 ``run(command) -> result`` (``.rc``, ``.stdout``, ``.stderr``) and
 ``copy_to(local, remote)``: the :class:`~pytest_flake.vm.VM` of the ``vm`` fixture.
 Attachments are ``--runtime`` by default: nothing persists across a reboot of the guest.
-
-Also here: :func:`parse_unit`, a small parser of systemd unit files, for checking
-templated units (``ExecStart`` points into the store path of the package).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shlex
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol
 
-from .errors import CheckFailed, PortableError, format_choices, tail
-from .waiting import NotReady, wait_for
+from ..errors import CheckFailed, GiveUp, PortableError, tail
+from ..waiting import NotReady, wait_for
+from .image import PortableImage, squash_directory
+from .units import parse_environment
 
 log = logging.getLogger("pytest_flake")
 
-UNIT_DIRS = ("usr/lib/systemd/system", "etc/systemd/system", "lib/systemd/system")
-UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
-OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
 REMOTE_DIR = "/root"
-STORE_HASH = re.compile(r"^[0-9a-df-np-sv-z]{32}-")  # a Nix store path's "<hash>-" (nix base32)
-IMAGE_HINT = "pass a portableService output, a NAME_VERSION.raw file or an image directory (with os-release)"
 PORTABLECTL_HINT = ("install systemd-container in the guest (Debian/Ubuntu: apt-get install systemd-container; "
                     "Fedora: dnf install systemd-container; Arch ships it in systemd)")
 
@@ -54,293 +41,11 @@ class Guest(Protocol):
 
     name: str
 
-    def run(self, command: str) -> Any: ...
+    def run(self, cmd: str) -> Any: ...  # named as in pytest_flake.guest.Guest, which every guest implements
 
     def copy_to(self, local: Path | str, remote: str) -> Any: ...
 
 
-# -- unit files ------------------------------------------------------------------------------
-@dataclass
-class UnitFile:
-    """A parsed systemd unit file: ``sections[section][key]`` is the list of values."""
-
-    sections: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-
-    def get(self, section: str, key: str, default: str | None = None) -> str | None:
-        """The last value of ``key`` in ``section`` (systemd's rule for single values)."""
-        values = self.sections.get(section, {}).get(key)
-        return values[-1] if values else default
-
-    def getall(self, section: str, key: str) -> list[str]:
-        """Every value of ``key`` in ``section``; an empty assignment resets the list."""
-        return list(self.sections.get(section, {}).get(key, []))
-
-    @property
-    def exec_start(self) -> list[str]:
-        """``ExecStart=`` of ``[Service]`` split into argv (prefixes like ``-``/``@`` removed)."""
-        value = self.get("Service", "ExecStart")
-        if not value:
-            return []
-        return shlex.split(value.lstrip("-@:+!"))
-
-    @property
-    def environment(self) -> dict[str, str]:
-        """``Environment=`` assignments of ``[Service]``."""
-        env: dict[str, str] = {}
-        for value in self.getall("Service", "Environment"):
-            for item in shlex.split(value):
-                key, _, val = item.partition("=")
-                env[key] = val
-        return env
-
-
-def parse_unit(text: str) -> UnitFile:
-    """Parse a unit file (sections, ``key=value``, comments, ``\\`` continuations)."""
-    unit = UnitFile()
-    section: dict[str, list[str]] | None = None
-    pending = ""
-    for raw in text.splitlines():
-        line = pending + raw.strip() if pending else raw.strip()
-        pending = ""
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = unit.sections.setdefault(line[1:-1], {})
-            continue
-        if section is None or "=" not in line:
-            raise ValueError(f"not a unit file line: {raw!r}")
-        key, _, value = line.partition("=")
-        values = section.setdefault(key.strip(), [])
-        if value.strip():
-            values.append(value.strip())
-        else:
-            values.clear()
-    return unit
-
-
-# -- images on this machine ------------------------------------------------------------------
-def describe_file(path: Path) -> str:
-    """What a file looks like, by its first bytes: for "is not an image" messages."""
-    if path.is_dir():
-        return "a directory"
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(1024)
-    except OSError as exc:
-        return f"unreadable ({exc})"
-    size = path.stat().st_size
-    if head.startswith(b"hsqs"):
-        return "a squashfs image"
-    if len(head) >= 520 and head[512:520] == b"EFI PART":
-        return "a GPT disk image"
-    if head.startswith(b"\x1f\x8b"):
-        return "a gzip file (a docker-archive or tarball?)"
-    if head.startswith(b"(\xb5/\xfd"):
-        return "a zstd file (a docker-archive or tarball?)"
-    if head.startswith(b"\x7fELF"):
-        return "an ELF executable"
-    if head.startswith(b"QFI\xfb"):
-        return "a qcow2 disk image"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "a tar archive"
-    if head.startswith(b"#!"):
-        return f"a script ({head.splitlines()[0].decode(errors='replace')})"
-    if head.lstrip().startswith(b"[Unit]") or b"\n[Service]" in head:
-        return "a systemd unit file"
-    try:
-        head.decode("utf-8")
-        return f"a text file ({size} bytes)"
-    except UnicodeDecodeError:
-        return f"data ({size} bytes)"
-
-
-def _unsquashfs() -> str:
-    tool = shutil.which("unsquashfs")
-    if tool is None:
-        raise PortableError("unsquashfs is not installed, so a squashfs image cannot be inspected",
-                            hint="apt-get install squashfs-tools (scripts/setup does it)")
-    return tool
-
-
-def image_name(path: Path) -> str:
-    """The name portablectl gives an image: the file name without a store hash and ``.raw``.
-
-    ``/nix/store/<hash>-web-server_1.0.raw``, ``out/web-server_1.0.raw`` and a directory
-    ``/nix/store/<hash>-web-server_1.0`` are all ``web-server_1.0``.
-    """
-    name = STORE_HASH.sub("", path.name)
-    return name[:-4] if name.endswith(".raw") else name
-
-
-def _not_an_image(path: Path, what: str) -> PortableError:
-    """"PATH is not a portable service image: it is WHAT (what to pass instead)"."""
-    if "docker-archive" in what:
-        hint = f"load it with docker_image/docker_container instead; {IMAGE_HINT}"
-    elif what.startswith("a script"):
-        hint = f"a streamLayeredImage script goes to docker_image/docker_container; {IMAGE_HINT}"
-    elif what.startswith("a systemd unit file"):
-        hint = f"put the unit in an image (portableService {{ units = [ ... ]; }}); {IMAGE_HINT}"
-    else:
-        hint = IMAGE_HINT
-    return PortableError(f"{path} is not a portable service image: it is {what}", hint=hint)
-
-
-@dataclass(frozen=True)
-class PortableImage:
-    """A portable service image on this machine: squashfs, raw/GPT disk, or directory."""
-
-    path: Path
-    kind: str  # squashfs | gpt | directory
-    os_release: dict[str, str]
-    files: tuple[str, ...]  # unit files of the image, relative (e.g. usr/lib/systemd/system/x.service)
-
-    @property
-    def name(self) -> str:
-        """``web-server_1.0``: the file name without store hash and ``.raw`` (portablectl's name)."""
-        return image_name(self.path)
-
-    @property
-    def prefix(self) -> str:
-        """``web-server``: unit files must start with this (the name up to ``_``)."""
-        return self.name.split("_", 1)[0]
-
-    @property
-    def version(self) -> str | None:
-        return self.name.split("_", 1)[1] if "_" in self.name else None
-
-    @property
-    def units(self) -> list[str]:
-        """Names of the unit files that match the prefix: the ones portablectl attaches."""
-        names = sorted({PurePosixPath(f).name for f in self.files})
-        return [n for n in names if _matches_prefix(n, self.prefix)]
-
-    @property
-    def all_units(self) -> list[str]:
-        return sorted({PurePosixPath(f).name for f in self.files})
-
-    @classmethod
-    def open(cls, path: Path | str) -> PortableImage:
-        """Inspect ``path``: every shape a flake's portable output has.
-
-        The ``.raw`` file itself (``<hash>-NAME_VERSION.raw``, nixpkgs' portableService of
-        2022), a directory holding one ``NAME_VERSION.raw`` (portableService today), a
-        directory image (os-release in ``usr/lib`` or ``etc``), or any path to one of those.
-        """
-        path = Path(path)
-        if not path.exists():
-            raise PortableError(f"portable image {path} does not exist", hint=IMAGE_HINT)
-        if path.is_dir() and not any((path / f).exists() for f in OS_RELEASE):
-            raws = sorted(path.glob("*.raw"))
-            if len(raws) == 1:
-                path = raws[0]
-            elif len(raws) > 1:
-                raise PortableError(f"{path} holds {len(raws)} portable images "
-                                    f"({', '.join(r.name for r in raws)}), not one",
-                                    hint="pass the path of one of them")
-            else:
-                entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-                listing = format_choices(entries[:10]) + (", ..." if len(entries) > 10 else "")
-                raise _not_an_image(path, f"a directory without usr/lib/os-release or etc/os-release and without "
-                                          f"a .raw file (it has: {listing or 'nothing'})")
-        if path.is_dir():
-            image = cls._open_directory(path)
-        else:
-            what = describe_file(path)
-            if what == "a squashfs image":
-                image = cls._open_squashfs(path)
-            elif what == "a GPT disk image":
-                image = cls(path=path, kind="gpt", os_release={}, files=())  # checked in the guest
-            else:
-                raise _not_an_image(path, what)
-        image.validate()
-        return image
-
-    @classmethod
-    def _open_directory(cls, path: Path) -> PortableImage:
-        release = next((path / f for f in OS_RELEASE if (path / f).is_file()), None)
-        files = tuple(str(p.relative_to(path)) for d in UNIT_DIRS if (path / d).is_dir()
-                      for p in sorted((path / d).iterdir()) if p.name.endswith(UNIT_SUFFIXES))
-        return cls(path=path, kind="directory", os_release=parse_os_release(release.read_text()) if release else {},
-                   files=files)
-
-    @classmethod
-    def _open_squashfs(cls, path: Path) -> PortableImage:
-        tool = _unsquashfs()
-        listing = subprocess.run([tool, "-lc", "-d", "", str(path)], capture_output=True, text=True, timeout=120)
-        if listing.returncode != 0:
-            raise PortableError(f"{path}: unsquashfs cannot read it (exit code {listing.returncode})",
-                                details=tail(listing.stderr))
-        entries = [line.strip().lstrip("/") for line in listing.stdout.splitlines() if line.strip()]
-        files = tuple(e for e in entries if str(PurePosixPath(e).parent) in UNIT_DIRS and e.endswith(UNIT_SUFFIXES))
-        release: dict[str, str] = {}
-        for candidate in OS_RELEASE:
-            if candidate in entries:
-                with tempfile.TemporaryDirectory(prefix="pf-os-release-") as tmp:
-                    # os-release is often a symlink (etc -> ../usr/lib): unsquashfs follows within the image
-                    out = subprocess.run([tool, "-q", "-n", "-f", "-d", tmp, str(path), candidate],
-                                         capture_output=True, text=True, timeout=120)
-                    target = Path(tmp) / candidate
-                    if out.returncode == 0 and target.is_file():
-                        release = parse_os_release(target.read_text(errors="replace"))
-                        break
-        return cls(path=path, kind="squashfs", os_release=release, files=files)
-
-    def validate(self) -> None:
-        """What portablectl would refuse: no os-release, no unit matching the prefix."""
-        if self.kind == "gpt":
-            return
-        if not self.os_release:
-            raise PortableError(f"{self.path} has no os-release (usr/lib/os-release or etc/os-release)",
-                                hint="portablectl refuses images without one; portableService adds it")
-        if not self.units:
-            raise PortableError(
-                f"{self.path}: no unit file starts with the image's prefix '{self.prefix}' "
-                f"(units in the image: {format_choices(self.all_units)})",
-                hint=f"name the unit {self.prefix}.service, or name the image after the unit")
-
-
-def squash_directory(tree: Path, raw: Path) -> Path:
-    """A squashfs image ``raw`` of the directory image ``tree`` (owned by root, as portableService makes it)."""
-    tool = shutil.which("mksquashfs")
-    if tool is None:
-        raise PortableError(f"mksquashfs is not installed, so the directory image {tree} cannot be packed "
-                            "as a .raw file for the guest",
-                            hint="apt-get install squashfs-tools (scripts/setup does it)")
-    started = time.monotonic()
-    result = subprocess.run([tool, str(tree), str(raw), "-all-root", "-noappend", "-quiet", "-no-progress"],
-                            capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise PortableError(f"mksquashfs could not pack the directory image {tree} (exit code {result.returncode})",
-                            details=tail(result.stdout + result.stderr))
-    log.debug("portable: packed %s as %s in %.2fs", tree, raw.name, time.monotonic() - started)
-    return raw
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    """``KEY=value`` lines of an os-release file, with quotes removed."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        try:
-            parts = shlex.split(value)
-        except ValueError:
-            parts = [value]
-        values[key] = parts[0] if parts else ""
-    return values
-
-
-def _matches_prefix(unit: str, prefix: str) -> bool:
-    """portablectl's rule: the unit name is PREFIX followed by ``.``, ``-`` or ``@``."""
-    return unit.startswith(prefix) and len(unit) > len(prefix) and unit[len(prefix)] in ".-@"
-
-
-# -- the service in a guest ------------------------------------------------------------------
 class PortableService:
     """A portable service image attached in a guest with ``portablectl``.
 
@@ -577,7 +282,7 @@ class PortableService:
             state, states = self._states(name, services)
             for unit in services:  # a failed unit leaves the image "attached", not "running"
                 if states.get(unit, {}).get("ActiveState") == "failed":
-                    raise _UnitFailed(unit)
+                    raise GiveUp(unit)
             if not state.startswith("running"):
                 raise NotReady(f"portablectl is-attached {name}: {state}")
             for unit in services:
@@ -602,9 +307,10 @@ class PortableService:
         try:
             wait_for(probe, what=f"portable service {name} running", timeout=self.timeout, interval=0.2,
                      max_interval=0.5, on_timeout=self.status)
-        except _UnitFailed as failed:
-            raise CheckFailed(f"{failed.unit} of portable service {name} failed to start\n"
-                              f"{self.status(failed.unit)}\n{self.journal(failed.unit)}") from None
+        except GiveUp as failed:
+            unit = str(failed)
+            raise CheckFailed(f"{unit} of portable service {name} failed to start\n"
+                              f"{self.status(unit)}\n{self.journal(unit)}") from None
 
     def is_active(self, unit: str | None = None) -> bool:
         """Whether ``unit`` (default: every service of the image) is active."""
@@ -637,11 +343,7 @@ class PortableService:
         """The ``Environment=`` a unit runs with, as systemd reports it (``PORTABLE``...)."""
         target = unit or self._services()[0]
         result = self._run(["systemctl", "show", "-P", "Environment", target])
-        env: dict[str, str] = {}
-        for item in shlex.split(str(result.stdout)):
-            key, _, value = item.partition("=")
-            env[key] = value
-        return env
+        return parse_environment(str(result.stdout))
 
     def inspect(self) -> str:
         """``portablectl inspect`` of the attached image: os-release and unit files."""
@@ -660,10 +362,3 @@ _STATE_SCRIPT = (
     'pid=$(systemctl show -P MainPID "$unit"); '
     'if [ "${pid:-0}" -gt 0 ]; then echo "Comm=$(cat "/proc/$pid/comm" 2>/dev/null)"; fi; done'
 )
-
-
-class _UnitFailed(Exception):
-    def __init__(self, unit: str) -> None:
-        super().__init__(unit)
-        self.unit = unit
-

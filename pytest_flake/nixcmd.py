@@ -1,0 +1,186 @@
+"""The ``nix`` command and flake references: one place for nix's argv, its logging and its errors.
+
+:class:`Nix` runs ``nix`` (with the flake features switched on) and streams build logs;
+:func:`normalize_ref` turns what a user typed (``.``, ``path:../x``, ``github:o/r``) into
+a reference Nix accepts and the local directory behind it. What a flake *is* (its outputs,
+builds, programs) is :mod:`pytest_flake.nix`. Never imports pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import FlakeTimeout, MissingToolError, NixError, tail
+
+log = logging.getLogger("pytest_flake")
+
+NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+INSTALL_HINT = (
+    "install Nix: 'apt-get install nix-bin' on Debian/Ubuntu (enable flakes: "
+    "experimental-features = nix-command flakes), 'nix.settings.experimental-features' on NixOS, "
+    "or see https://nixos.org/download; then check with 'pytest --flake-doctor'"
+)
+_REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "http:", "https:", "tarball+",
+                   "file+", "flake:", "indirect:", "hg+")
+
+
+class Nix:
+    """Runs the ``nix`` command: one place for its argv, its logging and its errors."""
+
+    def __init__(self, executable: str | None = None, timeout: float = 3600.0) -> None:
+        found = executable or shutil.which("nix")
+        if not found:
+            raise MissingToolError("nix is not on PATH", hint=INSTALL_HINT)
+        self.executable = found
+        self.timeout = timeout
+        self.calls = 0  # how many nix processes ran: the build cache is measured by it
+
+    def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [self.executable, *NIX_FEATURES, *args]
+        log.debug("$ %s", " ".join(argv))
+        self.calls += 1
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise NixError(f"'nix {' '.join(args)}' did not finish in {self.timeout:g}s") from exc
+        if check and proc.returncode != 0:
+            raise NixError(f"'nix {' '.join(args)}' failed with exit code {proc.returncode}",
+                           details=tail(proc.stderr))
+        return proc
+
+    def stream(self, args: Sequence[str], *, timeout: float | None = None,
+               on_line: Callable[[str], None] | None = None,
+               on_tick: Callable[[float], None] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run nix, handing each stderr line to ``on_line`` as it comes (build logs, progress).
+
+        ``on_tick(elapsed)`` is called about once a second while it runs. With ``timeout``
+        (seconds; None waits as long as it takes) the whole process group is killed and
+        :class:`FlakeTimeout` raised. Returns stdout and the whole stderr, like :meth:`run`.
+        """
+        argv = [self.executable, *NIX_FEATURES, *args]
+        log.debug("$ %s", " ".join(argv))
+        self.calls += 1
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace", bufsize=1, start_new_session=True)
+        out: list[str] = []
+        err: list[str] = []
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                err.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+
+        def read_stdout() -> None:
+            assert proc.stdout is not None
+            out.append(proc.stdout.read())
+
+        readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+        for reader in readers:
+            reader.start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if timeout is not None and elapsed > timeout:
+                        _kill_group(proc)
+                        raise FlakeTimeout(f"'nix {' '.join(args)}' did not finish in {timeout:g}s",
+                                           hint="raise --flake-build-timeout, or leave it unset to wait",
+                                           details=tail("".join(err), 30)) from None
+                    if on_tick is not None:
+                        on_tick(elapsed)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        for reader in readers:
+            reader.join()
+        return subprocess.CompletedProcess(argv, proc.returncode, "".join(out), "".join(err))
+
+    def version(self) -> str:
+        """``2.8.0``: the version of the nix on PATH."""
+        out = self.run(["--version"]).stdout.strip()
+        return out.rsplit(" ", 1)[-1]
+
+    def current_system(self) -> str:
+        """The machine's Nix system, e.g. ``x86_64-linux``."""
+        return self.run(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"]).stdout.strip()
+
+    def eval_json(self, installable: str, apply: str | None = None) -> Any:
+        args = ["eval", "--json", installable]
+        if apply:
+            args += ["--apply", apply]
+        return json.loads(self.run(args).stdout)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Interrupt nix (it stops its builders on SIGINT), then kill what is left of its group."""
+    for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
+    """Turn a user's flake ref into one Nix accepts, and the local directory if any.
+
+    Relative paths are resolved against the invocation directory. A bare directory is
+    left for Nix to interpret (a git checkout becomes ``git+file:``, which hides untracked
+    files); ``path:DIR`` sees every file. Remote refs pass through unchanged.
+    """
+    if ref.startswith(_REMOTE_SCHEMES):
+        return ref, None
+    for scheme in ("path:", "git+file:", "git+file://"):
+        if ref.startswith(scheme):
+            rest = ref[len(scheme):]
+            query = ""
+            if "?" in rest:
+                rest, query = rest.split("?", 1)
+                query = "?" + query
+            directory = _flake_dir((invocation_dir / rest).resolve() if not rest.startswith("/") else Path(rest))
+            return f"{scheme.rstrip('/') if scheme == 'git+file://' else scheme}{directory}{query}", directory
+    directory = _flake_dir((invocation_dir / ref).resolve())
+    return str(directory), directory
+
+
+def _flake_dir(path: Path) -> Path:
+    """A ``flake.nix`` file names the flake in its directory."""
+    return path.parent if path.name == "flake.nix" and path.is_file() else path
+
+
+def _git_untracked(directory: Path) -> list[str]:
+    """Untracked, not ignored files below ``directory`` when it is in a git checkout."""
+    git = shutil.which("git")
+    if not git:
+        return []
+    try:
+        top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+        if top.returncode != 0:
+            return []
+        proc = subprocess.run([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in proc.stdout.splitlines() if line]

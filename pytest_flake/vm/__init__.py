@@ -1,0 +1,114 @@
+"""Virtual machines through libvirt: images, SSH, port forwards, and warm starts.
+
+A :class:`VMPool` owns the VMs of one test session. ``pool.vm()`` returns a :class:`VM`,
+a context manager: entering it starts a guest (a copy-on-write overlay over a cached
+base image, QEMU user networking with ``restrict=on`` and forwards bound to 127.0.0.1)
+and waits until SSH answers; leaving it removes the domain and its files.
+
+Warm starts: the first VM of an image is booted, then saved (``virDomainSave``) with a
+copy of its overlay; later VMs of the same image and size restore a copy of that saved
+state with a fresh name, fresh ports and a fresh overlay, and answer SSH within
+seconds instead of half a minute. Anything that goes wrong with a restore falls back
+to a cold boot.
+
+Saved states outlive the session: each lives in ``<state>/images/warm/<slot>/`` (the
+save file, the overlay it belongs to, the SSH key pair authorised in that guest, its
+host keys, and ``state.json`` with everything that makes it valid: the image and its
+disk, memory, CPUs, accelerator, libvirt URI, the domain template, the QEMU binary and
+version, the libvirt version). The next session's first VM restores it in seconds. A
+state whose ``state.json`` does not match is stale: the session boots cold and replaces
+it. States are written under a lock into a temporary folder that is renamed into place
+when complete; readers only copy. ``PYTEST_FLAKE_VM_WARM=0`` turns warm starts off (every
+VM boots cold, nothing is saved); deleting ``<state>/images/warm`` drops the states.
+
+Every domain and file carries the session id, so :func:`sweep` can remove what a
+killed session left behind. This package never imports pytest; libvirt and paramiko
+are imported when first needed.
+
+The modules, each one concern (imports only go down this list):
+
+========================  ===============================================================
+``common``                where ``vms/`` is, sizes, timed steps
+``connection``            the libvirt URI and connection, removing a domain
+``images``                Debian build, Arch download and checksum, ``resolve_image``, overlays
+``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
+``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
+``domain``                the one domain XML builder (cold boot and restore)
+``savefile``              libvirt's save-file header: read and rewrite the XML in it
+``warm``                  warm states: key, slot, store
+``ssh``                   the paramiko client, the testinfra backend adapter
+``qemuuser``              QEMU's unprivileged user and the files it reads, writes, reaches
+``machine``               :class:`VM`
+``pool``                  :class:`VMPool`
+``maintenance``           the sweep and the doctor
+========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from .accel import (
+    HOST_KERNEL_GLOBS,
+    KERNEL_PROGRESS,
+    KVM_DEVICE,
+    KVM_PROBE_SECONDS,
+    KVM_TRIAL,
+    KVM_TRIAL_SECONDS,
+    cached_probe,
+    choose_accel,
+    describe_accel,
+    host_kernel,
+    kernel_progress,
+    probe_kernel,
+    probe_kvm,
+    record_probe,
+    watch_kvm_first_boot,
+)
+from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
+from .connection import connect, default_uri, destroy_domain
+from .domain import BootSpec, boot_xml, netdev, restore_xml
+from .images import (
+    DEBIAN_VARIANTS,
+    ArchRecipe,
+    Image,
+    build_debian,
+    create_overlay,
+    debian_image_dir,
+    debian_recipe_hash,
+    download,
+    fetch_arch,
+    image_cache,
+    parse_sha256_file,
+    resolve_image,
+)
+from .machine import VM, Platform, VMConfig
+from .maintenance import VMComponent, component, doctor, sweep
+from .pool import VMPool
+from .qemuuser import QemuUser, acl_user_perm, check_readable, grant_search, hand_to_qemu
+from .savefile import copy_save_with_xml, read_save_xml
+from .seed import (
+    SKIP_DROPIN,
+    HostKey,
+    KeyPair,
+    cloud_config,
+    credential,
+    make_seed,
+    render_user_data,
+    skip_dropin,
+    skip_units_command,
+)
+from .ssh import hostkey_lines_from_console, ssh_client
+from .warm import WARM_ENV, Hypervisor, WarmState, WarmStore, boot_log_of, warm_enabled, warm_key, warm_slot
+
+__all__ = [
+    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey",
+    "QemuUser", "Hypervisor",
+    "WarmStore", "WarmState", "BootSpec", "sweep", "doctor", "resolve_image", "fetch_arch", "build_debian",
+    "download", "parse_sha256_file", "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
+    "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",
+    "destroy_domain", "debian_recipe_hash", "debian_image_dir", "image_cache", "create_overlay", "boot_xml",
+    "restore_xml", "netdev", "read_save_xml", "copy_save_with_xml", "credential", "skip_dropin", "skip_units_command",
+    "cloud_config", "render_user_data", "make_seed", "hostkey_lines_from_console", "ssh_client", "warm_enabled",
+    "warm_key", "warm_slot", "boot_log_of", "grant_search", "hand_to_qemu", "check_readable", "acl_user_perm",
+    "DEBIAN_VARIANTS", "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",
+    "KVM_TRIAL", "KVM_TRIAL_SECONDS", "KVM_PROBE_SECONDS", "HOST_KERNEL_GLOBS", "KERNEL_PROGRESS",
+]

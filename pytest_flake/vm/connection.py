@@ -1,0 +1,59 @@
+"""The libvirt connection: the URI, the lazily imported module, and removing a domain."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MissingToolError, VMError
+from .common import is_root
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+def default_uri(settings: Settings | None) -> str:
+    """The libvirt URI: the setting, else ``qemu:///system`` as root and ``qemu:///session`` otherwise."""
+    explicit = settings.libvirt_uri if settings is not None else None
+    return explicit or ("qemu:///system" if is_root() else "qemu:///session")
+
+
+def libvirt_module() -> Any:
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise MissingToolError(
+            "the vm fixtures need libvirt-python",
+            hint="pip install 'pytest-flake[vm]' (it builds against libvirt-dev and pkg-config)",
+        ) from exc
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+    return libvirt
+
+
+def connect(uri: str) -> Any:
+    """Open a libvirt connection or raise :class:`VMError` saying how to start the daemon."""
+    libvirt = libvirt_module()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise VMError(
+            f"libvirt at {uri} is unreachable: {exc}",
+            hint="start it (systemctl start libvirtd, or scripts/setup.d/30-libvirt.sh starts virtlogd and "
+            "libvirtd privately) or pass --libvirt-uri",
+        ) from exc
+
+
+def destroy_domain(dom: Any, *, ignore_errors: bool = False) -> None:
+    """Stop a domain if it runs and undefine it; a domain that is already gone is not an error.
+
+    A failing stop raises (unless ``ignore_errors``: the sweep removes what it can); undefining
+    never raises (a transient domain is gone once stopped).
+    """
+    libvirt = libvirt_module()
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as exc:
+        if not ignore_errors and exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefine()

@@ -1,0 +1,146 @@
+"""The one builder of domain XML, with ElementTree, for a cold boot and for a restore.
+
+A cold boot starts from the base document ``vms/domain.xml``; a restore starts from the XML
+stored in a saved state. Both then get this VM's name, a new UUID, the session, the overlay,
+the console and the user network with its forwards through :func:`_place`. Every value is an
+element's text or an attribute, so ElementTree escapes all of it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import VMError
+from ..session import PREFIX
+from .common import NETDEV_ID, QEMU_NS, RECIPES
+
+
+def netdev(ssh_port: int, forwards: dict[int, int] | None = None) -> str:
+    """QEMU's ``-netdev`` value: user networking, ``restrict=on``, forwards bound to 127.0.0.1 only."""
+    rules = [f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
+    rules += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (forwards or {}).items()]
+    return ",".join([f"user,id={NETDEV_ID},restrict=on", *rules])
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """What a cold boot's domain is made of (the rest comes from the base document)."""
+
+    name: str
+    session: str
+    image_key: str
+    accel: str  # "kvm" or "tcg"
+    memory: int  # MiB
+    cpus: int
+    overlay: Path
+    console: Path
+    netdev: str
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    oem_strings: tuple[str, ...] = ()
+    seed: Path | None = None
+    seclabel: str | None = None  # QEMU's user as libvirt's DAC label (``+UID:+GID``); None: no seclabel
+    template: Path = field(default_factory=lambda: RECIPES / "domain.xml")
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrib)
+    element.text = text
+    return element
+
+
+def _need(root: ET.Element, path: str, what: str) -> ET.Element:
+    element = root.find(path)
+    if element is None:
+        raise VMError(f"{what} has no {path}")
+    return element
+
+
+def _place(root: ET.Element, *, name: str, overlay: Path, console: Path, netdev: str, session: str | None,
+           what: str) -> str:
+    """Give a domain this VM's name, a new UUID, session, overlay, console and network; the XML text."""
+    if session is not None:
+        for tag in ("title", "description"):
+            element = root.find(tag)
+            if element is not None and element.text:
+                element.text = re.sub(rf"{PREFIX}[0-9a-f]+", session, element.text)
+    for tag, value in (("name", name), ("uuid", str(uuid.uuid4()))):
+        element = root.find(tag)
+        if element is None:
+            raise VMError(f"{what} has no <{tag}>")
+        element.text = value
+    disk = root.find("./devices/disk[@device='disk']/source")
+    serial = root.find("./devices/serial/source")
+    if disk is None or serial is None:
+        raise VMError(f"{what} has no disk or serial source")
+    disk.set("file", str(overlay))
+    serial.set("path", str(console))
+    for arg in root.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
+        if arg.get("value", "").startswith(f"user,id={NETDEV_ID},"):
+            arg.set("value", netdev)
+            break
+    else:
+        raise VMError(f"{what} has no user network")
+    # Live-only elements of a saved XML (the monitor's aliases stay; the id must go).
+    root.attrib.pop("id", None)
+    return ET.tostring(root, encoding="unicode")
+
+
+def boot_xml(spec: BootSpec) -> str:
+    """The domain XML of a cold boot: the base document filled in from ``spec``."""
+    ET.register_namespace("qemu", QEMU_NS)
+    what = f"the domain template {spec.template}"
+    root = ET.parse(spec.template).getroot()
+    root.set("type", "kvm" if spec.accel == "kvm" else "qemu")
+    _need(root, "title", what).text = f"pytest-flake VM of session {spec.session}"
+    _need(root, "description", what).text = f"pytest-flake session={spec.session} image={spec.image_key}"
+    _need(root, "memory", what).text = str(int(spec.memory))
+    _need(root, "vcpu", what).text = str(int(spec.cpus))
+    os_element = _need(root, "os", what)
+    boot: list[ET.Element] = []
+    if spec.kernel is not None:
+        boot.append(ET.Element("kernel"))
+        boot[-1].text = str(spec.kernel)
+        boot.append(ET.Element("initrd"))
+        boot[-1].text = str(spec.initrd) if spec.initrd is not None else ""
+        boot.append(ET.Element("cmdline"))
+        boot[-1].text = spec.cmdline or ""
+    else:
+        boot.append(ET.Element("boot", {"dev": "hd"}))
+    position = list(os_element).index(_need(os_element, "type", what)) + 1
+    for offset, element in enumerate(boot):
+        os_element.insert(position + offset, element)
+    oem = _need(root, "sysinfo/oemStrings", what)
+    for entry in spec.oem_strings:
+        _sub(oem, "entry", entry)
+    devices = _need(root, "devices", what)
+    if spec.seed is not None:
+        disk = ET.Element("disk", {"type": "file", "device": "disk"})
+        _sub(disk, "driver", name="qemu", type="raw")
+        _sub(disk, "source", file=str(spec.seed))
+        _sub(disk, "target", dev="vdb", bus="virtio")
+        _sub(disk, "readonly")
+        position = list(devices).index(_need(devices, "disk[@device='disk']", what)) + 1
+        devices.insert(position, disk)
+    if spec.seclabel is not None:
+        # libvirt's DAC model with its own unprivileged user, never root; relabel='no': the shared base
+        # images stay root's and read-only, each VM's own files are handed to QEMU's user beforehand.
+        seclabel = ET.Element("seclabel", {"type": "static", "model": "dac", "relabel": "no"})
+        _sub(seclabel, "label", spec.seclabel)
+        root.insert(list(root).index(devices) + 1, seclabel)
+    return _place(root, name=spec.name, overlay=spec.overlay, console=spec.console, netdev=spec.netdev,
+                  session=None, what=what)
+
+
+def restore_xml(saved: str, *, name: str, overlay: Path, console: Path, netdev: str,
+                session: str | None = None) -> str:
+    """The XML of a saved state, given to a new VM (``session``: the state may be an earlier session's)."""
+    ET.register_namespace("qemu", QEMU_NS)
+    return _place(ET.fromstring(saved), name=name, overlay=overlay, console=console, netdev=netdev,
+                  session=session, what="saved domain XML")
+

@@ -1,0 +1,182 @@
+"""The VMs of one session: :class:`VMPool` resolves images once, decides the accelerator once, makes
+the session's key pair, prepares QEMU's files, and hands each :class:`VM` what it needs."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .accel import KVM_TRIAL, choose_accel, probe_kernel, record_probe
+from .common import is_root, log
+from .connection import connect, default_uri
+from .images import Image, image_cache, resolve_image
+from .machine import VM, VMConfig
+from .qemuuser import QemuUser, check_readable, grant_search, hand_to_qemu
+from .seed import KeyPair
+from .warm import Hypervisor, WarmStore, warm_enabled, warm_key
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..session import Session
+
+
+class VMPool:
+    """The VMs of one session: images, accelerator, keys, warm states; a context manager.
+
+    ``pool.vm(image=None, memory=None, cpus=None)`` returns a new :class:`VM` to enter.
+    Closing the pool closes every VM it made and removes the session's VM folder.
+    """
+
+    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None) -> None:
+        self.settings = settings
+        self.session = session
+        self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
+        self.uri = default_uri(settings)
+        self.cache = image_cache(session.root)
+        self.store = WarmStore(self.cache / "warm")
+        self.dir = session.root / "vms" / session.id
+        self._conn: Any = None
+        self._images: dict[str, Image] = {}
+        self._accel: str | None = None
+        self._qemu_user: QemuUser | None = None
+        self._keys: KeyPair | None = None
+        self._hypervisors: dict[str, Hypervisor] = {}
+        self._vms: list[VM] = []
+        self.starts: list[tuple[str, bool, float]] = []  # (name, warm, seconds to SSH ready)
+        self._count = 0
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> VMPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> Any:
+        """The libvirt connection (opened on first use)."""
+        if self._conn is None:
+            self._conn = connect(self.uri)
+        return self._conn
+
+    @property
+    def keys(self) -> KeyPair:
+        """The session's SSH key pair."""
+        if self._keys is None:
+            self._keys = KeyPair.create(self.dir, f"pytest-flake-{self.session.id}")
+        return self._keys
+
+    def next_name(self) -> str:
+        with self._lock:
+            self._count += 1
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return str(self.session.name("vm", str(self._count)))
+
+    def vm(self, image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
+        """A new VM (not started: use it as a context manager)."""
+        config = VMConfig(
+            name=self.next_name(), dir=self.dir, session_id=self.session.id, image=image or self.settings.vm_image,
+            memory=int(memory or self.settings.vm_memory), cpus=int(cpus or self.settings.vm_cpus),
+            disk_size=int(self.settings.vm_disk_size), timeout=float(self.settings.flake_timeout),
+        )
+        return VM(config, conn=lambda: self.conn, store=self.store if self.warm else None, keys=lambda: self.keys,
+                  platform=self, on_start=self.register, on_ready=self._started, on_close=self.unregister)
+
+    def _started(self, vm: VM) -> None:
+        self.starts.append((vm.name, vm.warm, vm.ready_seconds))
+
+    def image(self, spec: str) -> Image:
+        with self._lock:
+            if spec not in self._images:
+                self._images[spec] = resolve_image(spec, self.cache)
+            return self._images[spec]
+
+    def accel(self, image: Image) -> str:
+        """``kvm`` or ``tcg`` (decided once a session), or :data:`KVM_TRIAL` until a first boot decides."""
+        with self._lock:
+            if self._accel is None or self._accel == KVM_TRIAL:
+                kernel, source = probe_kernel(image, self.cache)
+                self._accel = choose_accel(self.settings, kernel, self.cache, kernel_source=source)
+            return self._accel
+
+    def kvm_trial_result(self, works: bool, why: str) -> str:
+        """Record what a first boot under KVM showed (until the host reboots); the accelerator to use."""
+        with self._lock:
+            log.info("vm: KVM %s: %s", "works" if works else "unusable, using TCG", why)
+            record_probe(self.cache, works, why)
+            self._accel = "kvm" if works else "tcg"
+            return self._accel
+
+    @property
+    def qemu_user(self) -> QemuUser | None:
+        """Who QEMU runs as: libvirt's unprivileged user on the system daemon; None on a session daemon
+        (QEMU runs as the caller there)."""
+        if not (is_root() and self.uri.startswith("qemu:///system")):
+            return None
+        with self._lock:
+            if self._qemu_user is None:
+                self._qemu_user = QemuUser.of(self.conn.getCapabilities())
+            return self._qemu_user
+
+    def seclabel(self) -> str | None:
+        """QEMU's user as libvirt's DAC label (``+UID:+GID``), never root; None where QEMU runs as the caller.
+
+        The domain gets ``relabel='no'``: libvirt does not chown the shared base images and kernels (they
+        stay root's and read-only); each VM's overlay, seed and console are handed to QEMU's user instead.
+        """
+        user = self.qemu_user
+        return user.label if user is not None else None
+
+    def prepare_files(self, image: Image | None, *own: Path) -> None:
+        """Make ``own`` QEMU's (0600) and the image readable and reachable for QEMU's user."""
+        user = self.qemu_user
+        if user is None:
+            return
+        for path in own:
+            grant_search(user, path)
+        hand_to_qemu(user, *own)
+        if image is not None:
+            for shared in (image.disk, image.kernel, image.initrd):
+                if shared is not None:
+                    grant_search(user, shared)
+            check_readable(user, image.disk, image.kernel, image.initrd)
+
+    def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]:
+        """The validity key of a warm state of this image and size here (see :func:`warm_key`)."""
+        with self._lock:
+            if accel not in self._hypervisors:
+                self._hypervisors[accel] = Hypervisor.of(self.conn, accel)
+            hypervisor = self._hypervisors[accel]
+        user = self.qemu_user
+        return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor,
+                        disk_size=disk_size, qemu_label=user.label if user is not None else "")
+
+    def register(self, vm: VM) -> None:
+        with self._lock:
+            self._vms.append(vm)
+
+    def unregister(self, vm: VM) -> None:
+        with self._lock:
+            if vm in self._vms:
+                self._vms.remove(vm)
+
+    def close(self) -> None:
+        """Close every VM and remove the session's VM folder (the warm states in the cache stay)."""
+        for vm in list(self._vms):
+            try:
+                vm.close()
+            except Exception as exc:
+                log.error("vm://%s: close failed: %s", vm.name, exc)
+        kept = [vm for vm in self._vms if vm.kept]
+        if not kept:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.dir.parent.rmdir()  # the overlay folder stays only while something is in it
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+

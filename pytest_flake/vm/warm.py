@@ -1,0 +1,311 @@
+"""Warm states kept across sessions: what makes one valid (the key), where it lives (the slot),
+and the store that writes them atomically under a lock and reads them without one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._host import locked
+from .common import RECIPES, hash_files, log
+from .images import Image
+
+WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)
+WARM_ENV = "PYTEST_FLAKE_VM_WARM"
+_WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
+
+
+def warm_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether warm starts are on: ``PYTEST_FLAKE_VM_WARM`` unset or not one of 0, false, no, off."""
+    value = (os.environ if environ is None else environ).get(WARM_ENV, "")
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _file_id(path: Path | None) -> str:
+    """``size:mtime_ns:inode`` of a file (a rebuilt image changes it), ``""`` for none, ``missing``."""
+    if path is None:
+        return ""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+
+
+@dataclass(frozen=True)
+class Hypervisor:
+    """What of the host's QEMU and libvirt a saved state depends on."""
+
+    qemu_binary: str
+    qemu_version: int
+    libvirt_version: int
+
+    @classmethod
+    def of(cls, conn: Any, accel: str) -> Hypervisor:
+        """Ask libvirt which QEMU it runs for this accelerator, and the versions of both."""
+        binary = ""
+        with contextlib.suppress(Exception):
+            caps = conn.getDomainCapabilities(None, "x86_64", "pc", "kvm" if accel == "kvm" else "qemu", 0)
+            found = re.search(r"<path>([^<]+)</path>", caps)
+            binary = found.group(1) if found else ""
+        binary = binary or shutil.which("qemu-system-x86_64") or ""
+        return cls(qemu_binary=binary, qemu_version=int(conn.getVersion()),
+                   libvirt_version=int(conn.getLibVersion()))
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and flags (a KVM guest saved on one CPU may not restore on another)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+
+
+def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hypervisor: Hypervisor,
+             template: Path | None = None, disk_size: int = 0, qemu_label: str = "") -> dict[str, Any]:
+    """Everything a saved state depends on: any difference makes it unusable."""
+    return {
+        "format": WARM_FORMAT,
+        "image": image.key,
+        "disk": str(image.disk),
+        "disk_id": _file_id(image.disk),
+        "kernel_id": _file_id(image.kernel),
+        "initrd_id": _file_id(image.initrd),
+        "cmdline": image.cmdline or "",
+        "cloud_init": image.cloud_init,
+        "skip_units": list(image.skip_units),
+        "memory": int(memory),
+        "cpus": int(cpus),
+        "disk_size": int(disk_size),
+        "accel": accel,
+        "host_cpu": _host_cpu() if accel == "kvm" else "",
+        "uri": uri,
+        "qemu_user": qemu_label,  # who QEMU runs as: the label is in the saved domain XML
+        "template": hash_files(template or RECIPES / "domain.xml"),
+        "qemu_binary": hypervisor.qemu_binary,
+        "qemu_binary_id": _file_id(Path(hypervisor.qemu_binary)) if hypervisor.qemu_binary else "",
+        "qemu_version": hypervisor.qemu_version,
+        "libvirt_version": hypervisor.libvirt_version,
+    }
+
+
+def warm_slot(key: dict[str, Any]) -> str:
+    """The folder name of a key's state: what a user would call "the same VM"; the rest only validates.
+
+    A state of the same slot with another key (a new QEMU, a rebuilt image) is stale and replaced.
+    """
+    slot = {name: key.get(name) for name in ("disk", "memory", "cpus", "accel", "uri")}
+    if key.get("disk_size"):
+        slot["disk_size"] = key["disk_size"]
+    return hashlib.sha256(json.dumps(slot, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WarmState:
+    """A saved running guest: the save image, the overlay it belongs to, its keys and host keys."""
+
+    dir: Path
+    id: str  # unique per written state: a failed restore drops only the state it tried
+    hostkeys: tuple[str, ...]
+    boot_seconds: float
+    created_by: str = ""  # the session that saved it
+
+    @property
+    def save(self) -> Path:
+        return self.dir / "state.save"
+
+    @property
+    def overlay(self) -> Path:
+        return self.dir / "overlay.qcow2"
+
+    @property
+    def console(self) -> Path:
+        """The serial console of the cold boot that made this state (may be missing)."""
+        return self.dir / "console.log"
+
+    @property
+    def private_key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def public_key(self) -> str:
+        return (self.dir / "id_ed25519.pub").read_text().strip()
+
+
+def boot_log_of(state: WarmState) -> str:
+    """What a warm-started console begins with: the saved boot log and a line that says so."""
+    try:
+        boot = state.console.read_text(errors="replace")
+    except OSError:
+        boot = ""
+    origin = f" saved by session {state.created_by}" if state.created_by else ""
+    marker = f"[pytest-flake: restored from a warm state{origin}; the lines above are its boot]\n"
+    return (boot if boot.endswith("\n") or not boot else boot + "\n") + marker
+
+
+class WarmStore:
+    """Warm states kept across sessions in ``<image cache>/warm``: ``<slot>/`` each, ``<slot>.lock`` beside.
+
+    Writers hold the slot's lock and write into ``.<slot>.<session>.tmp`` that is renamed into
+    place once complete; readers take no lock and only copy out of a complete state.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _lock(self, slot: str) -> contextlib.AbstractContextManager[None]:
+        return locked(self.root / f"{slot}.lock")
+
+    def load(self, key: dict[str, Any]) -> WarmState | None:
+        """The complete state saved for exactly ``key``, else None (stale or incomplete ones are ignored)."""
+        return self._read(self.root / warm_slot(key), key)
+
+    @staticmethod
+    def _read(folder: Path, key: dict[str, Any] | None) -> WarmState | None:
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            if key is not None and meta.get("key") != key:
+                log.info("vm: the warm state in %s is stale (made for another image, size or QEMU)", folder)
+                return None
+            sizes = meta["sizes"]
+            for name in _WARM_FILES:
+                if (folder / name).stat().st_size != sizes[name]:
+                    raise ValueError(f"{name} is incomplete")
+            return WarmState(dir=folder, id=str(meta["id"]), hostkeys=tuple(meta["hostkeys"]),
+                              boot_seconds=float(meta.get("boot_seconds", 0.0)),
+                              created_by=str(meta.get("session", "")))
+        except FileNotFoundError:
+            if folder.exists():
+                _incomplete(folder, "a file is missing")
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _incomplete(folder, str(exc))
+            return None
+
+    def drop(self, state: WarmState) -> None:
+        """Remove ``state`` (a restore of it failed) unless another session replaced it meanwhile."""
+        slot = state.dir.name
+        with self._lock(slot):
+            current = self._read(state.dir, None)
+            if current is None or current.id == state.id:
+                log.warning("vm: dropping the warm state %s", state.dir)
+                _remove_tree(state.dir)
+
+    @contextlib.contextmanager
+    def create(self, key: dict[str, Any], session_id: str) -> Iterator[Path | None]:
+        """A temporary folder to write the state of ``key`` into, published when the block ends.
+
+        Yields None when a valid state appeared meanwhile (another session saved it). The
+        caller writes ``state.save``, ``overlay.qcow2`` and the key pair; :meth:`publish`
+        adds ``state.json`` and renames the folder into place.
+        """
+        slot = warm_slot(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            self.root.chmod(0o700)  # the states hold private keys and guest memory
+        with self._lock(slot):
+            for leftover in self.root.glob(f".{slot}.*.tmp"):  # writers that died mid-write
+                log.info("vm: removing the incomplete warm state %s", leftover)
+                _remove_tree(leftover)
+            if self.load(key) is not None:
+                yield None
+                return
+            tmp = self.root / f".{slot}.{session_id}.tmp"
+            tmp.mkdir(mode=0o700)
+            try:
+                yield tmp
+            except BaseException:
+                _remove_tree(tmp)
+                raise
+            if not (tmp / "state.json").is_file():  # the caller gave up
+                _remove_tree(tmp)
+                return
+            final = self.root / slot
+            if final.exists():  # stale or incomplete: moved aside first, so the rename stays atomic
+                _remove_tree(final)
+            os.rename(tmp, final)
+            log.info("vm: warm state saved in %s", final)
+        self.prune()
+
+    @staticmethod
+    def publish(tmp: Path, key: dict[str, Any], *, hostkeys: tuple[str, ...], boot_seconds: float,
+                session_id: str) -> None:
+        """Write ``state.json`` (the key and the size of every file) once the files are complete."""
+        for name in _WARM_FILES:
+            os.chmod(tmp / name, 0o600)
+        meta = {
+            "id": uuid.uuid4().hex, "key": key, "hostkeys": list(hostkeys), "boot_seconds": boot_seconds,
+            "session": session_id, "created": time.time(),
+            "sizes": {name: (tmp / name).stat().st_size for name in _WARM_FILES},
+        }
+        fd = os.open(tmp / "state.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(meta, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def prune(self) -> None:
+        """Remove the states of images that no longer exist (an older recipe's Debian image)."""
+        if not self.root.is_dir():
+            return
+        for trash in self.root.glob(".*.trash"):  # a removal that was interrupted
+            shutil.rmtree(trash, ignore_errors=True)
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                disk = json.loads((folder / "state.json").read_text())["key"]["disk"]
+                if not Path(disk).exists():
+                    log.info("vm: removing the warm state %s of a removed image", folder)
+                    _remove_tree(folder)
+
+    def sweep(self, session_ids: list[str]) -> None:
+        """Remove the half-written states of dead sessions (complete states stay)."""
+        if not self.root.is_dir():
+            return
+        for sid in session_ids:
+            for leftover in self.root.glob(f".*.{sid}.tmp"):
+                log.info("vm sweep: removing the incomplete warm state %s", leftover)
+                _remove_tree(leftover)
+
+    def usage(self) -> tuple[int, int]:
+        """``(number of complete states, bytes they take on disk)``."""
+        count = size = 0
+        if not self.root.is_dir():
+            return 0, 0
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or not (folder / "state.json").is_file():
+                continue
+            count += 1
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    size += path.stat().st_blocks * 512
+        return count, size
+
+
+def _remove_tree(folder: Path) -> None:
+    """Rename aside, then delete: nobody ever sees a half-deleted state under its real name."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".{folder.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.trash")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _incomplete(folder: Path, why: str) -> None:
+    log.warning("vm: ignoring the incomplete warm state %s (%s); the next save replaces it", folder, why)
