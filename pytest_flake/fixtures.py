@@ -214,13 +214,19 @@ def _check_vm_image(spec: str | None, what: str = "--vm-image") -> None:
         check_disk_image(path, what)
 
 
-def _close_vm(request: pytest.FixtureRequest, machine: VM) -> None:
-    if keep_if_failed(request, f"VM {machine.name}", machine.ssh_command()):
-        machine.keep()
+def _close_guest(request: pytest.FixtureRequest, label: str, guest: VM | SystemdContainer, reach: str) -> None:
+    """End a test's guest: kept (with how to reach it) when the test failed under --flake-keep, else removed."""
+    if keep_if_failed(request, label, reach):
+        guest.keep()
+        return
     try:
-        machine.close()
-    except Exception as exc:  # one VM's teardown must not hide the others
-        log.warning("pytest-flake: could not remove VM %s: %s", machine.name, exc)
+        guest.close()
+    except Exception as exc:  # one guest's teardown must not hide the others
+        log.warning("pytest-flake: could not remove %s: %s", label, exc)
+
+
+def _close_vm(request: pytest.FixtureRequest, machine: VM) -> None:
+    _close_guest(request, f"VM {machine.name}", machine, machine.ssh_command())
 
 
 @pytest.fixture
@@ -442,13 +448,7 @@ def _start_container(request: pytest.FixtureRequest, pool: ContainerPool, image:
 
 
 def _close_container(request: pytest.FixtureRequest, container: SystemdContainer) -> None:
-    if keep_if_failed(request, f"container nspawn://{container.name}", container.enter_command()):
-        container.keep()
-        return
-    try:
-        container.close()
-    except Exception as exc:  # one container's teardown must not hide the others
-        log.warning("pytest-flake: could not remove container nspawn://%s: %s", container.name, exc)
+    _close_guest(request, f"container nspawn://{container.name}", container, container.enter_command())
 
 
 @pytest.fixture
