@@ -116,6 +116,10 @@ class SystemdContainer(GuestCommands):
     stops it and removes its copy. ``close()`` may be called more than once.
     """
 
+    # How long a portable service must stay up after its exec to count as running: the
+    # container runs at native speed, so a program that dies at start does so within ms.
+    settle = 0.1
+
     def __init__(self, pool: ContainerPool, tree: Tree, name: str) -> None:
         self.pool = pool
         self.tree = tree

@@ -46,6 +46,9 @@ class Guest(Protocol):
     def copy_to(self, local: Path | str, remote: str) -> Any: ...
 
 
+DEFAULT_SETTLE = 1.0  # seconds a service must stay up in a guest that does not say otherwise
+
+
 class PortableService:
     """A portable service image attached in a guest with ``portablectl``.
 
@@ -53,13 +56,18 @@ class PortableService:
     copies the image in, attaches it with ``--now`` (``--runtime`` unless
     ``runtime=False``) and waits until its units are active; leaving detaches it and
     removes the copied files, whatever happened before.
+
+    ``settle`` is how long a service must stay up after its program was executed to count
+    as running (a program that fails right after its exec shows up within that time). By
+    default the guest says (its ``settle`` attribute): a guest at native speed (a systemd
+    container) needs a tenth of a second, an emulated one (a VM under TCG) about a second.
     """
 
     def __init__(self, guest: Guest, image: PortableImage | Path | str, *, profile: str = "default",
                  runtime: bool = True, timeout: float = 60.0, remote_dir: str = REMOTE_DIR,
-                 resolve: Callable[[str], Path] | None = None, settle: float = 1.0) -> None:
+                 resolve: Callable[[str], Path] | None = None, settle: float | None = None) -> None:
         self.guest = guest
-        self.settle = settle
+        self.settle = float(getattr(guest, "settle", DEFAULT_SETTLE)) if settle is None else settle
         self._resolve = resolve
         self.image = self._open(image)
         self.profile = profile
@@ -305,8 +313,10 @@ class PortableService:
                     raise NotReady(f"{unit} up for {time.monotonic() - seen[2]:.1f}s")
 
         try:
-            wait_for(probe, what=f"portable service {name} running", timeout=self.timeout, interval=0.2,
-                     max_interval=0.5, on_timeout=self.status)
+            # polls scale with the settle time: every 0.2-0.5 s in a VM, every few ms in a container
+            wait_for(probe, what=f"portable service {name} running", timeout=self.timeout,
+                     interval=min(0.2, max(self.settle / 4, 0.01)), max_interval=min(0.5, max(self.settle / 2, 0.02)),
+                     on_timeout=self.status)
         except GiveUp as failed:
             unit = str(failed)
             raise CheckFailed(f"{unit} of portable service {name} failed to start\n"

@@ -432,3 +432,12 @@ def test_directory_image_without_mksquashfs(tmp_path, monkeypatch):
     with pytest.raises(MissingToolError, match=r"mksquashfs is not installed.*apt-get install squashfs-tools"):
         PortableService(FakeGuest(), tree, timeout=5).__enter__()
 
+
+
+def test_settle_time_comes_from_the_guest_unless_given(tmp_path):
+    image = fake_image(tmp_path, "web-server_1")
+    assert PortableService(FakeGuest(), image).settle == 1.0  # a guest that says nothing: an emulated VM's second
+    quick = FakeGuest()
+    quick.settle = 0.1  # type: ignore[attr-defined]  # what a systemd container says
+    assert PortableService(quick, image).settle == 0.1
+    assert PortableService(quick, image, settle=0.5).settle == 0.5
