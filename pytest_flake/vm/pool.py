@@ -4,8 +4,11 @@ the session's key pair, prepares QEMU's files, and hands each :class:`VM` what i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,18 @@ if TYPE_CHECKING:
     from ..session import Session
 
 
+@dataclass
+class _Counters:
+    """Pool and VM numbers of one session in this process."""
+
+    pools: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    vms: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+
+_COUNTERS: dict[str, _Counters] = {}
+_COUNTERS_LOCK = threading.Lock()
+
+
 class VMPool:
     """The VMs of one session: images, accelerator, keys, warm states; a context manager.
 
@@ -37,7 +52,13 @@ class VMPool:
         self.uri = default_uri(settings)
         self.cache = image_cache(session.root)
         self.store = WarmStore(self.cache / "warm")
-        self.dir = session.root / "vms" / session.id
+        # Several pools may serve one session (a test can open its own): each has its own
+        # folder (its key pair, overlays, seeds, consoles) below the session's, and VM numbers
+        # are counted per session, so no pool removes or reuses what another one made.
+        with _COUNTERS_LOCK:
+            counters = _COUNTERS.setdefault(session.id, _Counters())
+            self.dir = session.root / "vms" / session.id / f"pool-{next(counters.pools)}"
+        self._vm_numbers = counters.vms
         self._conn: Any = None
         self._images: dict[str, Image] = {}
         self._accel: str | None = None
@@ -73,7 +94,9 @@ class VMPool:
         with self._lock:
             self._count += 1
             self.dir.mkdir(parents=True, exist_ok=True)
-            return str(self.session.name("vm", str(self._count)))
+            with _COUNTERS_LOCK:
+                number = next(self._vm_numbers)
+            return str(self.session.name("vm", str(number)))
 
     def vm(self, image: str | None = None, memory: int | None = None, cpus: int | None = None) -> VM:
         """A new VM (not started: use it as a context manager)."""
@@ -173,8 +196,9 @@ class VMPool:
         kept = [vm for vm in self._vms if vm.kept]
         if not kept:
             shutil.rmtree(self.dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.dir.parent.rmdir()  # the overlay folder stays only while something is in it
+            for folder in (self.dir.parent, self.dir.parent.parent):  # the session's, then vms/
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # stays only while something (another pool's) is in it
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()

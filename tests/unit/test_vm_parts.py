@@ -480,3 +480,21 @@ def test_vm_is_a_registry_component(tmp_path: Path) -> None:
     assert isinstance(entry, LazyComponent)
     made = entry.load()
     assert isinstance(made, vm.VMComponent) and isinstance(made, Component) and made.name == "vm"
+
+
+def test_two_pools_of_one_session_keep_apart(tmp_path: Path) -> None:
+    """A test may open its own pool on the session: closing it leaves the session pool's key pair."""
+    from pytest_flake.session import Session
+
+    session = Session(root=tmp_path)
+    first = vm.VMPool(settings(tmp_path), session)
+    second = vm.VMPool(settings(tmp_path), session)
+    assert first.dir != second.dir and first.dir.parent == second.dir.parent == tmp_path / "vms" / session.id
+    names = [first.next_name(), second.next_name(), first.next_name()]
+    assert len(set(names)) == 3 and all(n.startswith(f"{session.id}-vm-") for n in names)
+    key = first.keys.private
+    second.keys  # noqa: B018  (made in its own folder)
+    second.close()
+    assert key.is_file() and not second.dir.exists()
+    first.close()
+    assert not (tmp_path / "vms").exists()  # the last pool out removes the session's folder and vms/
