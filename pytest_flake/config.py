@@ -73,6 +73,9 @@ OPTIONS: tuple[Option, ...] = (
            env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian", metavar="debian|DIR|TARBALL", path=True),
     Option("flake_portable_host", "--flake-portable-host", "where the service fixture's portable target runs: a VM "
            "or a systemd container", env="PYTEST_FLAKE_PORTABLE_HOST", default="vm", choices=PORTABLE_HOSTS),
+    Option("flake_xdist_group", "--flake-xdist-group", "keep the tests marked vm (nspawn) on one worker under "
+           "pytest-xdist's --dist loadgroup: xdist_group pytest-flake-vm (pytest-flake-nspawn) for each that has "
+           "none of its own (on by default)", env="PYTEST_FLAKE_XDIST_GROUP", default=True, kind="bool"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -189,6 +192,7 @@ class Settings:
     flake_build_timeout: float | None = None  # None: a build takes as long as it takes
     container_image: str = "debian"  # --container-image: debian, a directory or a tarball
     flake_portable_host: str = "vm"  # --flake-portable-host: vm or nspawn
+    flake_xdist_group: bool = True  # --flake-xdist-group: vm / nspawn tests in one xdist_group each
 
     def source(self, name: str) -> str:
         """``--flake``, ``$DOCKER_HOST``, ``ini``, ``default``: where ``name`` came from."""

@@ -67,7 +67,7 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
                      system=flake_settings.flake_system, ref_for=lambda: _default_ref(flake_settings),
                      log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
                      gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
-                     on_build=BuildStatus(config), bindings=bindings(config))
+                     on_build=BuildStatus(config), bindings=bindings(config), run=flake_session.run)
         yield made
 
 
@@ -105,7 +105,7 @@ def flake_docker(flake_settings: Settings, flake_session: Session) -> Iterator[D
     """
     from .docker import Docker
 
-    docker = Docker.from_settings(flake_settings, session_id=flake_session.id)
+    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=flake_session.run)
     yield docker
     docker.close()
 

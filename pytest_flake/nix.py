@@ -35,6 +35,7 @@ from .errors import (
 )
 from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
 from .process import Process
+from .xdist import Run
 
 log = logging.getLogger("pytest_flake")
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
@@ -107,9 +108,22 @@ class Build:
     outputs: dict[str, Path]
     drv: Path
     seconds: float = field(default=0.0, compare=False)
+    # built by a sibling worker of the same pytest-xdist run (this process only read its result)
+    shared: bool = field(default=False, compare=False)
 
     def __fspath__(self) -> str:
         return str(self.out)
+
+    def to_json(self) -> dict[str, Any]:
+        """The build as JSON (a run's shared build cache)."""
+        return {"attr": self.attr, "out": str(self.out), "outputs": {k: str(v) for k, v in self.outputs.items()},
+                "drv": str(self.drv), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, shared: bool = False) -> Build:
+        return cls(attr=str(data["attr"]), out=Path(data["out"]),
+                   outputs={str(k): Path(v) for k, v in data["outputs"].items()}, drv=Path(data["drv"]),
+                   seconds=float(data.get("seconds", 0.0)), shared=shared)
 
 
 def _link_name(ref: str, attr: str) -> str:
@@ -158,6 +172,7 @@ class Flake:
         build_timeout: float | None = None,
         on_build: Callable[[str, float, Build | None], None] | None = None,
         bindings: list[Binding] | None = None,
+        run: Run | None = None,
     ) -> None:
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
@@ -178,6 +193,8 @@ class Flake:
         self._programs: dict[tuple[str, str], Path] = {}
         # shared with whoever binds it (the plugin binds before the flake exists): see bound()
         self._bindings: list[Binding] = bindings if bindings is not None else []
+        # the pytest-xdist run this session is a worker of: its siblings build each output once for all
+        self._run = run
 
     @contextlib.contextmanager
     def bound(self, binding: Binding) -> Iterator[Binding]:
@@ -287,19 +304,47 @@ class Flake:
 
     # -- building -----------------------------------------------------------------------
     def build(self, attr: str = "default") -> Build:
-        """Build an output once per session; later calls return the same :class:`Build`."""
+        """Build an output once per session; later calls return the same :class:`Build`.
+
+        Under pytest-xdist, once per run: the first worker builds (its out-link in the run's
+        directory), its siblings wait for it and read the result without calling nix.
+        """
         path = self.attr_path(attr)
         key = (self.ref, path)
         cached = self._builds.get(key)
         if cached is not None:
             return cached
         installable = f"{self.ref}#{path}"
+        run = self._run
+        if run is None:
+            build = self._nix_build(attr, path, installable, self._gcroot_dir)
+        else:
+            def valid(data: dict[str, Any]) -> bool:
+                return all(Path(p).exists() for p in (data.get("outputs") or {"": ""}).values())
+
+            data, shared = run.once(_link_name(self.ref, path),
+                                    lambda: self._nix_build(attr, path, installable, run.gcroots).to_json(), valid)
+            build = Build.from_json(data, shared=shared)
+            if shared:
+                log.info("nix build %s: shared, built by a sibling worker of run %s: %s", path, run.id, build.out)
+        self._builds[key] = build
+        if self._on_build is not None:
+            self._on_build(installable, build.seconds, build)
+        on_fact = next((b.on_fact for b in reversed(self._bindings) if b.on_fact is not None), None)
+        if on_fact is not None:
+            on_fact(f"nix build {installable}", str(build.out))
+            if build.shared and run is not None:
+                on_fact(f"nix build {installable} shared", f"built by a sibling worker of run {run.id}")
+        return build
+
+    def _nix_build(self, attr: str, path: str, installable: str, gcroot_dir: Path | None) -> Build:
+        """Run ``nix build`` of ``installable``, its out-link in ``gcroot_dir`` (None: no link)."""
         started = time.monotonic()
         log.info("nix build %s", installable)
         args = ["build", "--json"]
-        if self._gcroot_dir is not None:
-            self._gcroot_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--out-link", str(self._gcroot_dir / _link_name(self.ref, path))]
+        if gcroot_dir is not None:
+            gcroot_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--out-link", str(gcroot_dir / _link_name(self.ref, path))]
         else:
             args.append("--no-link")
         args.append("--print-build-logs")
@@ -330,12 +375,6 @@ class Flake:
             )
         build = self._parse_build(path, proc.stdout, seconds)
         log.info("built %s in %.1fs: %s", path, seconds, build.out)
-        self._builds[key] = build
-        if self._on_build is not None:
-            self._on_build(installable, seconds, build)
-        on_fact = next((b.on_fact for b in reversed(self._bindings) if b.on_fact is not None), None)
-        if on_fact is not None:
-            on_fact(f"nix build {installable}", str(build.out))
         return build
 
     def _local_positions(self, text: str) -> str:

@@ -25,11 +25,13 @@ from .nix import Binding
 from .process import Process
 from .reporting import record_fact
 from .session import Session, sweep_dead_sessions
+from .xdist import Run
 
 log = logging.getLogger("pytest_flake")
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[Session]()
+RUN_KEY = pytest.StashKey[Run]()  # the run of a pytest-xdist worker, shared with its siblings
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
 
@@ -52,7 +54,9 @@ def ensure_session(config: pytest.Config) -> Session:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         settings = settings_of(config)
-        session = Session().__enter__()
+        session = Session()
+        session.run = config.stash.get(RUN_KEY, None)  # set on pytest-xdist workers only
+        session.__enter__()
         config.stash[SESSION_KEY] = session
         sweep_dead_sessions(session, settings)
     return session

@@ -35,9 +35,10 @@ from .fixtures import (
     vm,
     vm_factory,
 )
-from .nodestate import SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
+from .nodestate import RUN_KEY, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
 from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
+from .xdist import WORKERINPUT_KEY, Run, group_for
 
 log = logging.getLogger("pytest_flake")
 
@@ -81,6 +82,9 @@ LIGHT_FIXTURES = frozenset({"http"})
 USES_PLUGIN = pytest.StashKey[bool]()
 USES_NIX = pytest.StashKey[bool]()  # a selected test builds with nix: only then does the header run it
 FLAKE_FACT = pytest.StashKey[str]()  # "REF (locked: git rev ...)", a property of every test that uses the plugin
+CONTROLLER_RUN = pytest.StashKey[Run]()  # the pytest-xdist run this process controls (its workers share it)
+NIX_FACTS = pytest.StashKey[list[str]]()  # the controller's nix facts, found once
+FACT_KEY = "pytest_flake_fact"  # node.workerinput[...]: the controller's FLAKE_FACT
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -131,7 +135,50 @@ def pytest_configure(config: pytest.Config) -> None:
         if str(exc).startswith("pytest-flake: --"):
             raise  # a bad value typed on the command line fails at once
         config.stash[SETTINGS_ERROR] = str(exc)  # from env or ini: only a run that uses the plugin fails
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # a pytest-xdist worker: the run of its controller, and the facts it found
+        run = Run.from_workerinput(workerinput)
+        if run is not None:
+            config.stash[RUN_KEY] = run
+        if workerinput.get(FACT_KEY):
+            config.stash[FLAKE_FACT] = str(workerinput[FACT_KEY])
+    elif config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistController(config), "pytest-flake-xdist")
     _teardown_on_sigterm()
+
+
+class XdistController:
+    """Hooks of the pytest-xdist controller (registered only when xdist is installed).
+
+    The controller owns the run directory its workers share (:class:`~pytest_flake.xdist.Run`):
+    it names it after xdist's ``testrunuid``, hands it to each worker, and removes it at the end.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_configure_node(self, node: Any) -> None:
+        run = self.config.stash.get(CONTROLLER_RUN, None)
+        if run is None:
+            run = self.config.stash[CONTROLLER_RUN] = Run.for_uid(str(node.workerinput["testrunuid"]))
+        node.workerinput[WORKERINPUT_KEY] = run.workerinput()
+        settings = self.config.stash.get(SETTINGS_KEY, None)
+        if settings is not None and doctor.configured(settings):
+            _nix_facts(self.config, settings)  # found once here, not once per worker
+        fact = self.config.stash.get(FLAKE_FACT, None)
+        if fact is not None:
+            node.workerinput[FACT_KEY] = fact
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        run = self.config.stash.get(CONTROLLER_RUN, None)
+        if run is not None:  # the workers have ended: their shared builds lose their GC roots now
+            run.remove()
+
+
+def distributing(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist controller that hands the tests to workers (and collects none)."""
+    return not hasattr(config, "workerinput") and config.pluginmanager.hasplugin("dsession")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -160,7 +207,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not doctor.configured(settings):
         return []
-    return ["pytest-flake: " + line for line in doctor.header(settings)]
+    lines = doctor.header(settings)
+    if distributing(config):  # the workers print nothing: the controller says it all, from the settings
+        lines += _nix_facts(config, settings)
+    return ["pytest-flake: " + line for line in lines]
+
+
+def _nix_facts(config: pytest.Config, settings: Settings) -> list[str]:
+    """Nix facts, found once per process; the flake's locked revision becomes every test's FLAKE_FACT."""
+    lines = config.stash.get(NIX_FACTS, None)
+    if lines is None:
+        lines = config.stash[NIX_FACTS] = doctor.nix_facts(settings)
+        for line in lines:
+            if line.startswith("flake locked: ") and settings.flake:
+                config.stash[FLAKE_FACT] = f"{settings.flake} (locked: {line[len('flake locked: '):]})"
+    return lines
 
 
 def uses_plugin(item: pytest.Item) -> bool:
@@ -184,13 +245,11 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not config.stash.get(USES_PLUGIN, False):
         return []
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller printed the facts
+        return []
     if not config.stash.get(USES_NIX, False):
         return ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
-    lines = doctor.nix_facts(settings)
-    for line in lines:
-        if line.startswith("flake locked: ") and settings.flake:
-            config.stash[FLAKE_FACT] = f"{settings.flake} (locked: {line[len('flake locked: '):]})"
-    return ["pytest-flake: " + line for line in lines]
+    return ["pytest-flake: " + line for line in _nix_facts(config, settings)]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -199,11 +258,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         flake_session.__exit__(None, None, None)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if config.getoption("loadgroup", False) and settings is not None and settings.flake_xdist_group:
+        _xdist_groups(items)
+
+
+def _xdist_groups(items: list[pytest.Item]) -> None:
+    """``--dist loadgroup``: one worker runs the VM tests (and one the systemd container tests).
+
+    Each test marked ``vm`` (``nspawn``) without an ``xdist_group`` of its own gets
+    ``xdist_group("pytest-flake-vm")`` (``pytest-flake-nspawn``): that worker boots the
+    guests and keeps their warm states, and the others run the lighter tests.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = group_for({m.name for m in item.iter_markers()})
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(tryfirst=True)  # before the terminal reporter asks for pytest_report_collectionfinish

@@ -6,6 +6,9 @@ state, process) carries the session id: containers as the label
 A session registers itself in ``<state>/sessions/<id>/pid``; a later session that
 finds a registration whose process is gone sweeps what that session left behind
 (it was killed with SIGKILL, or its machine lost power) before it starts its own.
+
+Under pytest-xdist each worker is a session of its own (a live sibling is never swept), and
+the workers of one run share a run directory (:mod:`pytest_flake.xdist`, ``session.run``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .xdist import Run
 
 log = logging.getLogger("pytest_flake")
 
@@ -60,6 +66,7 @@ class Session:
         self.id = session_id or f"{PREFIX}{secrets.token_hex(4)}"
         self.dir = self.root / "sessions" / self.id
         self.keep = False  # set when --flake-keep kept a resource: the next session sweeps it
+        self.run: Run | None = None  # the pytest-xdist run this session is a worker of (None: the session is the run)
 
     def __enter__(self) -> Session:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +118,9 @@ def sweep_dead_sessions(current: Session, settings: Any) -> list[str]:
     root. Returns the ids of the sessions swept.
     """
     from .components import components
+    from .xdist import sweep_dead_runs
 
+    sweep_dead_runs(current.root, keep=current.run.dir if current.run is not None else None)
     dead = current.dead_sessions()
     if not dead:
         return dead

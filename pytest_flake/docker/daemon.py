@@ -37,6 +37,7 @@ from .container import Container
 if TYPE_CHECKING:
     from ..config import Settings
     from ..nix import Build
+    from ..xdist import Run
 
 log = logging.getLogger("pytest_flake")
 
@@ -162,7 +163,7 @@ class Docker:
     """
 
     def __init__(self, url: str | None = None, *, source: str = "argument", timeout: float = 120.0,
-                 session_id: str | None = None, cache_dir: Path | None = None) -> None:
+                 session_id: str | None = None, cache_dir: Path | None = None, run: Run | None = None) -> None:
         if url is None:
             url, source = endpoint(None)
         self.url = url
@@ -170,6 +171,7 @@ class Docker:
         self.timeout = timeout
         self.session_id = session_id
         self.cache_dir = cache_dir if cache_dir is not None else state_dir() / "docker-archives"
+        self.run = run  # the pytest-xdist run of this session: its workers load each image once
         self._client: Any = None
         self._loader: Any = None
         self._images: dict[str, Image] = {}
@@ -177,9 +179,9 @@ class Docker:
         self.version: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings, session_id: str | None = None) -> Docker:
+    def from_settings(cls, settings: Settings, session_id: str | None = None, run: Run | None = None) -> Docker:
         url, source = endpoint(settings)
-        return cls(url, source=source, timeout=settings.flake_timeout, session_id=session_id)
+        return cls(url, source=source, timeout=settings.flake_timeout, session_id=session_id, run=run)
 
     def __repr__(self) -> str:
         return f"Docker({self.url!r})"
@@ -272,7 +274,9 @@ class Docker:
         if cached is not None and self.has_image(archive.id) is not None:  # still there: nothing to load
             return Image(tag=cached.tag, id=cached.id, build=build or cached.build, archive=archive, loaded=False,
                          layers=cached.layers, new_layers=0)
-        image = self._ensure(archive, build)
+        # under pytest-xdist one worker loads, its siblings wait and find the image held
+        with self.run.lock(f"docker-load {self.url} {archive.id}") if self.run else contextlib.nullcontext():
+            image = self._ensure(archive, build)
         self._images[archive.id] = image
         return image
 
