@@ -27,6 +27,7 @@ from .errors import (
     PortableError,
     ProcessError,
     ProcessExited,
+    SSHError,
     UsageError,
     VMError,
 )
@@ -41,5 +42,5 @@ __all__ = [
     "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "EvalError", "Flake", "FlakeError",
     "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands", "HttpChecker", "InfrastructureError",
     "MissingOutputError", "MissingToolError", "NixError", "NotReady", "NspawnError", "PortableError", "Process",
-    "ProcessError", "ProcessExited", "Response", "UsageError", "VMError", "__version__",
+    "ProcessError", "ProcessExited", "Response", "SSHError", "UsageError", "VMError", "__version__",
 ]

@@ -64,6 +64,10 @@ class DockerError(InfrastructureError):
     """The Docker daemon refused or failed an operation."""
 
 
+class SSHError(InfrastructureError):
+    """``ssh`` to another host failed: host key unknown, authentication refused, host unreachable, a forward refused."""
+
+
 class VMError(InfrastructureError):
     """libvirt, QEMU or the guest failed."""
 
