@@ -166,8 +166,10 @@ def choose_accel(settings: Settings, kernel: Path | None, cache: Path, *, kernel
     """
     if settings.vm_accel in ("kvm", "tcg"):
         return str(settings.vm_accel)
+    from .remote import is_remote
+
     uri = default_uri(settings)
-    if not (uri.startswith("qemu:///") or uri.startswith("qemu+unix:///")):
+    if is_remote(uri):  # VMPool asks the host's capabilities (remote.remote_accel); a local probe says nothing
         log.info("vm: libvirt %s is not local; using TCG (pass --vm-accel kvm to insist)", uri)
         return "tcg"
     cached = cached_probe(cache)
@@ -193,6 +195,11 @@ def describe_accel(settings: Settings, cache: Path | None = None) -> str:
     """The accelerator for the report header, from the setting or the cached probe (never probes)."""
     if settings.vm_accel in ("kvm", "tcg"):
         return f"{settings.vm_accel} (from {settings.source('vm_accel')})"
+    from .remote import is_remote
+
+    uri = default_uri(settings)
+    if is_remote(uri):
+        return f"auto (KVM if the capabilities of {uri} list it, else TCG)"
     cached = cached_probe(cache or image_cache())
     if cached is not None:
         return f"{'kvm' if cached[0] else 'tcg'} (auto: {cached[1]})"

@@ -35,6 +35,15 @@ def connect(uri: str) -> Any:
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
+        from .remote import is_remote
+
+        if is_remote(uri):
+            raise VMError(
+                f"libvirt at {uri} is unreachable: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
+                hint=f"check that `virsh -c {uri} version` works from here: the host answers ssh (BatchMode, a key "
+                "in ~/.ssh/config or the agent, its host key in known_hosts) and runs libvirtd with the QEMU "
+                "driver; or pass another --libvirt-uri",
+            ) from exc
         raise VMError(
             f"libvirt at {uri} is unreachable: {exc}",
             hint="start it (systemctl start libvirtd, or scripts/setup.d/30-libvirt.sh starts virtlogd and "

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import VMError
 from ..session import PREFIX
 from .common import NETDEV_ID, QEMU_NS, RECIPES
+from .remote import console_to_pty, drop_backing_chain
 
 
 def netdev(ssh_port: int, forwards: dict[int, int] | None = None) -> str:
@@ -37,7 +38,7 @@ class BootSpec:
     memory: int  # MiB
     cpus: int
     overlay: Path
-    console: Path
+    console: Path | None  # None: a pty read through libvirt (a remote host: see remote.py)
     netdev: str
     kernel: Path | None = None
     initrd: Path | None = None
@@ -61,9 +62,13 @@ def _need(root: ET.Element, path: str, what: str) -> ET.Element:
     return element
 
 
-def _place(root: ET.Element, *, name: str, overlay: Path, console: Path, netdev: str, session: str | None,
-           what: str) -> str:
-    """Give a domain this VM's name, a new UUID, session, overlay, console and network; the XML text."""
+def _place(root: ET.Element, *, name: str, overlay: Path, console: Path | None, netdev: str, session: str | None,
+           what: str, new_chain: bool = False) -> str:
+    """Give a domain this VM's name, a new UUID, session, overlay, console and network; the XML text.
+
+    ``console=None``: the serial port is a pty with a ``<console>``, read through libvirt (another host).
+    ``new_chain``: the overlay's backing chain differs from the saved one (libvirt probes it).
+    """
     if session is not None:
         for tag in ("title", "description"):
             element = root.find(tag)
@@ -75,11 +80,16 @@ def _place(root: ET.Element, *, name: str, overlay: Path, console: Path, netdev:
             raise VMError(f"{what} has no <{tag}>")
         element.text = value
     disk = root.find("./devices/disk[@device='disk']/source")
-    serial = root.find("./devices/serial/source")
+    serial = root.find("./devices/serial/source") if console is not None else root.find("./devices/serial")
     if disk is None or serial is None:
         raise VMError(f"{what} has no disk or serial source")
     disk.set("file", str(overlay))
-    serial.set("path", str(console))
+    if console is not None:
+        serial.set("path", str(console))
+    else:
+        console_to_pty(root)
+    if new_chain:
+        drop_backing_chain(root)
     for arg in root.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
         if arg.get("value", "").startswith(f"user,id={NETDEV_ID},"):
             arg.set("value", netdev)
@@ -137,10 +147,22 @@ def boot_xml(spec: BootSpec) -> str:
                   session=None, what=what)
 
 
-def restore_xml(saved: str, *, name: str, overlay: Path, console: Path, netdev: str,
-                session: str | None = None) -> str:
-    """The XML of a saved state, given to a new VM (``session``: the state may be an earlier session's)."""
+def restore_xml(saved: str, *, name: str, overlay: Path, console: Path | None, netdev: str,
+                session: str | None = None, new_chain: bool = False, keep_uuid: bool = False) -> str:
+    """The XML of a saved state, given to a new VM (``session``: the state may be an earlier session's).
+
+    ``keep_uuid``: the same guest comes back (libvirt's restore accepts other XML only with its UUID).
+    """
     ET.register_namespace("qemu", QEMU_NS)
-    return _place(ET.fromstring(saved), name=name, overlay=overlay, console=console, netdev=netdev,
-                  session=session, what="saved domain XML")
+    root = ET.fromstring(saved)
+    uuid_text = root.findtext("uuid")
+    xml = _place(root, name=name, overlay=overlay, console=console, netdev=netdev, session=session,
+                 what="saved domain XML", new_chain=new_chain)
+    if keep_uuid and uuid_text:
+        root = ET.fromstring(xml)
+        element = root.find("uuid")
+        assert element is not None
+        element.text = uuid_text
+        xml = ET.tostring(root, encoding="unicode")
+    return xml
 

@@ -17,6 +17,7 @@ from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
 from .images import debian_image_dir, image_cache
 from .qemuuser import QemuUser
+from .remote import is_remote, referenced_volumes, sweep_volumes
 from .warm import WARM_ENV, WarmStore, warm_enabled
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
                 if any(name.startswith(f"{sid}-") for sid in ids):
                     log.info("vm sweep: removing domain %s of a dead session", name)
                     destroy_domain(dom, ignore_errors=True)
+            if is_remote(uri):  # overlays, seeds, save copies on the host (not those warm states keep)
+                sweep_volumes(conn, uri, ids, keep=referenced_volumes(image_cache(state_root) / "warm", uri))
         finally:
             conn.close()
     for sid in ids:

@@ -18,12 +18,14 @@ from .connection import connect, default_uri
 from .images import Image, image_cache, resolve_image
 from .machine import VM, VMConfig
 from .qemuuser import QemuUser, check_readable, grant_search, hand_to_qemu
+from .remote import RemoteHost, is_remote, read_remote_record, remote_accel, ssh_url
 from .seed import KeyPair
 from .warm import Hypervisor, WarmStore, warm_enabled, warm_key
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..session import Session
+    from ..tunnel import SSHHost
 
 
 @dataclass
@@ -51,7 +53,12 @@ class VMPool:
         self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
         self.uri = default_uri(settings)
         self.cache = image_cache(session.root)
-        self.store = WarmStore(self.cache / "warm")
+        # libvirt on another host: volumes in its pool, the console through libvirt, ports through SSH
+        self.remote: RemoteHost | None = None
+        if is_remote(self.uri):
+            self.remote = RemoteHost(self.uri, conn=lambda: self.conn, ssh=self._ssh, cache=self.cache,
+                                     session_id=session.id)
+        self.store = WarmStore(self.cache / "warm", forget=self._forget_remote_state)
         # Several pools may serve one session (a test can open its own): each has its own
         # folder (its key pair, overlays, seeds, consoles) below the session's, and VM numbers
         # are counted per session, so no pool removes or reuses what another one made.
@@ -82,6 +89,24 @@ class VMPool:
         if self._conn is None:
             self._conn = connect(self.uri)
         return self._conn
+
+    def _ssh(self) -> SSHHost:
+        """The session's SSH master to the libvirt host (shared with Docker on that host)."""
+        from ..tunnel import ssh_host
+
+        return ssh_host(ssh_url(self.uri), control_dir=self.session.dir)
+
+    def remote_host(self) -> RemoteHost | None:
+        """The host behind a remote libvirt URI (None: libvirt runs here)."""
+        return self.remote
+
+    def _forget_remote_state(self, folder: Path) -> None:
+        """A warm state is removed: so are its volumes, when they are on this pool's host."""
+        record = read_remote_record(folder)
+        if record is None or self.remote is None or record["uri"] != self.uri:
+            return
+        for name in (record["save"], record["overlay"]):
+            self.remote.delete(name)
 
     @property
     def keys(self) -> KeyPair:
@@ -120,6 +145,10 @@ class VMPool:
     def accel(self, image: Image) -> str:
         """``kvm`` or ``tcg`` (decided once a session), or :data:`KVM_TRIAL` until a first boot decides."""
         with self._lock:
+            if self.remote is not None:  # the local KVM probe says nothing about another host
+                if self._accel is None:
+                    self._accel = remote_accel(self.settings, self.conn, self.uri)
+                return self._accel
             if self._accel is None or self._accel == KVM_TRIAL:
                 kernel, source = probe_kernel(image, self.cache)
                 self._accel = choose_accel(self.settings, kernel, self.cache, kernel_source=source)
@@ -171,7 +200,7 @@ class VMPool:
         """The validity key of a warm state of this image and size here (see :func:`warm_key`)."""
         with self._lock:
             if accel not in self._hypervisors:
-                self._hypervisors[accel] = Hypervisor.of(self.conn, accel)
+                self._hypervisors[accel] = Hypervisor.of(self.conn, accel, remote=self.remote is not None)
             hypervisor = self._hypervisors[accel]
         user = self.qemu_user
         return warm_key(image, memory=memory, cpus=cpus, accel=accel, uri=self.uri, hypervisor=hypervisor,

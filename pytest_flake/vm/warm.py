@@ -11,7 +11,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from .images import Image
 WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)
 WARM_ENV = "PYTEST_FLAKE_VM_WARM"
 _WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
+# a state on another host: its save file and overlay are volumes there (named in remote.json)
+REMOTE_WARM_FILES = ("save.header", "remote.json", "id_ed25519", "id_ed25519.pub")
 
 
 def warm_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -49,18 +51,26 @@ class Hypervisor:
     qemu_binary: str
     qemu_version: int
     libvirt_version: int
+    host_cpu: str = ""  # another host's CPU (this machine's is read from /proc/cpuinfo)
+    remote: bool = False  # on another host: its QEMU binary is not a file here
 
     @classmethod
-    def of(cls, conn: Any, accel: str) -> Hypervisor:
+    def of(cls, conn: Any, accel: str, *, remote: bool = False) -> Hypervisor:
         """Ask libvirt which QEMU it runs for this accelerator, and the versions of both."""
         binary = ""
         with contextlib.suppress(Exception):
             caps = conn.getDomainCapabilities(None, "x86_64", "pc", "kvm" if accel == "kvm" else "qemu", 0)
             found = re.search(r"<path>([^<]+)</path>", caps)
             binary = found.group(1) if found else ""
-        binary = binary or shutil.which("qemu-system-x86_64") or ""
+        host_cpu = ""
+        if remote:
+            from .remote import host_cpu_of
+
+            host_cpu = host_cpu_of(conn) if accel == "kvm" else ""
+        else:
+            binary = binary or shutil.which("qemu-system-x86_64") or ""
         return cls(qemu_binary=binary, qemu_version=int(conn.getVersion()),
-                   libvirt_version=int(conn.getLibVersion()))
+                   libvirt_version=int(conn.getLibVersion()), host_cpu=host_cpu, remote=remote)
 
 
 def _host_cpu() -> str:
@@ -90,12 +100,13 @@ def warm_key(image: Image, *, memory: int, cpus: int, accel: str, uri: str, hype
         "cpus": int(cpus),
         "disk_size": int(disk_size),
         "accel": accel,
-        "host_cpu": _host_cpu() if accel == "kvm" else "",
+        "host_cpu": (hypervisor.host_cpu if hypervisor.remote else _host_cpu()) if accel == "kvm" else "",
         "uri": uri,
         "qemu_user": qemu_label,  # who QEMU runs as: the label is in the saved domain XML
         "template": hash_files(template or RECIPES / "domain.xml"),
         "qemu_binary": hypervisor.qemu_binary,
-        "qemu_binary_id": _file_id(Path(hypervisor.qemu_binary)) if hypervisor.qemu_binary else "",
+        "qemu_binary_id": _file_id(Path(hypervisor.qemu_binary)) if hypervisor.qemu_binary and not hypervisor.remote
+        else "",
         "qemu_version": hypervisor.qemu_version,
         "libvirt_version": hypervisor.libvirt_version,
     }
@@ -143,6 +154,11 @@ class WarmState:
     def public_key(self) -> str:
         return (self.dir / "id_ed25519.pub").read_text().strip()
 
+    @property
+    def remote(self) -> bool:
+        """Whether the save file and the overlay are volumes on another host (``remote.json`` names them)."""
+        return (self.dir / "remote.json").is_file()
+
 
 def boot_log_of(state: WarmState) -> str:
     """What a warm-started console begins with: the saved boot log and a line that says so."""
@@ -162,8 +178,17 @@ class WarmStore:
     place once complete; readers take no lock and only copy out of a complete state.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, forget: Callable[[Path], None] | None = None) -> None:
         self.root = root
+        self.forget = forget  # called with a state's folder before it is removed (its volumes on another host)
+
+    def _remove(self, folder: Path) -> None:
+        if self.forget is not None and folder.is_dir():
+            try:
+                self.forget(folder)
+            except Exception as exc:  # the folder goes either way; the sweep of the host is the user's
+                log.warning("vm: could not remove what the warm state %s kept on another host: %s", folder, exc)
+        _remove_tree(folder)
 
     def _lock(self, slot: str) -> contextlib.AbstractContextManager[None]:
         return locked(self.root / f"{slot}.lock")
@@ -172,15 +197,14 @@ class WarmStore:
         """The complete state saved for exactly ``key``, else None (stale or incomplete ones are ignored)."""
         return self._read(self.root / warm_slot(key), key)
 
-    @staticmethod
-    def _read(folder: Path, key: dict[str, Any] | None) -> WarmState | None:
+    def _read(self, folder: Path, key: dict[str, Any] | None) -> WarmState | None:
         try:
             meta = json.loads((folder / "state.json").read_text())
             if key is not None and meta.get("key") != key:
                 log.info("vm: the warm state in %s is stale (made for another image, size or QEMU)", folder)
                 return None
             sizes = meta["sizes"]
-            for name in _WARM_FILES:
+            for name in REMOTE_WARM_FILES if "remote.json" in sizes else _WARM_FILES:
                 if (folder / name).stat().st_size != sizes[name]:
                     raise ValueError(f"{name} is incomplete")
             return WarmState(dir=folder, id=str(meta["id"]), hostkeys=tuple(meta["hostkeys"]),
@@ -201,7 +225,7 @@ class WarmStore:
             current = self._read(state.dir, None)
             if current is None or current.id == state.id:
                 log.warning("vm: dropping the warm state %s", state.dir)
-                _remove_tree(state.dir)
+                self._remove(state.dir)
 
     @contextlib.contextmanager
     def create(self, key: dict[str, Any], session_id: str) -> Iterator[Path | None]:
@@ -218,7 +242,7 @@ class WarmStore:
         with self._lock(slot):
             for leftover in self.root.glob(f".{slot}.*.tmp"):  # writers that died mid-write
                 log.info("vm: removing the incomplete warm state %s", leftover)
-                _remove_tree(leftover)
+                self._remove(leftover)
             if self.load(key) is not None:
                 yield None
                 return
@@ -227,14 +251,14 @@ class WarmStore:
             try:
                 yield tmp
             except BaseException:
-                _remove_tree(tmp)
+                self._remove(tmp)
                 raise
             if not (tmp / "state.json").is_file():  # the caller gave up
-                _remove_tree(tmp)
+                self._remove(tmp)
                 return
             final = self.root / slot
             if final.exists():  # stale or incomplete: moved aside first, so the rename stays atomic
-                _remove_tree(final)
+                self._remove(final)
             os.rename(tmp, final)
             log.info("vm: warm state saved in %s", final)
         self.prune()
@@ -243,12 +267,13 @@ class WarmStore:
     def publish(tmp: Path, key: dict[str, Any], *, hostkeys: tuple[str, ...], boot_seconds: float,
                 session_id: str) -> None:
         """Write ``state.json`` (the key and the size of every file) once the files are complete."""
-        for name in _WARM_FILES:
+        files = REMOTE_WARM_FILES if (tmp / "remote.json").is_file() else _WARM_FILES
+        for name in files:
             os.chmod(tmp / name, 0o600)
         meta = {
             "id": uuid.uuid4().hex, "key": key, "hostkeys": list(hostkeys), "boot_seconds": boot_seconds,
             "session": session_id, "created": time.time(),
-            "sizes": {name: (tmp / name).stat().st_size for name in _WARM_FILES},
+            "sizes": {name: (tmp / name).stat().st_size for name in files},
         }
         fd = os.open(tmp / "state.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -269,7 +294,7 @@ class WarmStore:
                 disk = json.loads((folder / "state.json").read_text())["key"]["disk"]
                 if not Path(disk).exists():
                     log.info("vm: removing the warm state %s of a removed image", folder)
-                    _remove_tree(folder)
+                    self._remove(folder)
 
     def sweep(self, session_ids: list[str]) -> None:
         """Remove the half-written states of dead sessions (complete states stay)."""
@@ -278,7 +303,7 @@ class WarmStore:
         for sid in session_ids:
             for leftover in self.root.glob(f".*.{sid}.tmp"):
                 log.info("vm sweep: removing the incomplete warm state %s", leftover)
-                _remove_tree(leftover)
+                self._remove(leftover)
 
     def usage(self) -> tuple[int, int]:
         """``(number of complete states, bytes they take on disk)``."""
