@@ -23,7 +23,7 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import FlakeError, MissingToolError, NotReady, tail
@@ -216,14 +216,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (made if missing) for the ``with`` block.
 
-    Two sessions never build, download or fill the same cache entry at once.
+    Two sessions never build, download or fill the same cache entry at once. ``on_wait()``
+    is called (say, to log it) when another holds the lock, before waiting for it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if on_wait is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
