@@ -15,11 +15,13 @@ Attachments are ``--runtime`` by default: nothing persists across a reboot of th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol
@@ -143,11 +145,6 @@ class PortableService:
             flags.append("--runtime")
         return flags
 
-    def _require_portablectl(self) -> None:
-        result = self._run(["sh", "-c", "command -v portablectl"])
-        if result.rc != 0:
-            raise PortableError("the guest has no portablectl", hint=PORTABLECTL_HINT)
-
     def _copy(self, image: PortableImage) -> str:
         """Copy the image in as ``NAME_VERSION.raw``; a directory image is squashed here first,
         so the units see ``PORTABLE=NAME_VERSION.raw`` whatever shape the image had."""
@@ -168,26 +165,48 @@ class PortableService:
         self._copied.append(remote)
         return remote
 
-    def _validate_in_guest(self, remote: str) -> None:
-        """Dissect the image the way systemd's portable tests do, where the tool exists."""
-        has = self._run(["sh", "-c", "command -v systemd-dissect"])
-        if has.rc != 0:
-            return
-        result = self._run(["systemd-dissect", "--no-pager", remote])
-        if result.rc != 0:
-            raise PortableError(f"systemd-dissect cannot read {remote} (exit code {result.rc})",
-                                hint="the image is damaged or of a kind this guest's systemd cannot mount",
-                                details=tail((result.stdout or "") + (result.stderr or "")))
+    def _lifecycle(self, verb: str, remote: str, name: str, old: str = "") -> dict[str, Observation]:
+        """One guest command for a whole step (one SSH round trip, about half a second in an emulated guest).
 
-    # -- lifecycle ----------------------------------------------------------------------------
+        It checks that portablectl is there, dissects the image (where systemd-dissect exists),
+        runs ``portablectl VERB --now``, removes ``old`` once that worked, waits in the guest until
+        each service's main process runs its program (or failed), then takes the states twice,
+        ``settle`` seconds apart. Returns the snapshots by name (``before``, ``state``, ``settled``).
+        """
+        services = self._services()
+        poll = _poll_interval(self.settle)
+        tries = max(1, int(min(self.timeout, _GUEST_WAIT_LIMIT) / poll))
+        argv = ["sh", "-c", _LIFECYCLE_SCRIPT, "sh", verb, remote, name, old, self.profile,
+                "yes" if self.runtime else "", f"{self.settle:g}", f"{poll:g}", str(tries), *services]
+        result = self._run(argv)
+        out = str(result.stdout or "")
+        steps, snapshots = _parse_lifecycle(out)
+        if result.rc != 0:
+            failed = steps[-1] if steps else verb
+            details = tail("\n".join(line for line in out.splitlines() if not line.startswith("Step="))
+                           + (result.stderr or ""))
+            if failed == "portablectl":
+                raise PortableError("the guest has no portablectl", hint=PORTABLECTL_HINT)
+            if failed == "dissect":
+                raise PortableError(f"systemd-dissect cannot read {remote} (exit code {result.rc})",
+                                    hint="the image is damaged or of a kind this guest's systemd cannot mount",
+                                    details=details)
+            command = shlex.join(["portablectl", verb, *self._flags(), remote])
+            what = f"attach {self.name}" if verb == "attach" else f"reattach {self.name} to {name}"
+            raise PortableError(f"{what}: '{command}' failed with exit code {result.rc}", details=details)
+        return snapshots
+
+    # -- lifecycle ---    # -- lifecycle ----------------------------------------------------------------------------
     def attach(self) -> PortableService:
-        """Copy the image in, ``portablectl attach --now`` it, wait until its units are active."""
-        self._require_portablectl()
+        """Copy the image in, ``portablectl attach --now`` it, wait until its units are active.
+
+        Two exchanges with the guest: the copy, then one command that checks, attaches and
+        waits in the guest (see :meth:`_lifecycle`); more state polls only if that wait was not enough.
+        """
         remote = self._copy(self.image)
-        self._validate_in_guest(remote)
-        self._check(["portablectl", "attach", *self._flags(), remote], f"attach {self.name}")
+        snapshots = self._lifecycle("attach", remote, self.name)
         self.attached = True
-        self._wait_running(self.name)
+        self._wait_running(self.name, seen=snapshots)
         return self
 
     def reattach(self, image: PortableImage | Path | str) -> PortableService:
@@ -198,15 +217,13 @@ class PortableService:
                                 f"({self.prefix} and {new.prefix})", hint="detach it and attach the other image")
         old_remote = self.remote_path
         remote = self._copy(new)
-        self._validate_in_guest(remote)
-        before = {unit: self._start_stamp(unit) for unit in new.units if unit.endswith(".service")}
-        self._check(["portablectl", "reattach", *self._flags(), remote], f"reattach {self.name} to {new.name}")
+        snapshots = self._lifecycle("reattach", remote, new.name, old_remote if old_remote != remote else "")
+        if old_remote != remote and old_remote in self._copied:
+            self._copied.remove(old_remote)  # removed in the guest once the reattach worked
+        before = {unit: _int(state.get("ExecMainStartTimestampMonotonic"))
+                  for unit, state in snapshots.get("before", Observation()).units.items()}
         self.image = new
-        self._wait_running(new.name, restarted_after=before)
-        if old_remote != remote:
-            self._run(["rm", "-rf", old_remote])
-            if old_remote in self._copied:
-                self._copied.remove(old_remote)
+        self._wait_running(new.name, restarted_after=before, seen=snapshots)
         return self
 
     def detach(self) -> None:
@@ -218,12 +235,19 @@ class PortableService:
         self.attached = False
 
     def close(self) -> None:
-        """Detach if attached and remove the copied files; idempotent, never raises twice."""
-        try:
-            self.detach()
-        except Exception as exc:
-            log.warning("pytest-flake: could not detach %s: %s", self.name, exc)
+        """Detach if attached and remove the copied files (one guest command); idempotent, never raises twice."""
+        if self.attached:
+            copied, self._copied = self._copied, []
+            try:
+                result = self._run(["sh", "-c", _DETACH_SCRIPT, "sh", "yes" if self.runtime else "", self.remote_path,
+                                    *copied])
+                if result.rc != 0:
+                    log.warning("pytest-flake: could not detach %s: exit code %s: %s", self.name, result.rc,
+                                tail((result.stdout or "") + (result.stderr or "")))
+            except Exception as exc:
+                log.warning("pytest-flake: could not detach %s or remove %s: %s", self.name, " ".join(copied), exc)
             self.attached = False
+            return
         while self._copied:
             remote = self._copied.pop()
             try:
@@ -251,72 +275,70 @@ class PortableService:
     def _services(self) -> list[str]:
         return [u for u in self.units if u.endswith(".service") and "@." not in u]
 
-    def _states(self, name: str, units: Sequence[str]) -> tuple[str, dict[str, dict[str, str]]]:
+    def _states(self, name: str, units: Sequence[str]) -> Observation:
         """In one guest command: ``portablectl is-attached name`` and, per unit, ActiveState,
         MainPID, InvocationID, ExecMainStartTimestampMonotonic and its main process's Comm."""
         result = self._run(["sh", "-c", _STATE_SCRIPT, "sh", name, *units])
-        attached = "detached"
-        states: dict[str, dict[str, str]] = {}
-        current: dict[str, str] = {}
-        for line in str(result.stdout).splitlines():
-            key, _, value = line.partition("=")
-            if key == "Attached":
-                attached = value.strip() or "detached"
-            elif key == "Unit":
-                current = states.setdefault(value, {})
-            elif key:
-                current[key] = value
-        return attached, states
+        return _parse_states(str(result.stdout).splitlines())
 
-    def _start_stamp(self, unit: str) -> int:
-        try:
-            return int(self._states(self.name, [unit])[1][unit].get("ExecMainStartTimestampMonotonic") or 0)
-        except (KeyError, ValueError):
-            return 0
-
-    def _wait_running(self, name: str, restarted_after: dict[str, int] | None = None) -> None:
+    def _wait_running(self, name: str, restarted_after: dict[str, int] | None = None,
+                      seen: dict[str, Observation] | None = None) -> None:
         """Wait until the image is attached and each service runs its own program, and stays up.
 
         ``active`` alone is not enough: a simple service is active from the fork on, while
         systemd still sets up its mounts and before its program is even executed (the
         process is then called ``(name)``). So a service counts as running once its main
         process has executed its program and the same invocation is still up ``settle``
-        seconds later.
+        seconds later. ``seen``: the snapshots the guest took in the step's own command
+        (``state``, then ``settled`` ``settle`` seconds later); when they already show that,
+        no further guest command is needed.
         """
         services = self._services()
         first_seen: dict[str, tuple[str, str, float]] = {}  # unit -> (invocation, main pid, when)
 
-        def probe() -> None:
-            state, states = self._states(name, services)
+        def judge(observation: Observation, now: float) -> None:
             for unit in services:  # a failed unit leaves the image "attached", not "running"
-                if states.get(unit, {}).get("ActiveState") == "failed":
+                if observation.units.get(unit, {}).get("ActiveState") == "failed":
                     raise GiveUp(unit)
-            if not state.startswith("running"):
-                raise NotReady(f"portablectl is-attached {name}: {state}")
+            if not observation.attached.startswith("running"):
+                raise NotReady(f"portablectl is-attached {name}: {observation.attached}")
             for unit in services:
-                unit_state = states.get(unit, {})
+                unit_state = observation.units.get(unit, {})
                 active = unit_state.get("ActiveState", "")
                 if active != "active":
                     raise NotReady(f"{unit} is {active or 'unknown'}")
-                stamp = int(unit_state.get("ExecMainStartTimestampMonotonic") or 0)
+                stamp = _int(unit_state.get("ExecMainStartTimestampMonotonic"))
                 if restarted_after and stamp <= restarted_after.get(unit, -1):
                     raise NotReady(f"{unit} still runs from the old image")
                 pid = unit_state.get("MainPID", "0")
                 if pid != "0" and unit_state.get("Comm", "").startswith("("):
                     raise NotReady(f"{unit}: systemd is still setting up its process {pid}")
                 invocation = (unit_state.get("InvocationID", ""), pid)
-                seen = first_seen.get(unit)
-                if seen is None or seen[:2] != invocation:
-                    first_seen[unit] = (*invocation, time.monotonic())
+                first = first_seen.get(unit)
+                if first is None or first[:2] != invocation:
+                    first_seen[unit] = (*invocation, now)
                     raise NotReady(f"{unit} started (pid {pid}); checking that it stays up")
-                if time.monotonic() - seen[2] < self.settle:
-                    raise NotReady(f"{unit} up for {time.monotonic() - seen[2]:.1f}s")
+                if now - first[2] < self.settle:
+                    raise NotReady(f"{unit} up for {now - first[2]:.1f}s")
 
         try:
-            # polls scale with the settle time: every 0.2-0.5 s in a VM, every few ms in a container
-            wait_for(probe, what=f"portable service {name} running", timeout=self.timeout,
-                     interval=min(0.2, max(self.settle / 4, 0.01)), max_interval=min(0.5, max(self.settle / 2, 0.02)),
-                     on_timeout=self.status)
+            if seen and "state" in seen:
+                # the guest took "state", slept settle seconds, then took "settled": both count as seen
+                # at most that long ago (the host's clock goes on at least as long as the guest slept;
+                # 1 ms less only keeps the subtraction's rounding from calling it short)
+                now = time.monotonic()
+                try:
+                    with contextlib.suppress(NotReady):
+                        judge(seen["state"], now - self.settle - 0.001)
+                    if "settled" in seen:
+                        judge(seen["settled"], now)
+                        return
+                except NotReady:
+                    pass
+            interval = _poll_interval(self.settle)
+            wait_for(lambda: judge(self._states(name, services), time.monotonic()),
+                     what=f"portable service {name} running", timeout=self.timeout,
+                     interval=interval, max_interval=min(0.5, max(self.settle / 2, 0.02)), on_timeout=self.status)
         except GiveUp as failed:
             unit = str(failed)
             raise CheckFailed(f"{unit} of portable service {name} failed to start\n"
@@ -363,6 +385,58 @@ class PortableService:
         return f"<PortableService {self.name} units={self.units} attached={self.attached}>"
 
 
+_GUEST_WAIT_LIMIT = 30.0  # seconds the step's own command waits in the guest for the programs; then host polls
+
+
+def _poll_interval(settle: float) -> float:
+    """Polls scale with the settle time: every 0.2 s in an emulated VM (settle 1 s), 25 ms in a container."""
+    return min(0.2, max(settle / 4, 0.01))
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Observation:
+    """One look at an image in the guest: ``portablectl is-attached``, and systemd's view of each unit."""
+
+    attached: str = "detached"
+    units: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _parse_states(lines: Sequence[str]) -> Observation:
+    observation = Observation()
+    current: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "Attached":
+            observation.attached = value.strip() or "detached"
+        elif key == "Unit":
+            current = observation.units.setdefault(value, {})
+        elif key:
+            current[key] = value
+    return observation
+
+
+def _parse_lifecycle(out: str) -> tuple[list[str], dict[str, Observation]]:
+    """The steps a lifecycle command reached (``Step=`` lines) and the snapshots it took, by step name."""
+    steps: list[str] = []
+    lines: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("Step="):
+            steps.append(line.removeprefix("Step=").strip())
+            lines[steps[-1]] = []
+        elif steps:
+            lines[steps[-1]].append(line)
+    snapshots: dict[str, Observation] = {
+        step: _parse_states(lines[step]) for step in ("before", "state", "settled") if step in lines}
+    return steps, snapshots
+
+
 # $1 is the image name, the other arguments unit names: prints Attached=, then per unit
 # Unit=, systemctl show's key=value lines, and Comm= of its main process
 _STATE_SCRIPT = (
@@ -372,3 +446,35 @@ _STATE_SCRIPT = (
     'pid=$(systemctl show -P MainPID "$unit"); '
     'if [ "${pid:-0}" -gt 0 ]; then echo "Comm=$(cat "/proc/$pid/comm" 2>/dev/null)"; fi; done'
 )
+
+# A whole attach or reattach in one guest command. $1 attach|reattach, $2 the image in the guest, $3 its name,
+# $4 a file to remove once that worked ("" none), $5 the profile, $6 "yes" for --runtime, $7 settle seconds,
+# $8 the poll interval, $9 how many polls at most; then the service units. Prints Step=NAME before each step
+# (on failure the last one names it; the exit code is the failed command's), the states as _STATE_SCRIPT
+# does under Step=before (reattach), Step=state once every main process runs its program (or one failed,
+# or the polls ran out) and, if they all run, Step=settled after settle seconds more.
+_LIFECYCLE_SCRIPT = (
+    'states() { ' + _STATE_SCRIPT + '; }; '
+    'running() { for u; do '
+    'a=$(systemctl show -P ActiveState "$u"); [ "$a" = failed ] && return 2; [ "$a" = active ] || return 1; '
+    'case "$before" in *" $u=$(systemctl show -P InvocationID "$u") "*) return 1;; esac; '
+    'p=$(systemctl show -P MainPID "$u"); '
+    'if [ "${p:-0}" -gt 0 ]; then case "$(cat "/proc/$p/comm" 2>/dev/null)" in "("*) return 1;; esac; fi; '
+    'done; return 0; }; '
+    'verb=$1 image=$2 name=$3 old=$4 profile=$5 runtime=$6 settle=$7 poll=$8 tries=$9; shift 9; '
+    'echo Step=portablectl; command -v portablectl >/dev/null 2>&1 || exit 127; '
+    'if command -v systemd-dissect >/dev/null 2>&1; then echo Step=dissect; '
+    'systemd-dissect --no-pager "$image" >&2 || exit; fi; '
+    'before=" "; if [ "$verb" = reattach ]; then echo Step=before; states "$name" "$@"; '
+    'for u; do before="$before$u=$(systemctl show -P InvocationID "$u") "; done; fi; '
+    'echo "Step=$verb"; portablectl "$verb" --now "--profile=$profile" ${runtime:+--runtime} "$image" >&2 || exit; '
+    'if [ -n "$old" ]; then rm -rf -- "$old"; fi; '
+    'i=0; while :; do running "$@"; r=$?; [ $r -ne 1 ] && break; i=$((i+1)); [ $i -ge "$tries" ] && break; '
+    'sleep "$poll"; done; '
+    'echo Step=state; states "$name" "$@"; '
+    'if [ $r -eq 0 ]; then sleep "$settle"; echo Step=settled; states "$name" "$@"; fi; exit 0'
+)
+
+# $1 "yes" for --runtime, $2 the attached image, then the files to remove: detach, remove, exit as detach did
+_DETACH_SCRIPT = ('portablectl detach --now ${1:+--runtime} "$2" >&2; rc=$?; shift 2; '
+                  '[ $# -eq 0 ] || rm -rf -- "$@"; exit $rc')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ from pytest_flake.portable import (
     parse_os_release,
     parse_unit,
 )
+from pytest_flake.portable import service as portable_service
 
 needs_mksquashfs = pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="mksquashfs (squashfs-tools)")
 
@@ -168,6 +170,15 @@ class FakeGuest:
     def run(self, cmd: str) -> SimpleNamespace:
         command = cmd
         self.commands.append(command)
+        argv = shlex.split(command)
+        if argv[:2] == ["sh", "-c"] and argv[2] == portable_service._LIFECYCLE_SCRIPT:
+            return self._lifecycle(*argv[4:])
+        if argv[:2] == ["sh", "-c"] and argv[2] == portable_service._DETACH_SCRIPT:
+            runtime, image, *copies = argv[4:]
+            self.run(f"portablectl detach --now {'--runtime ' if runtime else ''}{image}")
+            for copy in copies:
+                self.commands.append(f"rm -rf {copy}")
+            return SimpleNamespace(rc=0, stdout="", stderr="")
         out, rc = "", 0
         if command == "sh -c 'command -v portablectl'":
             rc = 0 if self.portablectl else 1
@@ -185,21 +196,53 @@ class FakeGuest:
         elif command.startswith("systemctl is-active"):
             out = self.unit_state if self.attached else "inactive"
         elif command.startswith("sh -c 'echo \"Attached="):
-            self.polls += 1
-            if self.exec_fails_after is not None and self.polls > self.exec_fails_after:
-                self.unit_state, self.comm = "failed", ""
             name, *units = command.split("' sh ", 1)[1].split()
-            state = self.unit_state if self.attached else "inactive"
-            # as portablectl says it: an image whose unit failed is attached, not running
-            attached = "detached" if name != self.attached else (
-                "attached-runtime" if state == "failed" else "running-runtime")
-            out = f"Attached={attached}\n"
-            for unit in units:
-                out += (f"Unit={unit}\nActiveState={state}\nMainPID=42\nInvocationID=run{self.stamp}\n"
-                        f"ExecMainStartTimestampMonotonic={self.stamp}\nComm={self.comm}\n")
+            out = self._states(name, units)
         elif command.startswith(("systemctl status", "journalctl")):
             out = "web-server.service - web-server\n   Active: failed (Result: exit-code)"
         return SimpleNamespace(rc=rc, stdout=out + "\n", stderr="")
+
+    def _states(self, name: str, units: list[str]) -> str:
+        """What _STATE_SCRIPT prints; each look counts as a poll."""
+        self.polls += 1
+        if self.exec_fails_after is not None and self.polls > self.exec_fails_after:
+            self.unit_state, self.comm = "failed", ""
+        state = self.unit_state if self.attached else "inactive"
+        # as portablectl says it: an image whose unit failed is attached, not running
+        attached = "detached" if name != self.attached else (
+            "attached-runtime" if state == "failed" else "running-runtime")
+        out = f"Attached={attached}\n"
+        for unit in units:
+            out += (f"Unit={unit}\nActiveState={state}\nMainPID=42\nInvocationID=run{self.stamp}\n"
+                    f"ExecMainStartTimestampMonotonic={self.stamp}\nComm={self.comm}\n")
+        return out
+
+    def _lifecycle(self, verb: str, image: str, name: str, old: str, profile: str, runtime: str, settle: str,
+                   poll: str, tries: str, *units: str) -> SimpleNamespace:
+        """_LIFECYCLE_SCRIPT: records the commands it stands for, and prints its steps and snapshots."""
+        out = "Step=portablectl\n"
+        if not self.portablectl:
+            return SimpleNamespace(rc=127, stdout=out, stderr="")
+        if verb == "reattach":
+            out += "Step=before\n" + self._states(name, list(units))
+        out += f"Step={verb}\n"
+        self.run(f"portablectl {verb} --now --profile={profile}{' --runtime' if runtime else ''} {image}")
+        if old:
+            self.commands.append(f"rm -rf {old}")
+        running = False
+        for _ in range(int(tries)):  # the guest's own wait until the programs run
+            self.polls += 1
+            if self.exec_fails_after is not None and self.polls > self.exec_fails_after:
+                self.unit_state, self.comm = "failed", ""
+            if self.unit_state == "failed":
+                break
+            if not self.comm.startswith("("):
+                running = True
+                break
+        out += "Step=state\n" + self._states(name, list(units))
+        if running:
+            out += "Step=settled\n" + self._states(name, list(units))
+        return SimpleNamespace(rc=0, stdout=out, stderr="")
 
     def copy_to(self, local: Path | str, remote: str) -> None:
         self.copied.append((Path(local), remote))
@@ -285,8 +328,33 @@ def test_active_is_not_running_until_the_program_was_executed(tmp_path):
 def test_running_only_once_the_same_invocation_stayed_up(tmp_path):
     guest = FakeGuest()
     with PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=10, settle=0.2):
-        state_polls = [c for c in guest.commands if c.startswith("sh -c 'echo \"Attached=")]
-        assert len(state_polls) >= 2  # seen once, then again after the settle time
+        assert guest.polls >= 2  # seen once, then again after the settle time (in the attach's own command)
+
+
+def test_attach_and_reattach_are_one_guest_command_each(tmp_path):
+    """Each guest command is an SSH round trip (about 0.5 s in an emulated guest): a step is the copy plus one."""
+    guest = FakeGuest()
+    with PortableService(guest, fake_image(tmp_path, "web-server_1.0"), timeout=5, settle=0.05) as service:
+        assert [c.split()[:2] for c in guest.commands] == [["sh", "-c"], ["portablectl", "attach"]]
+        guest.commands.clear()
+        service.reattach(fake_image(tmp_path, "web-server_1.1"))
+        assert [c.split()[:2] for c in guest.commands] == [["sh", "-c"], ["portablectl", "reattach"], ["rm", "-rf"]]
+        assert guest.commands[-1] == "rm -rf /root/web-server_1.0.raw"  # the old image, once the reattach worked
+        guest.commands.clear()
+    assert [c.split()[:2] for c in guest.commands] == [["sh", "-c"], ["portablectl", "detach"], ["rm", "-rf"]]
+
+
+def test_a_unit_still_set_up_after_the_guest_wait_is_polled_from_here(tmp_path):
+    """When the step's own command stops waiting before the program runs, the host polls the states."""
+    guest = FakeGuest()
+    guest.comm = "(web-server)"
+    service = PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=10, settle=0.05)
+    service._copy(service.image)
+    snapshots = service._lifecycle("attach", service.remote_path, service.name)
+    assert set(snapshots) == {"state"}  # the program never ran within the guest's wait: no "settled" look
+    guest.comm = "web-server"
+    service._wait_running(service.name, seen=snapshots)
+    assert sum(c.startswith("sh -c 'echo \"Attached=") for c in guest.commands) >= 2
 
 
 # --- every shape a flake's portable output has ---------------------------------------------------------------
