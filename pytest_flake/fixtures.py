@@ -105,7 +105,8 @@ def flake_docker(flake_settings: Settings, flake_session: Session) -> Iterator[D
     """
     from .docker import Docker
 
-    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=flake_session.run)
+    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=flake_session.run,
+                                  control_dir=flake_session.dir)
     yield docker
     docker.close()
 

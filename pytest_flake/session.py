@@ -75,6 +75,9 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from .tunnel import close_all
+
+        close_all(self.dir)  # ssh master connections (remote Docker, libvirt) and their forwards
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 

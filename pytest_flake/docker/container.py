@@ -3,7 +3,8 @@
 :class:`Container` runs an image detached, publishes each port on 127.0.0.1 at a random
 host port (never on every address), waits until it runs and its ports answer, labels it
 with the session id (so a later session can sweep what a killed one left), and removes it
-on exit.
+on exit. On a daemon of another host (``ssh://``) the ports are on that host's loopback:
+each is reached through an ssh forward (:meth:`Docker.reach`), closed when the container goes.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Container:
         self._logs = ""
         self._host: Host | None = None
         self._removed = False
+        self._forwarded: set[int] = set()  # host ports (on the daemon's host) forwarded here
         self.started_seconds = 0.0
 
     def __repr__(self) -> str:
@@ -139,7 +141,8 @@ class Container:
                       "address inside the container, on the port given?")
         self.started_seconds = time.monotonic() - started
         log.info("docker: %s ready in %.2fs%s", self.name, self.started_seconds,
-                 "".join(f", {p} on 127.0.0.1:{self.port(p)}" for p in self.ports))
+                 "".join(f", {p} on 127.0.0.1:{self.port(p)}" for p in self.ports)
+                 + (f" (through ssh to {self.docker.url})" if self._forwarded else ""))
 
     def _exposed(self) -> list[str]:
         if self.image is not None and self.image.archive is not None:
@@ -157,7 +160,7 @@ class Container:
         for key in self.ports:
             if not key.endswith("/tcp"):
                 continue
-            port_answers(self._host_port(key, wait=True))
+            port_answers(self._local_port(key, wait=True))
             self._answering.add(key)
         self._check_health(state)
 
@@ -196,6 +199,17 @@ class Container:
             raise NotReady(f"{key} not published yet")
         raise DockerError(f"container {self.name} has no host port for {key}")
 
+    def _local_port(self, key: str, wait: bool = False) -> int:
+        """The 127.0.0.1 port *here* for ``key``: the host port, or the ssh forward of it (a remote daemon).
+
+        A forward that ssh refuses is an :class:`~pytest_flake.errors.SSHError` at once, never a wait.
+        """
+        remote = self._host_port(key, wait=wait)
+        local = self.docker.reach(remote)
+        if local != remote:
+            self._forwarded.add(remote)
+        return local
+
     # what tests use
     @property
     def id(self) -> str:
@@ -208,7 +222,7 @@ class Container:
             raise UsageError(f"container {self.name} is not started", hint="use it as a context manager")
 
     def port(self, container_port: int | str) -> int:
-        """The 127.0.0.1 host port where ``container_port`` is published."""
+        """The 127.0.0.1 port here where ``container_port`` answers (on a remote daemon: an ssh forward of it)."""
         self._require()
         key = port_key(container_port)
         if key not in self._published:
@@ -222,16 +236,16 @@ class Container:
             wait_for(lambda: self._probe_port(key), what=f"port {key} of container {self.name}",
                      timeout=self.timeout, on_timeout=self._safe_logs)
             self._answering.add(key)
-        return self._host_port(key)
+        return self._local_port(key)
 
     def _probe_port(self, key: str) -> None:
         state = self._state()
         if state.get("Status") in ("exited", "dead"):
             self._exited_early(state)
-        port_answers(self._host_port(key, wait=True))
+        port_answers(self._local_port(key, wait=True))
 
     def url(self, container_port: int | str = 80, path: str = "/") -> str:
-        """``http://127.0.0.1:HOSTPORT/path`` for a published container port."""
+        """``http://127.0.0.1:PORT/path`` for a published container port (:meth:`port`: works for a remote daemon)."""
         return f"http://127.0.0.1:{self.port(container_port)}/{path.lstrip('/')}"
 
     def logs(self) -> str:
@@ -274,8 +288,14 @@ class Container:
             self._container.stop(timeout=timeout)
         log.info("docker: stopped %s", self.name)
 
+    def _release(self) -> None:
+        for remote in sorted(self._forwarded):
+            self.docker.release(remote)
+        self._forwarded.clear()
+
     def remove(self) -> None:
-        """Remove the container (forcefully); idempotent, failures logged."""
+        """Remove the container (forcefully) and close its ssh forwards; idempotent, failures logged."""
+        self._release()
         if self._container is None or self._removed:
             return
         self.logs()
@@ -306,5 +326,8 @@ class Container:
         with contextlib.suppress(Exception):  # a stopped container has no host ports
             self._container.reload()
             urls = ", ".join(f"{p} at 127.0.0.1:{self._host_port(p)}" for p in self._published if p.endswith("/tcp"))
+            remote = getattr(self.docker, "remote", None)
+            if urls and remote is not None:
+                urls += f" on {remote.host} (reach them with `ssh -L PORT:127.0.0.1:PORT {remote.target}`)"
         return (f"docker --host {self.docker.url} exec -it {self.name} sh"
                 + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}")

@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +39,14 @@ from .container import Container
 if TYPE_CHECKING:
     from ..config import Settings
     from ..nix import Build
+    from ..tunnel import SSHHost
     from ..xdist import Run
 
 log = logging.getLogger("pytest_flake")
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
+# the daemon's socket on the other host of a ``ssh://`` endpoint (what ``docker system dial-stdio`` dials there)
+REMOTE_SOCKET = "/var/run/docker.sock"
 START_HINT = (
     "start a daemon (`systemctl start docker`; install it with 'apt-get install docker.io' on Debian/Ubuntu or "
     "'virtualisation.docker.enable = true' on NixOS, or run `dockerd --host unix:///PATH/docker.sock --data-root DIR "
@@ -124,6 +129,8 @@ def tls_config(source: str, environ: Mapping[str, str] | None = None) -> Any:
 def describe_endpoint(settings: Settings | None = None) -> str:
     """One line for the report header: ``unix:///run/docker.sock (from $DOCKER_HOST)``."""
     url, source = endpoint(settings)
+    if url.startswith("ssh://"):
+        return f"{url} (from {source}; its {REMOTE_SOCKET} and published ports through an ssh tunnel)"
     return f"{url} (from {source})"
 
 
@@ -160,10 +167,16 @@ class Docker:
 
     ``Docker(url)`` does not connect; :meth:`connect` (or the first use) does, and raises
     :class:`DockerError` naming the endpoint and how to start a daemon when none answers.
+
+    An ``ssh://[user@]host`` endpoint is reached through the session's :class:`~pytest_flake.tunnel.SSHHost`
+    (the user's own ssh config, agent and known_hosts; its master lives in ``control_dir``): the
+    daemon's socket there is forwarded to a unix socket here, which the SDK talks to. A container's
+    published ports live on that host's loopback: :meth:`reach` forwards one here.
     """
 
     def __init__(self, url: str | None = None, *, source: str = "argument", timeout: float = 120.0,
-                 session_id: str | None = None, cache_dir: Path | None = None, run: Run | None = None) -> None:
+                 session_id: str | None = None, cache_dir: Path | None = None, run: Run | None = None,
+                 control_dir: Path | None = None) -> None:
         if url is None:
             url, source = endpoint(None)
         self.url = url
@@ -172,6 +185,10 @@ class Docker:
         self.session_id = session_id
         self.cache_dir = cache_dir if cache_dir is not None else state_dir() / "docker-archives"
         self.run = run  # the pytest-xdist run of this session: its workers load each image once
+        self.control_dir = control_dir  # where an ssh:// endpoint's master connection lives (the session dir)
+        self.api_url = url  # what the SDK talks to: the url, or the local end of the ssh tunnel
+        self.remote: SSHHost | None = None
+        self._own_control: Path | None = None
         self._client: Any = None
         self._loader: Any = None
         self._images: dict[str, Image] = {}
@@ -179,9 +196,11 @@ class Docker:
         self.version: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings, session_id: str | None = None, run: Run | None = None) -> Docker:
+    def from_settings(cls, settings: Settings, session_id: str | None = None, run: Run | None = None,
+                      control_dir: Path | None = None) -> Docker:
         url, source = endpoint(settings)
-        return cls(url, source=source, timeout=settings.flake_timeout, session_id=session_id, run=run)
+        return cls(url, source=source, timeout=settings.flake_timeout, session_id=session_id, run=run,
+                    control_dir=control_dir)
 
     def __repr__(self) -> str:
         return f"Docker({self.url!r})"
@@ -194,9 +213,10 @@ class Docker:
             docker: Any = importlib.import_module("docker")
         except ImportError as exc:
             raise DockerError("the Docker SDK is not installed", hint="pip install 'pytest-flake[docker]'") from exc
-        self._tls = tls_config(self.source)
+        self.api_url = self._tunnel()
+        self._tls = None if self.remote is not None else tls_config(self.source)
         try:
-            client = docker.DockerClient(base_url=self.url, timeout=timeout, version="auto", tls=self._tls)
+            client = docker.DockerClient(base_url=self.api_url, timeout=timeout, version="auto", tls=self._tls)
             info = client.version()
         except Exception as exc:
             raise self._unreachable(exc) from None
@@ -208,8 +228,44 @@ class Docker:
         self._client = client
         return self
 
+    @property
+    def is_remote(self) -> bool:
+        """Whether the daemon is on another host (an ``ssh://`` endpoint)."""
+        return self.url.startswith("ssh://")
+
+    def _tunnel(self) -> str:
+        """The SDK's endpoint: the url itself, or for ``ssh://`` a local socket forwarded to the daemon's there."""
+        if not self.is_remote:
+            return self.url
+        from ..tunnel import ssh_host
+
+        if self.control_dir is None:  # no session (the doctor, a sweep): a master of our own, ended by close()
+            self._own_control = Path(tempfile.mkdtemp(prefix="pf-docker-ssh-"))
+            self.control_dir = self._own_control
+        started = time.monotonic()
+        self.remote = ssh_host(self.url, control_dir=self.control_dir)
+        local = self.remote.forward_socket(REMOTE_SOCKET)
+        log.info("docker: %s through ssh: %s here is %s there (%.2fs)", self.url, local, REMOTE_SOCKET,
+                 time.monotonic() - started)
+        return f"unix://{local}"
+
+    def reach(self, port: int) -> int:
+        """A 127.0.0.1 port here that reaches ``port`` on the daemon's host: the same port, or an ssh forward."""
+        return self.remote.forward(port) if self.remote is not None else port
+
+    def release(self, port: int) -> None:
+        """End the forward :meth:`reach` opened for ``port`` (a container was removed); no-op for a local daemon."""
+        if self.remote is not None:
+            self.remote.cancel(port)
+
     def _unreachable(self, exc: BaseException) -> DockerError:
         text = str(exc)
+        if self.remote is not None:
+            return DockerError(f"no Docker daemon answers at {self.url} (from {self.source}): the ssh connection "
+                               f"works, but {REMOTE_SOCKET} on {self.remote.host} does not answer",
+                               hint=f"is dockerd running there, and may this user use it? try "
+                                    f"`ssh {self.remote.target} docker version`",
+                               details=f"{type(exc).__name__}: {text}")
         if "Permission denied" in text or "PermissionError" in text:
             return DockerError(f"permission denied on the Docker endpoint {self.url} (from {self.source})",
                                hint="add your user to the docker group, or use a daemon you may reach",
@@ -228,6 +284,15 @@ class Docker:
                 with contextlib.suppress(Exception):
                     client.close()
         self._client = self._loader = None
+        if self.remote is not None:
+            self.remote.cancel_socket(REMOTE_SOCKET)
+            self.remote = None
+        if self._own_control is not None:
+            from ..tunnel import close_all
+
+            close_all(self._own_control)
+            shutil.rmtree(self._own_control, ignore_errors=True)
+            self._own_control = self.control_dir = None
 
     def __enter__(self) -> Docker:
         return self.connect()
@@ -316,7 +381,7 @@ class Docker:
         importlib.import_module("docker.errors")
 
         if self._loader is None:  # a client without a read timeout: a large image loads for long
-            self._loader = docker.APIClient(base_url=self.url, timeout=None, version="auto",
+            self._loader = docker.APIClient(base_url=self.api_url, timeout=None, version="auto",
                                             tls=getattr(self, "_tls", None))
         messages: list[str] = []
         plain = getattr(self, "podman", False) and archive.kind == KIND_TAR and archive.compression in OPENERS

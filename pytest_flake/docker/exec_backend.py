@@ -55,6 +55,41 @@ def container_shell(container: Container) -> list[str]:
                       hint="no /bin/sh and no script entrypoint; add a shell to the image to use .host")
 
 
+def exec_demux(container: Container, argv: list[str], user: str = "") -> tuple[int, bytes, bytes]:
+    """``exec_run(argv, demux=True)``: exit code, stdout, stderr, without the SDK's lost-output race.
+
+    The SDK reads an exec's output from the raw socket, past the HTTP reader's buffer: output
+    that arrived with the response headers is lost (docker-py #2042, #3332). Through an ssh
+    tunnel (a daemon on another host) headers and output come together often: about one
+    command in seven lost its output. This reads the frames from the buffered reader instead.
+    Without the SDK's low-level API (a fake in the unit tests), it is ``exec_run``.
+    """
+    sdk = container._container
+    api = getattr(getattr(sdk, "client", None), "api", None)
+    if api is None or not hasattr(api, "_post_json"):
+        code, (out, err) = sdk.exec_run(argv, demux=True, user=user)
+        return code, out or b"", err or b""
+    exec_id = api.exec_create(sdk.id, argv, stdout=True, stderr=True, user=user)["Id"]
+    response = api._post_json(api._url("/exec/{0}/start", exec_id), headers={"Connection": "Upgrade",
+                              "Upgrade": "tcp"}, data={"Tty": False, "Detach": False}, stream=True)
+    api._raise_for_status(response)
+    reader = response.raw._fp.fp  # the buffered reader: it holds what came with the headers
+    with contextlib.suppress(AttributeError):
+        reader.raw._sock.settimeout(None)  # a command may run long and print nothing meanwhile
+    streams = {1: bytearray(), 2: bytearray()}
+    try:
+        while True:
+            header = reader.read(8)
+            if len(header) < 8:
+                break
+            data = reader.read(int.from_bytes(header[4:8], "big"))
+            streams[2 if header[0] == 2 else 1].extend(data)
+    finally:
+        response.close()
+    code = api.exec_inspect(exec_id).get("ExitCode")
+    return int(code or 0), bytes(streams[1]), bytes(streams[2])
+
+
 def exec_backend(container: Container) -> Any:
     """A testinfra backend (a ``DockerBackend``) that runs each command with the SDK's exec."""
     from testinfra.backend.docker import DockerBackend
@@ -72,7 +107,7 @@ def exec_backend(container: Container) -> Any:
                 self._shell = container_shell(container)
             cmd = self.get_command(command, *args)
             user = self.user or ""
-            code, (out, err) = container._container.exec_run([*self._shell, "-c", cmd], demux=True, user=user)
-            return self.result(code, self.encode(cmd), out or b"", err or b"")
+            code, out, err = exec_demux(container, [*self._shell, "-c", cmd], user=user)
+            return self.result(code, self.encode(cmd), out, err)
 
     return ExecBackend()

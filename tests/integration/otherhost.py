@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -174,7 +175,7 @@ class OtherHost:
 
     def user_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run where ``~/.ssh`` is :attr:`ssh_dir` (a private mount namespace; nothing else changes)."""
-        home_ssh = Path.home() / ".ssh"
+        home_ssh = user_ssh_dir()
         return ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", LAUNCHER,
                 str(self.ssh_dir), str(home_ssh), *map(str, argv)]
 
@@ -199,6 +200,11 @@ class OtherHost:
         """The output of ``sshd``, ``dockerd``, ``virtlogd`` or ``libvirtd`` so far."""
         path = self.work / "logs" / f"{daemon}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def user_ssh_dir() -> Path:
+    """The ``~/.ssh`` that ssh reads: the user database's home, not ``$HOME`` (which pytester changes)."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh"
 
 
 def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -322,9 +328,9 @@ def _user_files(host: OtherHost, host_pub: str) -> None:
         f"Host {host.alias}",
         f"    HostName {host.address}",
         "    User root",
-        f"    IdentityFile {Path.home() / '.ssh' / 'id_ed25519'}",
+        "    IdentityFile ~/.ssh/id_ed25519",
         "    IdentitiesOnly yes",
-        f"    UserKnownHostsFile {Path.home() / '.ssh' / 'known_hosts'}",
+        "    UserKnownHostsFile ~/.ssh/known_hosts",
         "    StrictHostKeyChecking yes",
         "",
     ]))
@@ -345,10 +351,13 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
     ns_addr, our_addr = str(net.network_address + 2), str(net.network_address + 1)
     host = OtherHost(name=name, address=ns_addr, host_address=our_addr, work=work, ssh_dir=work / "user-ssh")
     made_home_ssh = False
-    home_ssh = Path.home() / ".ssh"
+    home_ssh = user_ssh_dir()
     try:
         for sub in ("sshd", "logs", "user-ssh", "docker", "lib-libvirt", "log-libvirt", "cache-libvirt"):
             (work / sub).mkdir(parents=True, mode=0o700)
+        # as on a real host (0755): QEMU runs as libvirt's unprivileged user and must pass through
+        # /var/lib/libvirt to the storage pool's volumes
+        (work / "lib-libvirt").chmod(0o755)
         me = os.getpid()
         (work / "owner").write_text(f"{me} {start_time(me)}")
         # keys: the host's, and the user's (authorised for root there)

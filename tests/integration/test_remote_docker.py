@@ -1,0 +1,178 @@
+"""Docker on another host: user-style docker tests with ``DOCKER_HOST=ssh://pf-otherhost``.
+
+The other host is a network and mount namespace of this machine with its own sshd and dockerd
+(tests/integration/otherhost.py). The inner pytest run sees a ``~/.ssh`` that knows it, the way a
+user's would; pytest-flake reaches its daemon and the containers' published ports (on that
+host's loopback) through ssh. Afterwards: the tunnels are closed, the image is in the other
+host's daemon and was never loaded into ours, and no container is left there.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_flake.session import alive
+
+from .otherhost import OtherHost, OtherHostUnavailable, check_tools, other_host
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
+pytestmark = [pytest.mark.docker]
+
+USER_TESTS = '''
+"""Written as a user would, against the public docker API; DOCKER_HOST points at another host."""
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.flake("path:EXAMPLE")
+
+
+def test_image_is_loaded_with_its_tag(docker_image):
+    image = docker_image("docker")
+    assert image.tag == "web-server:1.0"
+    assert image.id.startswith("sha256:")
+    assert docker_image("docker").id == image.id
+
+
+def test_web_server_answers(docker_image, docker_container, http):
+    container = docker_container(docker_image(), ports=[3031])
+    http.get(container.url(3031)).expect(200, contains="web-server 1.0")
+    info = http.get(container.url(3031, "/cgi-bin/info")).expect(200).json()
+    assert info["name"] == "web-server"
+
+
+def test_inside_the_container(docker_container):
+    container = docker_container("docker", ports=[3031], env={"GREETING": "hello"})
+    host = container.host
+    assert host.file("/nix/store").is_directory
+    assert host.check_output("echo $GREETING") == "hello"
+    assert host.run("exit 3").rc == 3
+
+
+def test_upgrade_to_next_version(docker_image, docker_container, http):
+    old = docker_container("docker", ports=[3031])
+    http.get(old.url(3031)).expect(200, contains="web-server 1.0")
+    old.stop()
+    new = docker_container(docker_image("docker-next"), ports=[3031])
+    http.get(new.url(3031)).expect(200, contains="web-server 1.1")
+    assert "url:/" in _logs_once_written(new, "url:/")
+    assert "url:/" in old.logs()  # kept after the old one stopped
+
+
+def _logs_once_written(container, text, timeout=10.0):
+    """httpd writes its log line after the response: the logs may lag the answer by a moment."""
+    deadline = time.monotonic() + timeout
+    while text not in container.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return container.logs()
+
+
+def _ssh_masters():
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\\0")
+        except OSError:
+            continue
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and argv and argv[0].endswith(b"ssh") and b"ControlMaster=yes" in argv \
+                and b"pf-otherhost" in argv:  # this session's own (another run may reach pf-otherhost too)
+            found.append(int(pid))
+    return found
+
+
+def test_evidence(docker_image, docker_container, http):
+    """What the outer test checks after this run: what ran where, and which tunnel carried it."""
+    image = docker_image("docker")
+    container = docker_container(image, ports=[3031])
+    http.get(container.url(3031)).expect(200, contains="web-server 1.0")
+    Path(os.environ["PF_EVIDENCE"]).write_text(json.dumps({
+        "image": image.id, "out": str(image.build.out), "container": container.name,
+        "port": container.port(3031), "masters": _ssh_masters()}))
+'''
+
+
+@pytest.fixture(scope="module")
+def oh() -> Iterator[OtherHost]:
+    try:
+        check_tools()
+    except OtherHostUnavailable as exc:
+        pytest.skip(str(exc))
+    with other_host(libvirt=False) as host:
+        yield host
+
+
+def _cli(prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=60)
+
+
+Docker = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _events(docker: Docker, since: float, until: float) -> list[dict[str, Any]]:
+    """A daemon's events between two times (``docker events``), as dicts."""
+    done = docker("events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--format", "{{json .}}")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def _made(events: list[dict[str, Any]], name: str) -> bool:
+    return any(e.get("Type") == "container" and e.get("Action") == "create"
+               and (e.get("Actor") or {}).get("Attributes", {}).get("name") == name for e in events)
+
+
+def test_user_docker_tests_against_the_other_host(pytester: pytest.Pytester, oh: OtherHost,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    local_url = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert oh.docker("images", "-q").stdout.strip() == ""  # a new daemon: whatever it holds afterwards came now
+    evidence = pytester.path / "evidence.json"
+    monkeypatch.setenv("DOCKER_HOST", oh.docker_url)
+    monkeypatch.setenv("PF_EVIDENCE", str(evidence))
+    test_file = pytester.makepyfile(test_user=USER_TESTS.replace("EXAMPLE", str(EXAMPLE)))
+    since = time.time()
+    result = pytester.run(*oh.user_argv([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+                                         "-o", "log_cli=true", "--log-cli-level=INFO", str(test_file)]),
+                          timeout=900)
+    until = time.time() + 1
+    result.assert_outcomes(passed=5)
+    facts = json.loads(evidence.read_text())
+
+    # it ran there, through ssh: the header named the endpoint, a master connection carried it
+    result.stdout.fnmatch_lines(["*ssh://pf-otherhost*"])
+    assert facts["masters"], "no ssh master connection to pf-otherhost ran during the tests"
+    # the tunnels are closed: no master of that session is left, the forwarded port listens no more
+    for pid in facts["masters"]:
+        assert not alive(pid), f"ssh master {pid} outlived the session"
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", facts["port"]), timeout=2):
+        pass
+    # the image is in the other host's daemon (new: nothing was there before), went there through the API
+    # (our store path does not exist there); the container ran there, not in our daemon
+    assert oh.docker("image", "inspect", "--format", "{{.Id}}", facts["image"]).stdout.strip() == facts["image"]
+    assert oh.inside(["test", "-e", facts["out"]]).returncode != 0
+    assert Path(facts["out"]).exists()
+    remote_events = _events(oh.docker, since, until)
+    assert any(e.get("Type") == "image" and e.get("Action") == "load" for e in remote_events)
+    assert _made(remote_events, facts["container"])
+    local = functools.partial(_cli, ["docker", "--host", local_url])
+    assert not _made(_events(local, since, until), facts["container"]), "the local daemon ran the container"
+    # no container is left there
+    assert oh.docker("ps", "-a", "-q", "--filter", "label=pytest-flake.session").stdout.strip() == ""
