@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from pytest_flake import xdist
+from pytest_flake.docker.archive import Archive
+from pytest_flake.docker.daemon import Docker
 from pytest_flake.nix import Build, Flake
 from pytest_flake.session import Session, start_time
 from pytest_flake.vm import VM, Image, VMConfig
@@ -321,3 +323,45 @@ def test_two_workers_starting_the_same_vm_boot_it_once(tmp_path: Path, caplog: p
     assert events == [("cold boot", "pf-aaaa-vm-1"), ("save", "pf-aaaa-vm-1"), ("restore", "pf-bbbb-vm-1")]
     assert not first.warm and second.warm
     assert "vm://pf-bbbb-vm-1: another session boots the same VM; waiting to restore its warm state" in caplog.text
+
+
+# --- one image load per run -----------------------------------------------------------------
+class LoadRecordingDocker(Docker):
+    """A daemon stand-in shared by two workers: it holds the image once somebody loaded it."""
+
+    def __init__(self, held: set[str], loads: list[str], run: Run, url: str = "unix:///fake.sock") -> None:
+        super().__init__(url, session_id="pf-test", cache_dir=Path("/nonexistent"), run=run)
+        self.held, self.loads = held, loads
+
+    def has_image(self, ref: str) -> dict[str, Any] | None:
+        return {"RepoTags": ["web-server:1.0"]} if ref in self.held else None
+
+    def known_layers(self) -> set[str]:
+        return set()
+
+    def _load(self, archive: Archive) -> None:
+        self.loads.append(archive.id)
+        time.sleep(0.3)  # the sibling asks meanwhile
+        self.held.add(archive.id)
+
+
+def test_two_workers_load_an_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = Archive(path=tmp_path / "image.tar.gz", kind="tar", compression="gzip", id="sha256:" + "a" * 64,
+                      tags=("web-server:1.0",), diff_ids=("sha256:" + "b" * 64,))
+    monkeypatch.setattr("pytest_flake.docker.daemon.inspect_archive", lambda path, cache: archive)
+    run = Run.for_uid("r5", tmp_path / "state")
+    held: set[str] = set()
+    loads: list[str] = []
+    images: list[Any] = []
+    workers = [LoadRecordingDocker(held, loads, run), LoadRecordingDocker(held, loads, run)]
+    threads = [threading.Thread(target=lambda d=docker: images.append(d.image(archive.path))) for docker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == [archive.id]
+    assert sorted(image.loaded for image in images) == [False, True]
+    # another daemon is another load: the lock is per daemon and image
+    other: list[str] = []
+    LoadRecordingDocker(set(), other, run, url="ssh://elsewhere").image(archive.path)
+    assert other == [archive.id]
