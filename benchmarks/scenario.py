@@ -265,6 +265,7 @@ TEST_FILE = '''\
 
 import json
 import os
+import shlex
 import time
 from contextlib import contextmanager
 
@@ -287,13 +288,22 @@ def timed(test, step, guest=None):
             counted["stop"]()
     extra = {}
     if counted is not None:
-        extra = {"guest_commands": counted["n"], "guest_seconds": counted["s"], "copies": counted["copies"]}
+        extra = {"guest_commands": counted["n"], "guest_seconds": counted["s"], "copies": counted["copies"],
+                 "each": counted["each"]}
     record(test, step, time.monotonic() - started, **extra)
 
 
+def label(cmd):
+    """A guest command in a few words: a long ``sh -c SCRIPT`` by its first arguments."""
+    argv = shlex.split(cmd)
+    if argv[:2] == ["sh", "-c"] and len(argv) > 4 and len(argv[2]) > 60:
+        return "sh -c SCRIPT " + " ".join(argv[4:6])
+    return cmd[:60]
+
+
 def count_guest_commands(guest):
-    """Counts the guest commands (each one SSH round trip) and copies made through ``guest``."""
-    counted = {"n": 0, "s": 0.0, "copies": 0}
+    """Counts the guest commands (each one SSH round trip) and copies made through ``guest``, with their times."""
+    counted = {"n": 0, "s": 0.0, "copies": 0, "each": []}
     run, copy_to = guest.run, guest.copy_to
 
     def counting_run(cmd):
@@ -303,10 +313,15 @@ def count_guest_commands(guest):
         finally:
             counted["n"] += 1
             counted["s"] += time.monotonic() - started
+            counted["each"].append([label(cmd), time.monotonic() - started])
 
     def counting_copy(local, remote):
-        counted["copies"] += 1
-        return copy_to(local, remote)
+        started = time.monotonic()
+        try:
+            return copy_to(local, remote)
+        finally:
+            counted["copies"] += 1
+            counted["each"].append([f"copy_to {remote}", time.monotonic() - started])
 
     guest.run, guest.copy_to = counting_run, counting_copy
 
@@ -406,21 +421,43 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:5.2f}x" if b > 0.005 else "    -"
 
 
+def row_of(name: str) -> str:
+    """The row of the comparison a step belongs to (the two ways split some steps differently)."""
+    if name.startswith("nix build"):
+        return "nix build (4 outputs)"
+    if name in ("stop (local)", "docker rm -f", "vm: virsh destroy"):
+        return "clean-up"
+    if name.startswith("vm: "):
+        return "vm: start to SSH"
+    for what in ("attach", "reattach"):
+        if name.startswith(f"portable {what}:") and not name.endswith("curl"):
+            return f"portable {what}: copy + {what}"
+    return name
+
+
 def print_comparison(shell: dict[str, float], shell_total: float, plugin: PytestRun) -> None:
-    steps = plugin_steps(plugin)
-    print("\nstep                                   shell    plugin  shell/plugin")
-    for name in dict.fromkeys([*shell, *steps]):
-        a, b = shell.get(name), steps.get(name)
-        print(f"{name:<36} {f'{a:7.2f}s' if a is not None else '       -'} "
-              f"{f'{b:8.2f}s' if b is not None else '        -'}  {ratio(a, b) if a and b else '    -'}")
+    rows: dict[str, list[float]] = {}
+    for name, seconds in shell.items():
+        rows.setdefault(row_of(name), [0.0, 0.0])[0] += seconds
+    for name, seconds in plugin_steps(plugin).items():
+        rows.setdefault(row_of(name), [0.0, 0.0])[1] += seconds
+    rows.setdefault("clean-up", [0.0, 0.0])[1] = sum(v for k, v in plugin.phases.items() if k.endswith(" teardown"))
+    boot = next((e["step"] for e in plugin.steps if e["step"].startswith("vm: start")), "")
+    print(f"\n{'step':<40} {'shell':>8} {'plugin':>8}  shell/plugin")
+    for name, (a, b) in rows.items():
+        note = {"vm: start to SSH": f"  (shell: a cold boot; plugin: {boot.removeprefix('vm: start ')})",
+                "clean-up": "  (plugin: the tests' teardowns)"}.get(name, "")
+        print(f"{name:<40} {a:7.2f}s {b:7.2f}s  {ratio(a, b)}{note}")
     for what in ("attach", "reattach"):
         a = sum(v for k, v in shell.items() if k.startswith(f"portable {what}:"))
-        b = sum(v for k, v in steps.items() if k.startswith(f"portable {what}:"))
-        print(f"{f'portable {what} (copy in to HTTP)':<36} {a:7.2f}s {b:8.2f}s  {ratio(a, b)}")
+        b = sum(v for k, v in plugin_steps(plugin).items() if k.startswith(f"portable {what}:"))
+        print(f"{f'portable {what}, copy in to HTTP 200':<40} {a:7.2f}s {b:7.2f}s  {ratio(a, b)}")
     for entry in plugin.steps:
         if "guest_commands" in entry:
             print(f"  plugin {entry['step']}: {entry['guest_commands']} guest commands "
-                  f"({entry['guest_seconds']:.2f}s in them), {entry['copies']} copies")
+                  f"({entry['guest_seconds']:.2f}s in them), {entry['copies']} copy")
+            for what, seconds in entry.get("each", []):
+                print(f"    {seconds:6.2f}s  {what}")
     print("\nplugin per test (--durations=0):")
     for name, seconds in plugin.phases.items():
         print(f"  {name:<30} {seconds:7.2f}s")

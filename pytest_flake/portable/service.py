@@ -166,12 +166,12 @@ class PortableService:
         return remote
 
     def _lifecycle(self, verb: str, remote: str, name: str, old: str = "") -> dict[str, Observation]:
-        """One guest command for a whole step (one SSH round trip, about half a second in an emulated guest).
+        """One guest command for a whole step (each SSH round trip costs 0.2-0.5 s in an emulated guest).
 
-        It checks that portablectl is there, dissects the image (where systemd-dissect exists),
-        runs ``portablectl VERB --now``, removes ``old`` once that worked, waits in the guest until
-        each service's main process runs its program (or failed), then takes the states twice,
-        ``settle`` seconds apart. Returns the snapshots by name (``before``, ``state``, ``settled``).
+        It checks that portablectl is there, runs ``portablectl VERB --now`` (and, only if that
+        failed, ``systemd-dissect`` on the image to say why), removes ``old`` once that worked,
+        waits in the guest until each service's main process runs its program (or failed), then
+        looks again ``settle`` seconds later. Returns the looks by name (``before``, ``state``, ``settled``).
         """
         services = self._services()
         poll = _poll_interval(self.settle)
@@ -300,7 +300,7 @@ class PortableService:
             for unit in services:  # a failed unit leaves the image "attached", not "running"
                 if observation.units.get(unit, {}).get("ActiveState") == "failed":
                     raise GiveUp(unit)
-            if not observation.attached.startswith("running"):
+            if observation.attached is not None and not observation.attached.startswith("running"):
                 raise NotReady(f"portablectl is-attached {name}: {observation.attached}")
             for unit in services:
                 unit_state = observation.units.get(unit, {})
@@ -404,7 +404,7 @@ def _int(value: str | None) -> int:
 class Observation:
     """One look at an image in the guest: ``portablectl is-attached``, and systemd's view of each unit."""
 
-    attached: str = "detached"
+    attached: str | None = None  # None: not looked at (a step's own command knows from portablectl's exit code)
     units: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -450,29 +450,38 @@ _STATE_SCRIPT = (
 # A whole attach or reattach in one guest command. $1 attach|reattach, $2 the image in the guest, $3 its name,
 # $4 a file to remove once that worked ("" none), $5 the profile, $6 "yes" for --runtime, $7 settle seconds,
 # $8 the poll interval, $9 how many polls at most; then the service units. Prints Step=NAME before each step
-# (on failure the last one names it; the exit code is the failed command's), the states as _STATE_SCRIPT
-# does under Step=before (reattach), Step=state once every main process runs its program (or one failed,
-# or the polls ran out) and, if they all run, Step=settled after settle seconds more.
+# (on failure the last one names it; the exit code is the failed command's) and the units' states (as
+# _STATE_SCRIPT prints them, without Attached=: portablectl's exit code said that) under Step=before
+# (reattach), Step=state once every main process runs its program (or one failed, or the polls ran out)
+# and, if they all run, Step=settled after settle seconds more. In an emulated guest each process costs
+# 0.1-0.3 s: one systemctl a unit a look, the rest is the shell's own (read, parameter expansion), and
+# systemd-dissect runs only to explain a failed attach.
 _LIFECYCLE_SCRIPT = (
-    'states() { ' + _STATE_SCRIPT + '; }; '
-    'running() { for u; do '
-    'a=$(systemctl show -P ActiveState "$u"); [ "$a" = failed ] && return 2; [ "$a" = active ] || return 1; '
-    'case "$before" in *" $u=$(systemctl show -P InvocationID "$u") "*) return 1;; esac; '
-    'p=$(systemctl show -P MainPID "$u"); '
-    'if [ "${p:-0}" -gt 0 ]; then case "$(cat "/proc/$p/comm" 2>/dev/null)" in "("*) return 1;; esac; fi; '
+    "nl='\n'; "
+    'look() { s=$(systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic "$1"); '
+    'seen="${seen}Unit=$1$nl$s$nl"; s="$nl$s$nl"; '
+    'active=${s#*"${nl}ActiveState="}; active=${active%%"$nl"*}; '
+    'inv=${s#*"${nl}InvocationID="}; inv=${inv%%"$nl"*}; '
+    'pid=${s#*"${nl}MainPID="}; pid=${pid%%"$nl"*}; comm=""; '
+    'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then read -r comm 2>/dev/null < "/proc/$pid/comm"; '
+    'seen="${seen}Comm=$comm$nl"; fi; }; '
+    'running() { seen=""; for u; do look "$u"; '
+    '[ "$active" = failed ] && return 2; [ "$active" = active ] || return 1; '
+    'case "$before" in *" $u=$inv "*) return 1;; esac; case "$comm" in "("*) return 1;; esac; '
     'done; return 0; }; '
     'verb=$1 image=$2 name=$3 old=$4 profile=$5 runtime=$6 settle=$7 poll=$8 tries=$9; shift 9; '
     'echo Step=portablectl; command -v portablectl >/dev/null 2>&1 || exit 127; '
-    'if command -v systemd-dissect >/dev/null 2>&1; then echo Step=dissect; '
-    'systemd-dissect --no-pager "$image" >&2 || exit; fi; '
-    'before=" "; if [ "$verb" = reattach ]; then echo Step=before; states "$name" "$@"; '
-    'for u; do before="$before$u=$(systemctl show -P InvocationID "$u") "; done; fi; '
-    'echo "Step=$verb"; portablectl "$verb" --now "--profile=$profile" ${runtime:+--runtime} "$image" >&2 || exit; '
+    'before=" "; if [ "$verb" = reattach ]; then seen=""; '
+    'for u; do look "$u"; before="$before$u=$inv "; done; echo Step=before; printf %s "$seen"; fi; '
+    'echo "Step=$verb"; portablectl "$verb" --now "--profile=$profile" ${runtime:+--runtime} "$image" >&2 || '
+    '{ rc=$?; if command -v systemd-dissect >/dev/null 2>&1; then echo Step=dissect; '
+    'systemd-dissect --no-pager "$image" >&2 || exit; echo "Step=$verb"; fi; exit $rc; }; '
     'if [ -n "$old" ]; then rm -rf -- "$old"; fi; '
     'i=0; while :; do running "$@"; r=$?; [ $r -ne 1 ] && break; i=$((i+1)); [ $i -ge "$tries" ] && break; '
     'sleep "$poll"; done; '
-    'echo Step=state; states "$name" "$@"; '
-    'if [ $r -eq 0 ]; then sleep "$settle"; echo Step=settled; states "$name" "$@"; fi; exit 0'
+    'echo Step=state; printf %s "$seen"; '
+    'if [ $r -eq 0 ]; then sleep "$settle"; seen=""; for u; do look "$u"; done; echo Step=settled; '
+    'printf %s "$seen"; fi; exit 0'
 )
 
 # $1 "yes" for --runtime, $2 the attached image, then the files to remove: detach, remove, exit as detach did
