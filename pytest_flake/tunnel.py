@@ -22,6 +22,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -52,6 +53,15 @@ def short_socket_path(directory: Path, name: str) -> Path:
     short = Path(tempfile.gettempdir()) / f"pf-ssh-{_digest(str(directory.resolve()))}"
     short.mkdir(mode=0o700, exist_ok=True)
     return short / name
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def parse_target(target: str) -> tuple[str | None, str, int | None]:
@@ -123,6 +133,7 @@ class SSHHost:
         self._log: Path | None = None
         self._forwards: dict[int, tuple[int, str]] = {}  # remote port -> (local port, remote host)
         self._sockets: dict[str, Path] = {}  # remote path -> local socket
+        self._previous: dict[int, int] = {}  # remote port -> the local port it had: a new forward takes it again
         self.open_seconds = 0.0
 
     @classmethod
@@ -243,7 +254,8 @@ class SSHHost:
             self.cancel(remote_port)
         self.open()
         for attempt in range(3):  # the free port may be taken between the probe and ssh's bind
-            local = free_port()
+            local = self._previous.get(remote_port, 0) if attempt == 0 else 0
+            local = local if local and _free(local) else free_port()
             try:
                 self._control("-O", "forward", "-L", f"127.0.0.1:{local}:{remote_host}:{remote_port}",
                               what=f"forward 127.0.0.1:{local} to {remote_host}:{remote_port}")
@@ -252,6 +264,7 @@ class SSHHost:
                     raise
                 continue
             self._forwards[remote_port] = (local, remote_host)
+            self._previous[remote_port] = local  # a container that comes back on the same port keeps its URL
             log.debug("ssh: 127.0.0.1:%d -> %s:%s:%d", local, self.host, remote_host, remote_port)
             return local
         raise AssertionError("unreachable")  # pragma: no cover
@@ -294,6 +307,21 @@ class SSHHost:
                 log.warning("ssh: %s", exc)
         with contextlib.suppress(FileNotFoundError):
             local.unlink()
+
+    def check(self) -> None:
+        """Raise :class:`SSHError` when no wait can help: the master ended, or the server refuses forwarding.
+
+        A forward whose far end is refused looks, here, like a port that accepts and closes at
+        once; a probe that sees that asks this before it waits on.
+        """
+        text = self._log.read_text(errors="replace") if self._log is not None and self._log.exists() else ""
+        if "administratively prohibited" in text:
+            raise SSHError(f"ssh to {self.host}: the server refuses forwarding",
+                           hint="allow it in that host's sshd_config: AllowTcpForwarding yes (ports), "
+                                "AllowStreamLocalForwarding yes (the Docker socket)", details=tail(text))
+        if not self.is_open:
+            raise SSHError(f"ssh to {self.host}: the master connection ended", hint="see its log below; is the "
+                           "host still up?", details=tail(text) or None)
 
     @property
     def forwards(self) -> dict[int, int]:

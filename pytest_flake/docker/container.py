@@ -160,7 +160,7 @@ class Container:
         for key in self.ports:
             if not key.endswith("/tcp"):
                 continue
-            port_answers(self._local_port(key, wait=True))
+            self._port_answers(key)
             self._answering.add(key)
         self._check_health(state)
 
@@ -242,7 +242,15 @@ class Container:
         state = self._state()
         if state.get("Status") in ("exited", "dead"):
             self._exited_early(state)
-        port_answers(self._local_port(key, wait=True))
+        self._port_answers(key)
+
+    def _port_answers(self, key: str) -> None:
+        """Probe a published port; through ssh, a tunnel that cannot carry it is an error at once, not a wait."""
+        try:
+            port_answers(self._local_port(key, wait=True))
+        except NotReady:
+            self.docker.check_tunnel()
+            raise
 
     def url(self, container_port: int | str = 80, path: str = "/") -> str:
         """``http://127.0.0.1:PORT/path`` for a published container port (:meth:`port`: works for a remote daemon)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DockerError
+from ..errors import DockerError, FlakeError
 from ..session import LABEL, state_dir
 from .archive import KIND_TAR, OPENERS, Archive, inspect_archive, plain_tar
 from .container import Container
@@ -253,14 +253,23 @@ class Docker:
         """A 127.0.0.1 port here that reaches ``port`` on the daemon's host: the same port, or an ssh forward."""
         return self.remote.forward(port) if self.remote is not None else port
 
+    def check_tunnel(self) -> None:
+        """For a remote daemon: an :class:`~pytest_flake.errors.SSHError` when its ssh tunnel cannot work."""
+        if self.remote is not None:
+            self.remote.check()
+
     def release(self, port: int) -> None:
         """End the forward :meth:`reach` opened for ``port`` (a container was removed); no-op for a local daemon."""
         if self.remote is not None:
             self.remote.cancel(port)
 
-    def _unreachable(self, exc: BaseException) -> DockerError:
+    def _unreachable(self, exc: BaseException) -> FlakeError:
         text = str(exc)
         if self.remote is not None:
+            try:
+                self.remote.check()
+            except FlakeError as ssh_error:
+                return ssh_error
             return DockerError(f"no Docker daemon answers at {self.url} (from {self.source}): the ssh connection "
                                f"works, but {REMOTE_SOCKET} on {self.remote.host} does not answer",
                                hint=f"is dockerd running there, and may this user use it? try "

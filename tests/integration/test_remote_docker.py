@@ -111,6 +111,35 @@ def test_evidence(docker_image, docker_container, http):
 '''
 
 
+KILLED_RUN = '''
+import json, os, signal
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.flake("path:EXAMPLE")
+
+MASTERS
+
+
+def test_killed_with_a_container_running(docker_container):
+    container = docker_container("docker", ports=[3031])
+    Path(os.environ["PF_EVIDENCE"]).write_text(json.dumps({
+        "container": container.name, "port": container.port(3031), "masters": _ssh_masters()}))
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+NEXT_RUN = '''
+import pytest
+
+pytestmark = pytest.mark.flake("path:EXAMPLE")
+
+
+def test_next_session(docker_image):
+    assert docker_image("docker").tag == "web-server:1.0"
+'''
+
+
 @pytest.fixture(scope="module")
 def oh() -> Iterator[OtherHost]:
     try:
@@ -176,3 +205,31 @@ def test_user_docker_tests_against_the_other_host(pytester: pytest.Pytester, oh:
     assert not _made(_events(local, since, until), facts["container"]), "the local daemon ran the container"
     # no container is left there
     assert oh.docker("ps", "-a", "-q", "--filter", "label=pytest-flake.session").stdout.strip() == ""
+
+
+def test_a_killed_sessions_tunnels_and_containers_are_swept(pytester: pytest.Pytester, oh: OtherHost,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    evidence = pytester.path / "evidence.json"
+    monkeypatch.setenv("DOCKER_HOST", oh.docker_url)
+    monkeypatch.setenv("PF_EVIDENCE", str(evidence))
+    masters = USER_TESTS[USER_TESTS.index("def _ssh_masters"):USER_TESTS.index("def test_evidence")]
+    killed = pytester.makepyfile(test_killed=KILLED_RUN.replace("EXAMPLE", str(EXAMPLE)).replace("MASTERS", masters))
+    pytest_argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    result = pytester.run(*oh.user_argv([*pytest_argv, str(killed)]), timeout=600)
+    assert result.ret == -9, result.stdout.str()
+    facts = json.loads(evidence.read_text())
+    # what the killed run left: its ssh master, the forward, and the container on the other host
+    assert facts["masters"] and all(alive(pid) for pid in facts["masters"])
+    socket.create_connection(("127.0.0.1", facts["port"]), timeout=2).close()
+    assert facts["container"] in oh.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+    after = pytester.makepyfile(test_next=NEXT_RUN.replace("EXAMPLE", str(EXAMPLE)))
+    result = pytester.run(*oh.user_argv([*pytest_argv, str(after)]), timeout=600)
+    result.assert_outcomes(passed=1)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in facts["masters"]) and time.monotonic() < deadline:
+        time.sleep(0.1)  # killed by the sweep; reaped by init
+    assert not any(alive(pid) for pid in facts["masters"]), "the next session left the dead one's ssh master"
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", facts["port"]), timeout=2):
+        pass
+    assert facts["container"] not in oh.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()

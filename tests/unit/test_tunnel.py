@@ -206,3 +206,30 @@ def test_socket_paths_stay_short(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as server:  # the kernel takes it
         server.bind(str(path) + ".abcdefghijklmnop")
     os.unlink(str(path) + ".abcdefghijklmnop")
+
+
+def test_check_names_what_no_wait_cures(fake_ssh: Path, tmp_path: Path) -> None:
+    host = SSHHost("box", control_dir=tmp_path, timeout=5).open()
+    host.check()  # a working master: nothing to say
+    assert host._log is not None
+    with host._log.open("a") as log:  # what ssh writes when the server forbids a forward
+        log.write("channel 3: open failed: administratively prohibited: open failed\n")
+    with pytest.raises(SSHError, match="refuses forwarding.*AllowTcpForwarding"):
+        host.check()
+    host._log.write_text("")
+    assert host._proc is not None
+    host._proc.kill()
+    host._proc.wait()
+    with pytest.raises(SSHError, match="master connection ended"):
+        host.check()
+    with pytest.raises(SSHError, match="not open"):
+        host._control("-O", "check", what="check")
+    host.close()
+
+
+def test_a_port_forwarded_again_keeps_its_local_port(fake_ssh: Path, tmp_path: Path) -> None:
+    with SSHHost("box", control_dir=tmp_path, timeout=5) as host:
+        first = host.forward(3031)
+        host.cancel(3031)
+        assert host.forward(3031) == first  # a container back on the same port keeps its URL
+        assert host.forward(3032) != first
