@@ -272,8 +272,9 @@ class Docker:
                 return ssh_error
             return DockerError(f"no Docker daemon answers at {self.url} (from {self.source}): the ssh connection "
                                f"works, but {REMOTE_SOCKET} on {self.remote.host} does not answer",
-                               hint=f"is dockerd running there, and may this user use it? try "
-                                    f"`ssh {self.remote.target} docker version`",
+                               hint=f"is dockerd running there, may this user use it (`ssh {self.remote.target} "
+                                    f"docker version`), and does its sshd forward sockets (AllowStreamLocalForwarding, "
+                                    f"AllowTcpForwarding, PermitOpen)?",
                                details=f"{type(exc).__name__}: {text}")
         if "Permission denied" in text or "PermissionError" in text:
             return DockerError(f"permission denied on the Docker endpoint {self.url} (from {self.source})",

@@ -299,9 +299,10 @@ def check_tools() -> None:
                                        f"(scripts/setup.d/35-otherhost.sh)")
 
 
-def _sshd_config(host: OtherHost) -> str:
+def _sshd_config(host: OtherHost, extra: Sequence[str] = ()) -> str:
     keys = host.work / "sshd"
     return "\n".join([
+        *extra,  # sshd takes the first value of each keyword: these win
         f"ListenAddress {host.address}",
         "Port 22",
         f"HostKey {keys / 'ssh_host_ed25519_key'}",
@@ -341,8 +342,12 @@ def _user_files(host: OtherHost, host_pub: str) -> None:
 
 
 @contextlib.contextmanager
-def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 120.0) -> Iterator[OtherHost]:
-    """Make the other host; remove it (and what killed runs left) at the end. See the module docstring."""
+def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 120.0,
+               sshd_options: Sequence[str] = ()) -> Iterator[OtherHost]:
+    """Make the other host; remove it (and what killed runs left) at the end. See the module docstring.
+
+    ``sshd_options`` are sshd_config lines that win over the harness's (``AllowTcpForwarding no``).
+    """
     check_tools()
     sweep()
     name = f"{PREFIX}{secrets.token_hex(3)}"
@@ -366,7 +371,7 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name} user", "-f",
               str(host.ssh_dir / "id_ed25519")])
         shutil.copy(host.ssh_dir / "id_ed25519.pub", work / "sshd" / "authorized_keys")
-        (work / "sshd" / "sshd_config").write_text(_sshd_config(host))
+        (work / "sshd" / "sshd_config").write_text(_sshd_config(host, sshd_options))
         _user_files(host, (work / "sshd" / "ssh_host_ed25519_key.pub").read_text())
         # /etc/libvirt, without autostarted networks or pools (they would need bridges and dnsmasq)
         shutil.copytree("/etc/libvirt", work / "etc-libvirt", symlinks=True)

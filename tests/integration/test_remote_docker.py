@@ -140,6 +140,21 @@ def test_next_session(docker_image):
 '''
 
 
+REFUSED_RUN = '''
+import pytest
+
+from pytest_flake import DockerError
+
+pytestmark = pytest.mark.flake("path:EXAMPLE")
+
+
+def test_a_server_that_will_not_forward(docker_image):
+    with pytest.raises(DockerError, match="ssh connection works, but /var/run/docker.sock on pf-otherhost does not "
+                                          "answer .*AllowStreamLocalForwarding"):
+        docker_image("docker")
+'''
+
+
 @pytest.fixture(scope="module")
 def oh() -> Iterator[OtherHost]:
     try:
@@ -233,3 +248,20 @@ def test_a_killed_sessions_tunnels_and_containers_are_swept(pytester: pytest.Pyt
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", facts["port"]), timeout=2):
         pass
     assert facts["container"] not in oh.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+
+def test_a_tunnel_that_cannot_work_is_an_error_not_a_wait(pytester: pytest.Pytester,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sshd that forwards nothing (OpenSSH's AllowTcpForwarding covers unix sockets too): a clear error at once.
+
+    (A server that refuses only the container's port cannot be made with OpenSSH; the unit tests cover what
+    ssh writes then: tests/unit/test_tunnel.py::test_check_names_what_no_wait_cures.)
+    """
+    with other_host(libvirt=False, sshd_options=["AllowTcpForwarding no"]) as strict:
+        monkeypatch.setenv("DOCKER_HOST", strict.docker_url)
+        test_file = pytester.makepyfile(test_refused=REFUSED_RUN.replace("EXAMPLE", str(EXAMPLE)))
+        result = pytester.run(*strict.user_argv([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                                                 str(test_file)]), timeout=600)
+        result.assert_outcomes(passed=1)
+        assert "Received request to connect to path /var/run/docker.sock, but the request was denied" in \
+            strict.log("sshd")
