@@ -319,8 +319,9 @@ class Flake:
         if run is None:
             build = self._nix_build(attr, path, installable, self._gcroot_dir)
         else:
-            def valid(data: dict[str, Any]) -> bool:
-                return all(Path(p).exists() for p in (data.get("outputs") or {"": ""}).values())
+            def valid(data: dict[str, Any]) -> bool:  # a sibling's build whose store paths still exist
+                outputs = data.get("outputs")
+                return isinstance(outputs, dict) and bool(outputs) and all(Path(p).exists() for p in outputs.values())
 
             data, shared = run.once(_link_name(self.ref, path),
                                     lambda: self._nix_build(attr, path, installable, run.gcroots).to_json(), valid)
