@@ -36,6 +36,10 @@ from .session import Session
 
 log = logging.getLogger("pytest_flake")
 
+# The VMs the vm fixture made for a test: each is destroyed at the test's end, so a portable service in
+# one needs no detach first (portablectl detach takes 2-3 s in an emulated guest).
+OWN_VMS = pytest.StashKey[list[Any]]()
+
 # --- core -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def flake_settings(request: pytest.FixtureRequest) -> Settings:
@@ -242,6 +246,7 @@ def vm(request: pytest.FixtureRequest, flake_vms: VMPool) -> Iterator[VM]:
     """
     with flake_vms.vm() as machine:
         evidence(request, f"console of VM {machine.name}", machine.console_log)
+        request.node.stash.setdefault(OWN_VMS, []).append(machine)
         yield machine
         _close_vm(request, machine)
 
@@ -311,6 +316,8 @@ def _detach_service(request: pytest.FixtureRequest, service: PortableService) ->
     if keep_if_failed(request, f"portable service {service.name}",
                       f"in {service.guest.name}: portablectl list; systemctl status {' '.join(service.units)}"):
         return
+    if any(machine is service.guest for machine in request.node.stash.get(OWN_VMS, [])):
+        return  # the test's own VM goes right after, with the image and its attachment
     service.close()
 
 
