@@ -358,8 +358,10 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
     made_home_ssh = False
     home_ssh = user_ssh_dir()
     try:
-        for sub in ("sshd", "logs", "user-ssh", "docker", "lib-libvirt", "log-libvirt", "cache-libvirt"):
+        for sub in ("sshd", "logs", "user-ssh", "docker"):
             (work / sub).mkdir(parents=True, mode=0o700)
+        for sub in ("lib-libvirt", "log-libvirt", "cache-libvirt"):  # 0755 as on a host: QEMU runs as libvirt-qemu
+            (work / sub).mkdir(mode=0o755)
         # as on a real host (0755): QEMU runs as libvirt's unprivileged user and must pass through
         # /var/lib/libvirt to the storage pool's volumes
         (work / "lib-libvirt").chmod(0o755)
@@ -377,6 +379,9 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
         shutil.copytree("/etc/libvirt", work / "etc-libvirt", symlinks=True)
         for autostart in (work / "etc-libvirt").rglob("autostart"):
             shutil.rmtree(autostart, ignore_errors=True)
+        # its guests in no cgroup of their own: a guest killed with the host leaves no machine/ cgroup behind here
+        with (work / "etc-libvirt" / "qemu.conf").open("a") as qemu_conf:
+            qemu_conf.write("\ncgroup_controllers = [ ]\n")
         # the network: a namespace with loopback and one veth carrying our /30
         _run(["ip", "netns", "add", name])
         veth_host, veth_ns = f"pfoh{name[len(PREFIX):]}", f"pfohn{name[len(PREFIX):]}"
@@ -413,6 +418,10 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
             made_home_ssh = True
         yield host
     finally:
+        if libvirt and host.supervisor is not None and host.supervisor.poll() is None:
+            with contextlib.suppress(Exception):  # libvirt's own clean-up of what runs there, before the kill
+                for domain in host.virsh("list", "--name").stdout.split():
+                    host.virsh("destroy", domain)
         if host.supervisor is not None and host.supervisor.poll() is None:
             host.supervisor.terminate()
             try:

@@ -24,7 +24,7 @@ import pytest
 
 from pytest_flake.session import alive
 
-from .otherhost import OtherHost, OtherHostUnavailable, check_tools, other_host
+from .otherhost import NETNS_DIR, WORK_ROOT, OtherHost, OtherHostUnavailable, check_tools, other_host, sweep
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 pytestmark = [pytest.mark.docker]
@@ -155,12 +155,17 @@ def test_a_server_that_will_not_forward(docker_image):
 '''
 
 
-@pytest.fixture(scope="module")
-def oh() -> Iterator[OtherHost]:
+@pytest.fixture(autouse=True)
+def _other_host_possible() -> None:
     try:
         check_tools()
     except OtherHostUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def oh() -> Iterator[OtherHost]:
+    check_tools()
     with other_host(libvirt=False) as host:
         yield host
 
@@ -265,3 +270,32 @@ def test_a_tunnel_that_cannot_work_is_an_error_not_a_wait(pytester: pytest.Pytes
         result.assert_outcomes(passed=1)
         assert "Received request to connect to path /var/run/docker.sock, but the request was denied" in \
             strict.log("sshd")
+    # the end of the block removed it all: namespace, veth, processes, files
+    assert not (NETNS_DIR / strict.name).exists() and not strict.work.exists()
+    assert subprocess.run(["ip", "link", "show", f"pfoh{strict.name[len('pf-oh-'):]}"],
+                          capture_output=True).returncode != 0
+    assert strict.supervisor is not None and strict.supervisor.poll() is not None
+
+
+KILLED_HARNESS = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from tests.integration.otherhost import other_host
+with other_host(docker=False, libvirt=False) as host:
+    print(host.name, host.pids["sshd"], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_runs_other_host_is_removed_by_the_next(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", KILLED_HARNESS, str(Path(__file__).resolve().parents[2])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    name, sshd = done.stdout.split()
+    assert (NETNS_DIR / name).exists() and (WORK_ROOT / name).exists()  # what the killed run left
+    assert name in sweep()
+    assert not (NETNS_DIR / name).exists() and not (WORK_ROOT / name).exists()
+    deadline = time.monotonic() + 10
+    while alive(int(sshd)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(int(sshd))
