@@ -18,8 +18,9 @@ The two ways, timed in this one run, step by step:
   The whole run is timed from the outside, and each test's setup/call/teardown comes from
   ``--durations=0``.
 
-Then the same test file once more under pytest-xdist ``-n 2`` against the ``-n 0`` run
-(skipped, saying so, when pytest-xdist is not installed).
+Then a suite under pytest-xdist, ``-n 2`` against ``-n 0``: the flake's own ``tests/`` (the example's
+has two VM tests, so two workers have something to share; ``--xdist-suite scenario`` takes the
+generated file and the run above as ``-n 0``). Skipped, saying so, when pytest-xdist is not installed.
 
 Prints each step, and the ratios shell/plugin and ``-n 0``/``-n 2``. Durations are printed,
 never asserted. Everything started here is removed at the end, also on Ctrl-C (the pytest
@@ -377,15 +378,16 @@ class PytestRun:
     tail: str
 
 
-def run_pytest(flake: Path, work: Path, extra: Sequence[str], label: str) -> PytestRun:
-    """One pytest-flake run over the generated test file; Ctrl-C reaches it too and it cleans up itself."""
+def run_pytest(flake: Path, work: Path, extra: Sequence[str], label: str, tests: Path | None = None) -> PytestRun:
+    """One pytest-flake run over the generated test file (or ``tests``, run from this checkout);
+    Ctrl-C reaches it too and it cleans up after itself."""
     steps = work / f"steps-{label}.jsonl"
     steps.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "pytest", f"--flake={flake}", "--vm-image=debian", "-p", "no:cacheprovider",
-            "--durations=0", "-q", "-rfE", *extra, str(work / "test_scenario.py")]
+            "--durations=0", "-q", "-rfE", *extra, str(tests or work / "test_scenario.py")]
     print(f"  $ {' '.join(argv[1:])}", flush=True)
     started = time.monotonic()
-    child = subprocess.Popen(argv, cwd=work, env={**os.environ, "PF_SCENARIO_STEPS": str(steps)},
+    child = subprocess.Popen(argv, cwd=ROOT if tests else work, env={**os.environ, "PF_SCENARIO_STEPS": str(steps)},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = child.communicate(timeout=1800)
@@ -474,6 +476,8 @@ def main() -> int:
     parser.add_argument("--flake", type=Path, default=ROOT / "examples" / "offline")
     parser.add_argument("--no-xdist", action="store_true", help="skip the -n 2 against -n 0 part")
     parser.add_argument("--no-shell", action="store_true", help="skip the shell way (plugin runs only)")
+    parser.add_argument("--xdist-suite", choices=("example", "scenario"), default="example",
+                        help="what -n 2 and -n 0 run: the flake's own tests/ (default) or the generated file")
     args = parser.parse_args()
     flake = args.flake.resolve()
     if "DOCKER_HOST" not in os.environ:
@@ -520,13 +524,27 @@ def main() -> int:
             print("\npytest-xdist is not installed: the -n 2 against -n 0 part is skipped "
                   "(pip install pytest-xdist)")
             return single.rc
-        print("\nthe same file under pytest-xdist -n 2:", flush=True)
-        double = run_pytest(flake, work, ["-n", "2"], "n2")
+        first_rc = single.rc
+        suite = flake / "tests" if args.xdist_suite == "example" and (flake / "tests").is_dir() else None
+        if suite is not None:  # several VM tests, so two workers have something to share
+            print(f"\nthe example's own tests ({suite.relative_to(ROOT) if suite.is_relative_to(ROOT) else suite}) "
+                  "under pytest-xdist, -n 0 then -n 2:", flush=True)
+            single = run_pytest(flake, work, ["-n", "0"], "suite-n0", suite)
+        else:
+            print("\nthe same file under pytest-xdist -n 2:", flush=True)
+        double = run_pytest(flake, work, ["-n", "2"], "n2", suite)
+        if single.rc != 0:
+            print(f"  pytest -n 0 failed (exit code {single.rc}):\n{single.tail}")
         if double.rc != 0:
             print(f"  pytest -n 2 failed (exit code {double.rc}):\n{double.tail}")
+        print(f"{'test phase':<32} {'-n 0':>7} {'-n 2':>7}")
+        for name in dict.fromkeys([*single.phases, *double.phases]):
+            cells = [f"{v:6.2f}s" if v is not None else "      -" for v in (single.phases.get(name),
+                                                                         double.phases.get(name))]
+            print(f"  {name:<30} {cells[0]} {cells[1]}")
         print(f"-n 0: {single.seconds:.2f}s, -n 2: {double.seconds:.2f}s; "
               f"ratio -n 0 / -n 2 {ratio(single.seconds, double.seconds).strip()} ({os.cpu_count()} cores)")
-        return single.rc or double.rc
+        return first_rc or single.rc or double.rc
 
 
 if __name__ == "__main__":
