@@ -249,6 +249,7 @@ class DockerService(Service):
         self.image_of = image_of
         self.container: Container | None = None
         self.host_port = 0
+        self.daemon_port = 0
         self._old_logs: list[str] = []
 
     def _run(self, attr: str, host_port: int | None) -> Container:
@@ -258,6 +259,7 @@ class DockerService(Service):
         self.container = container
         container.start()
         self.host_port = container.port(self.spec.port)
+        self.daemon_port = container.daemon_port(self.spec.port)  # differs through ssh (a remote daemon)
         return container
 
     def start(self) -> DockerService:
@@ -279,7 +281,7 @@ class DockerService(Service):
             self._old_logs.append(f"{old.logs()}--- upgraded from {self.attr} to {attr}\n")
             old.remove()
         self.attr = attr
-        self._run(attr, self.host_port)
+        self._run(attr, self.daemon_port)
         return self
 
     def keep(self) -> None:

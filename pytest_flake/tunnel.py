@@ -57,6 +57,7 @@ def short_socket_path(directory: Path, name: str) -> Path:
 
 def _free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh binds: old connections do not count
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -358,6 +359,9 @@ class SSHHost:
             with contextlib.suppress(SSHError, subprocess.TimeoutExpired):
                 self._control("-O", "exit", what="end the master connection")
         self._end_master()
+        if self.control_path.parent != self.control_dir:  # the short folder of a long session path
+            with contextlib.suppress(OSError):
+                self.control_path.parent.rmdir()
 
     def _end_master(self) -> None:
         proc, self._proc = self._proc, None

@@ -238,6 +238,15 @@ class Container:
             self._answering.add(key)
         return self._local_port(key)
 
+    def daemon_port(self, container_port: int | str) -> int:
+        """The port on the daemon's host (127.0.0.1 there) where ``container_port`` is published.
+
+        The same as :meth:`port` for a local daemon; for a daemon on another host, :meth:`port` is the
+        ssh forward of this one. ``host_ports`` pins this one (a new container on the same port).
+        """
+        self.port(container_port)
+        return self._host_port(port_key(container_port))
+
     def _probe_port(self, key: str) -> None:
         state = self._state()
         if state.get("Status") in ("exited", "dead"):

@@ -214,6 +214,11 @@ def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     return done
 
 
+def veth_names(name: str) -> tuple[str, str]:
+    """Our end and its end of the other host ``name``'s veth pair (at most 15 characters each)."""
+    return f"pfoh{name[len(PREFIX):]}", f"pfohn{name[len(PREFIX):]}"
+
+
 def _netns_pids(name: str) -> list[int]:
     done = _run(["ip", "netns", "pids", name], check=False)
     return [int(p) for p in done.stdout.split()]
@@ -258,6 +263,8 @@ def _kill_all(name: str) -> None:
 def remove(name: str) -> None:
     """Remove the other host ``name``: its processes, containers, namespace (and veth) and files."""
     _kill_all(name)
+    # our end of the veth: it would go with the namespace, but the kernel removes a namespace's devices later
+    _run(["ip", "link", "del", veth_names(name)[0]], check=False)
     if (NETNS_DIR / name).exists():
         _run(["ip", "netns", "del", name], check=False)
     shutil.rmtree(WORK_ROOT / name, ignore_errors=True)
@@ -384,7 +391,7 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
             qemu_conf.write("\ncgroup_controllers = [ ]\n")
         # the network: a namespace with loopback and one veth carrying our /30
         _run(["ip", "netns", "add", name])
-        veth_host, veth_ns = f"pfoh{name[len(PREFIX):]}", f"pfohn{name[len(PREFIX):]}"
+        veth_host, veth_ns = veth_names(name)
         _run(["ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_ns, "netns", name])
         _run(["ip", "addr", "add", f"{our_addr}/30", "dev", veth_host])
         _run(["ip", "link", "set", veth_host, "up"])
@@ -435,4 +442,4 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
                 home_ssh.rmdir()
 
 
-__all__ = ["ALIAS", "OtherHost", "OtherHostUnavailable", "check_tools", "other_host", "remove", "sweep"]
+__all__ = ["ALIAS", "OtherHost", "OtherHostUnavailable", "check_tools", "other_host", "remove", "sweep", "veth_names"]

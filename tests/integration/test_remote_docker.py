@@ -24,7 +24,16 @@ import pytest
 
 from pytest_flake.session import alive
 
-from .otherhost import NETNS_DIR, WORK_ROOT, OtherHost, OtherHostUnavailable, check_tools, other_host, sweep
+from .otherhost import (
+    NETNS_DIR,
+    WORK_ROOT,
+    OtherHost,
+    OtherHostUnavailable,
+    check_tools,
+    other_host,
+    sweep,
+    veth_names,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 pytestmark = [pytest.mark.docker]
@@ -73,6 +82,15 @@ def test_upgrade_to_next_version(docker_image, docker_container, http):
     http.get(new.url(3031)).expect(200, contains="web-server 1.1")
     assert "url:/" in _logs_once_written(new, "url:/")
     assert "url:/" in old.logs()  # kept after the old one stopped
+
+
+@pytest.mark.flake_service(3031)
+def test_service_upgrade_keeps_its_address(service, http):
+    info = service.url("/cgi-bin/info")
+    http.get(info, retry_for=30).expect(200, json={"name": "web-server", "version": "1.0"})
+    service.upgrade("docker-next")
+    assert service.url("/cgi-bin/info") == info  # the same address: the same port there, the same forward here
+    http.get(info, retry_for=30).expect(200, json={"version": "1.1"})
 
 
 def _logs_once_written(container, text, timeout=10.0):
@@ -199,10 +217,10 @@ def test_user_docker_tests_against_the_other_host(pytester: pytest.Pytester, oh:
     test_file = pytester.makepyfile(test_user=USER_TESTS.replace("EXAMPLE", str(EXAMPLE)))
     since = time.time()
     result = pytester.run(*oh.user_argv([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
-                                         "-o", "log_cli=true", "--log-cli-level=INFO", str(test_file)]),
-                          timeout=900)
+                                         "--flake-targets=docker", "-o", "log_cli=true", "--log-cli-level=INFO",
+                                         str(test_file)]), timeout=900)
     until = time.time() + 1
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     facts = json.loads(evidence.read_text())
 
     # it ran there, through ssh: the header named the endpoint, a master connection carried it
@@ -272,8 +290,7 @@ def test_a_tunnel_that_cannot_work_is_an_error_not_a_wait(pytester: pytest.Pytes
             strict.log("sshd")
     # the end of the block removed it all: namespace, veth, processes, files
     assert not (NETNS_DIR / strict.name).exists() and not strict.work.exists()
-    assert subprocess.run(["ip", "link", "show", f"pfoh{strict.name[len('pf-oh-'):]}"],
-                          capture_output=True).returncode != 0
+    assert subprocess.run(["ip", "link", "show", veth_names(strict.name)[0]], capture_output=True).returncode != 0
     assert strict.supervisor is not None and strict.supervisor.poll() is not None
 
 
