@@ -217,14 +217,16 @@ def test_user_docker_tests_against_the_other_host(pytester: pytest.Pytester, oh:
     test_file = pytester.makepyfile(test_user=USER_TESTS.replace("EXAMPLE", str(EXAMPLE)))
     since = time.time()
     result = pytester.run(*oh.user_argv([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
-                                         "--flake-targets=docker", "-o", "log_cli=true", "--log-cli-level=INFO",
+                                         f"--flake=path:{EXAMPLE}", "--flake-targets=docker", "-o",
+                                         "log_cli=true", "--log-cli-level=INFO",
                                          str(test_file)]), timeout=900)
     until = time.time() + 1
     result.assert_outcomes(passed=6)
     facts = json.loads(evidence.read_text())
 
     # it ran there, through ssh: the header named the endpoint, a master connection carried it
-    result.stdout.fnmatch_lines(["*ssh://pf-otherhost*"])
+    result.stdout.fnmatch_lines(["*docker: ssh://pf-otherhost (from $DOCKER_HOST; its /var/run/docker.sock and "
+                                 "published ports through an ssh tunnel)*"])
     assert facts["masters"], "no ssh master connection to pf-otherhost ran during the tests"
     # the tunnels are closed: no master of that session is left, the forwarded port listens no more
     for pid in facts["masters"]:
