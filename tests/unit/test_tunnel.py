@@ -233,3 +233,32 @@ def test_a_port_forwarded_again_keeps_its_local_port(fake_ssh: Path, tmp_path: P
         host.cancel(3031)
         assert host.forward(3031) == first  # a container back on the same port keeps its URL
         assert host.forward(3032) != first
+
+
+def test_docker_over_ssh_talks_to_the_forwarded_socket(fake_ssh: Path, tmp_path: Path) -> None:
+    from pytest_flake import DockerError
+    from pytest_flake.docker import Docker
+
+    docker = Docker("ssh://root@box", source="$DOCKER_HOST", control_dir=tmp_path)
+    with pytest.raises(DockerError) as info:  # the fake forwards to nothing: no daemon answers there
+        docker.connect(timeout=2)
+    assert "ssh connection works, but /var/run/docker.sock on box does not answer" in str(info.value)
+    assert docker.api_url.startswith("unix://") and docker.api_url.endswith(".sock")
+    forwards = [c for c in calls_of(fake_ssh) if "forward" in c]
+    assert forwards and forwards[0][-2] == f"{docker.api_url[len('unix://'):]}:/var/run/docker.sock"
+    assert docker.remote is not None
+    assert docker.reach(3031) == docker.remote.forwards[3031] != 3031
+    docker.release(3031)
+    assert docker.remote.forwards == {}
+    docker.close()
+    assert not Path(docker.api_url[len("unix://"):]).exists()
+    close_all(tmp_path)
+    assert not list(tmp_path.glob("*.pid"))
+
+
+def test_a_local_daemon_needs_no_tunnel(tmp_path: Path) -> None:
+    from pytest_flake.docker import Docker
+
+    docker = Docker("unix:///nonexistent/docker.sock", control_dir=tmp_path)
+    assert not docker.is_remote and docker.reach(3031) == 3031
+    docker.release(3031)  # nothing to do
