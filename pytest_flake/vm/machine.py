@@ -27,8 +27,9 @@ from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import NETDEV_ID, log, step
 from .connection import destroy_domain, libvirt_module
 from .domain import BootSpec, boot_xml, netdev, restore_xml
-from .images import Image, create_overlay
-from .savefile import copy_save_with_xml, read_save_xml
+from .images import Image, create_overlay, disk_info
+from .remote import ConsoleReader, RemoteHost, hostfwd_failed, read_remote_record, write_remote_record
+from .savefile import HEADER_SIZE, copy_save_with_xml, header_length, header_with_xml, read_save_xml, xml_of_header
 from .seed import HostKey, KeyPair, cloud_config, credential, make_seed, render_user_data, skip_dropin
 from .ssh import (
     QuietParamiko,
@@ -61,6 +62,8 @@ class Platform(Protocol):
     def prepare_files(self, image: Image | None, *own: Path) -> None: ...
 
     def seclabel(self) -> str | None: ...
+
+    def remote_host(self) -> RemoteHost | None: ...
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ class VM(GuestCommands):
         self._client: paramiko.SSHClient | None = None
         self._host: Host | None = None
         self._forwards: dict[int, int] = {}
+        # libvirt on another host (None: this machine): volumes, console stream, ports there
+        self.remote = platform.remote_host()
+        self._hostfwd_port = 0  # the SSH forward in QEMU's netdev (on the host's 127.0.0.1)
+        self._remote_forwards: dict[int, int] = {}  # guest port -> port on the host's 127.0.0.1
+        self._volumes: list[str] = []  # volumes of this VM on the host (its teardown deletes them)
+        self._console_reader: ConsoleReader | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -196,14 +205,73 @@ class VM(GuestCommands):
         return self
 
     def _netdev(self, extra: dict[int, int] | None = None) -> str:
-        return netdev(self.ssh_port, extra)
+        return netdev(self._hostfwd_port, extra)
+
+    # ---- libvirt on another host
+
+    def _own(self, name: str) -> str:
+        if name not in self._volumes:
+            self._volumes.append(name)
+        return name
+
+    def _disown(self, *names: str) -> None:
+        for name in names:
+            if name in self._volumes:
+                self._volumes.remove(name)
+
+    def _pick_hostfwd_port(self) -> None:
+        """The SSH forward's port: free here, or (another host) free at its 127.0.0.1."""
+        if self.remote is None:
+            self.ssh_port = self._hostfwd_port = free_port()
+            return
+        if self._hostfwd_port:
+            self.remote.release_port(self._hostfwd_port)
+        self._hostfwd_port = self.remote.pick_port()
+
+    def _attach_console(self) -> None:
+        """Another host: read the console through libvirt into the local console file, then let the guest run."""
+        if self.remote is None:
+            return
+        self._stop_console()
+        try:
+            self._console_reader = self.remote.console(self._dom, self.console, self.name)
+        except FlakeError as exc:  # the guest works without it; only its console log stays empty
+            log.warning("vm://%s: cannot read the console through libvirt: %s", self.name, exc)
+        finally:
+            self._dom.resume()
+
+    def _stop_console(self) -> None:
+        reader, self._console_reader = self._console_reader, None
+        if reader is not None:
+            reader.stop()
+
+    def _tunnel_ssh(self) -> None:
+        """Another host: the guest's SSH forward there, reached through the session's SSH master."""
+        if self.remote is not None:
+            self.ssh_port = self.remote.ssh.forward(self._hostfwd_port)
+
+    def _remote_disk(self, remote: RemoteHost, image: Image) -> tuple[Path, Path | None, Path | None, Path | None]:
+        """Upload the base (once), make this VM's overlay and seed volumes: paths on the host."""
+        base = remote.base(image)
+        virtual = int(disk_info(image.disk).get("virtual-size") or 0)
+        if self.disk_size < virtual:
+            log.warning("vm: --vm-disk-size is less than the %s image's disk; using the image's size", image.name)
+            self.disk_size = virtual
+        overlay = remote.overlay(self._own(f"{self.name}.qcow2"), base.disk, base.disk_format, self.disk_size)
+        seed = None
+        if self.seed is not None:
+            seed = Path(remote.upload(self._own(f"{self.name}.seed.img"), self.seed))
+            self.seed.unlink(missing_ok=True)
+        return (Path(overlay), Path(base.kernel) if base.kernel else None, Path(base.initrd) if base.initrd else None,
+                seed)
 
     def _cold_boot(self, image: Image, accel: str, *, trial: bool = False) -> bool:
         """Boot ``image`` and wait for SSH; True. With ``trial`` (under KVM), first watch the console
         for kernel progress: without it, record that KVM hangs, remove the domain and return False."""
         conn = self._conn()
-        self.ssh_port = free_port()
-        self.disk_size = create_overlay(image, self.overlay, self.disk_size)
+        self._pick_hostfwd_port()
+        if self.remote is None:
+            self.disk_size = create_overlay(image, self.overlay, self.disk_size)
         self.console.write_text("")
         self.keys = self._session_keys()
         oem = [credential("ssh.authorized_keys.root", self.keys.public)]
@@ -215,20 +283,33 @@ class VM(GuestCommands):
             hostkeys, origin = (" ".join(host_key.public.split()[:2]),), "seed"  # the first connection is checked
             user_data = render_user_data(cloud_config(self.keys.public, host_key, image.skip_units))
             self.seed = make_seed(self.dir / f"{self.name}.seed.img", user_data, self.name)
-        xml = boot_xml(BootSpec(
-            name=self.name, session=self.config.session_id, image_key=image.key, accel=accel,
-            memory=self.memory, cpus=self.cpus, overlay=self.overlay, console=self.console, netdev=self._netdev(),
-            kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, oem_strings=tuple(oem),
-            seed=self.seed, seclabel=self.platform.seclabel(),
-        ))
+        overlay, kernel, initrd, seed = self.overlay, image.kernel, image.initrd, self.seed
+        if self.remote is not None:  # nothing of this machine's files is seen there: volumes
+            overlay, kernel, initrd, seed = self._remote_disk(self.remote, image)
         self.platform.prepare_files(image, self.overlay, self.console, *([self.seed] if self.seed else []))
         with step(f"vm://{self.name}: cold boot of {image.name} ({accel}, {self.memory} MiB, {self.cpus} CPU)"):
             libvirt = libvirt_module()
-            try:
-                self._dom = conn.createXML(xml, 0)
-            except libvirt.libvirtError as exc:
-                raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
-                              details=f"domain XML:\n{xml}") from exc
+            for attempt in range(3):
+                xml = boot_xml(BootSpec(
+                    name=self.name, session=self.config.session_id, image_key=image.key, accel=accel,
+                    memory=self.memory, cpus=self.cpus, overlay=overlay,
+                    console=self.console if self.remote is None else None, netdev=self._netdev(),
+                    kernel=kernel, initrd=initrd, cmdline=image.cmdline, oem_strings=tuple(oem),
+                    seed=seed, seclabel=self.platform.seclabel(),
+                ))
+                try:
+                    paused = libvirt.VIR_DOMAIN_START_PAUSED if self.remote is not None else 0
+                    self._dom = conn.createXML(xml, paused)
+                    break
+                except libvirt.libvirtError as exc:
+                    if self.remote is not None and hostfwd_failed(str(exc)) and attempt < 2:
+                        log.info("vm://%s: port %d is taken on the host; another one", self.name, self._hostfwd_port)
+                        self._pick_hostfwd_port()
+                        continue
+                    raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
+                                  details=f"domain XML:\n{xml}") from exc
+            self._attach_console()
+            self._tunnel_ssh()
             self._hostkeys, self.host_key_origin = hostkeys, origin if hostkeys else ""
             if trial:
                 works, why = watch_kvm_first_boot(self.console_log, self._dom.isActive,
@@ -249,6 +330,9 @@ class VM(GuestCommands):
         libvirt = libvirt_module()
         store, keys = self.store, self.keys
         assert store is not None and keys is not None
+        if self.remote is not None:
+            self._save_on_host(self.remote, store, keys, key, boot_seconds)
+            return
         try:
             with store.create(key, self.config.session_id) as tmp:
                 if tmp is None:
@@ -284,11 +368,111 @@ class VM(GuestCommands):
         if self._client is None:
             self._wait_ssh()
 
+    def _save_on_host(self, remote: RemoteHost, store: WarmStore, keys: KeyPair, key: dict[str, Any],
+                      boot_seconds: float) -> None:
+        """Another host: the save file and the overlay stay there as volumes; this guest goes on, restored
+        at once over a new overlay on top of the saved one (nothing is copied)."""
+        libvirt = libvirt_module()
+        save, overlay = f"{self.name}.state.save", f"{self.name}.qcow2"
+        published = False
+        try:
+            with store.create(key, self.config.session_id) as tmp:
+                if tmp is None:
+                    return  # another session saved one meanwhile
+                self._disconnect()
+                try:
+                    with step(f"vm://{self.name}: saving the booted guest on the host for warm starts"):
+                        self._dom.save(remote.path(self._own(save)))
+                        self._dom = None
+                        self._stop_console()
+                        remote.names()  # the pool sees the save file as a volume
+                        head = remote.read_head(save, HEADER_SIZE)
+                        header = remote.read_head(save, header_length(head, save))
+                        (tmp / "save.header").write_bytes(header)
+                        running = remote.overlay(self._own(f"{self.name}.run.qcow2"), remote.path(overlay), "qcow2",
+                                                 self.disk_size)
+                        xml = restore_xml(xml_of_header(header, save), name=self.name, overlay=Path(running),
+                                          console=None, netdev=self._netdev(), session=self.config.session_id,
+                                          new_chain=True, keep_uuid=True)
+                        self._conn().restoreFlags(remote.path(save), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+                        self._dom = self._conn().lookupByName(self.name)
+                        self._attach_console()
+                except (libvirt.libvirtError, VMError, OSError) as exc:
+                    if self._dom is None:
+                        raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
+                    raise
+                shutil.copyfile(keys.private, tmp / "id_ed25519")
+                (tmp / "id_ed25519.pub").write_text(keys.public + "\n")
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(self.console, tmp / "console.log")
+                write_remote_record(tmp, uri=remote.uri, save=save, overlay=overlay)
+                store.publish(tmp, key, hostkeys=self._hostkeys, boot_seconds=boot_seconds,
+                              session_id=self.config.session_id)
+                published = True
+        except VMError:
+            raise
+        except (libvirt.libvirtError, OSError) as exc:
+            log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
+            if self._dom is None:
+                raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
+        if published:
+            self._disown(save, overlay)  # the warm state's now: they stay on the host
+        if self._client is None:
+            self._wait_ssh()
+
+    def _restore_on_host(self, remote: RemoteHost, state: WarmState) -> None:
+        """Another host: a new overlay over the state's, a copy of its save file with this VM's XML, a restore."""
+        libvirt = libvirt_module()
+        record = read_remote_record(state.dir)
+        if record is None or record["uri"] != remote.uri:
+            raise VMError(f"vm://{self.name}: restore failed: the warm state {state.dir.name} is not on {remote.uri}")
+        saved = remote.volume(record["overlay"])
+        if saved is None or remote.volume(record["save"]) is None:
+            raise VMError(f"vm://{self.name}: restore failed: the warm state's volumes are gone from {remote.uri}")
+        self.disk_size = max(self.disk_size, int(saved.info()[1]))
+        overlay = remote.overlay(self._own(f"{self.name}.qcow2"), remote.path(record["overlay"]), "qcow2",
+                                 self.disk_size)
+        header = (state.dir / "save.header").read_bytes()
+        copy = self._own(f"{self.name}.save")
+        self.console.write_text(boot_log_of(state))
+        try:
+            for attempt in range(3):
+                self._pick_hostfwd_port()
+                xml = restore_xml(xml_of_header(header), name=self.name, overlay=Path(overlay), console=None,
+                                  netdev=self._netdev(), session=self.config.session_id, new_chain=True)
+                path = remote.copy_save(record["save"], copy, header_with_xml(header, xml))
+                try:
+                    self._conn().restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+                    break
+                except libvirt.libvirtError as exc:
+                    if not (hostfwd_failed(str(exc)) and attempt < 2):
+                        raise
+                    log.info("vm://%s: port %d is taken on the host; another one", self.name, self._hostfwd_port)
+            self._dom = self._conn().lookupByName(self.name)
+            self._attach_console()
+        finally:
+            with contextlib.suppress(VMError):
+                remote.delete(copy)
+                self._disown(copy)
+        self._tunnel_ssh()
+
     def _restore(self, state: WarmState) -> None:
         libvirt = libvirt_module()
-        self.ssh_port = free_port()
-        copy = self.dir / f"{self.name}.save"
         private = self.dir / f"{self.name}.id_ed25519"
+        if self.remote is not None:
+            with step(f"vm://{self.name}: warm start on the host from {state.dir.name}"
+                      + (f" (saved by {state.created_by})" if state.created_by else "")):
+                try:
+                    write_private(private, state.private_key.read_bytes())
+                    self.keys = KeyPair(private=private, public=state.public_key)
+                    self._restore_on_host(self.remote, state)
+                except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
+                    raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
+                self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
+                self._wait_ssh()
+            return
+        self._pick_hostfwd_port()
+        copy = self.dir / f"{self.name}.save"
         with step(f"vm://{self.name}: warm start from {state.dir.name}"
                    + (f" (saved by {state.created_by})" if state.created_by else "")):
             try:
@@ -391,7 +575,7 @@ class VM(GuestCommands):
         libvirt = libvirt_module()
         last = ""
         for _ in range(5):
-            port = free_port()
+            port = free_port() if self.remote is None else self.remote.pick_port()  # there: on its 127.0.0.1
             command = f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{port}-:{int(guest_port)}"
             try:
                 out = libvirt_qemu.qemuMonitorCommand(self._dom, command,
@@ -399,9 +583,14 @@ class VM(GuestCommands):
             except libvirt.libvirtError as exc:
                 raise VMError(f"vm://{self.name}: {command} failed: {exc}") from exc
             if not out.strip():
+                if self.remote is not None:
+                    self._remote_forwards[guest_port] = port
+                    port = self.remote.ssh.forward(port)
                 self._forwards[guest_port] = port
                 log.info("vm://%s: guest port %d on 127.0.0.1:%d", self.name, guest_port, port)
                 return int(port)
+            if self.remote is not None:
+                self.remote.release_port(port)
             last = out.strip()
         raise VMError(f"vm://{self.name}: could not forward guest port {guest_port}: {last}")
 
@@ -457,6 +646,10 @@ class VM(GuestCommands):
 
     def ssh_command(self) -> str:
         """How a person reaches this VM from a shell (for --flake-keep)."""
+        if self.remote is not None:  # the session's tunnel ends with it: jump through the host
+            return (f"ssh -J {shlex.quote(self.remote.ssh.target)} -i {shlex.quote(str(self.private_key))} "
+                    f"-p {self._hostfwd_port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                    "root@127.0.0.1")
         return (f"ssh -i {shlex.quote(str(self.private_key))} -p {self.ssh_port} "
                 "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
 
@@ -482,6 +675,29 @@ class VM(GuestCommands):
         if dom is not None:
             destroy_domain(dom)
 
+    def _close_tunnels(self) -> None:
+        remote = self.remote
+        if remote is None:
+            return
+        for port in [self._hostfwd_port, *self._remote_forwards.values()]:
+            if port:
+                if remote.ssh.is_open:
+                    remote.ssh.cancel(port)
+                remote.release_port(port)
+        self._remote_forwards.clear()
+
+    def _delete_volumes(self) -> None:
+        remote = self.remote
+        failed = []
+        for name in list(self._volumes) if remote is not None else []:
+            try:
+                remote.delete(name)  # type: ignore[union-attr]
+                self._volumes.remove(name)
+            except VMError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise VMError("; ".join(failed))
+
     def close(self) -> None:
         """Stop the guest and remove its files; idempotent, and each step's failure is only logged."""
         if self._closed:
@@ -493,6 +709,9 @@ class VM(GuestCommands):
         steps: list[tuple[str, Callable[[], None]]] = [
             ("close SSH", self._disconnect),
             ("destroy the domain", self._drop_domain),
+            ("stop reading the console", self._stop_console),
+            ("close the tunnels", self._close_tunnels),
+            ("remove the volumes on the host", self._delete_volumes),
             ("remove the overlay", lambda: self.overlay.unlink(missing_ok=True)),
             ("remove the seed", lambda: self.seed.unlink(missing_ok=True) if self.seed else None),
             ("remove the console log", lambda: self.console.unlink(missing_ok=True)),

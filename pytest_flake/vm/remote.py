@@ -273,10 +273,15 @@ class ConsoleReader:
 
     A daemon thread appends what the guest writes to ``path`` (the VM's console log, read by
     ``console_log()``); it ends when the domain stops (the stream ends) or :meth:`stop` is called.
+
+    ``conn`` should be a connection of its own (``close_conn``: closed when the reader ends): a
+    blocking ``recv`` on libvirt's remote driver holds up other streams of its connection (a volume
+    upload there waited for its reply for as long as the console was quiet).
     """
 
-    def __init__(self, conn: Any, dom: Any, path: Path, *, name: str = "") -> None:
+    def __init__(self, conn: Any, dom: Any, path: Path, *, name: str = "", close_conn: bool = False) -> None:
         self.conn, self.dom, self.path, self.name = conn, dom, path, name
+        self.close_conn = close_conn
         self.stream: Any = None
         self.error = ""
         self.bytes = 0
@@ -306,6 +311,9 @@ class ConsoleReader:
         finally:
             with contextlib.suppress(Exception):
                 self.stream.finish() if not self.error and not self._stopping else self.stream.abort()
+            if self.close_conn:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
 
     @property
     def alive(self) -> bool:
@@ -553,6 +561,19 @@ class RemoteHost:
         if vol is None:
             raise VMError(f"libvirt at {self.uri}: no volume {name}")
         return download_bytes(self.conn, vol, 0, length)
+
+    def console(self, dom: Any, path: Path, name: str) -> ConsoleReader:
+        """Start reading ``dom``'s console into ``path``, over a connection of the reader's own."""
+        from .connection import connect
+
+        conn = connect(self.uri)
+        try:
+            own = conn.lookupByUUIDString(dom.UUIDString())
+            return ConsoleReader(conn, own, path, name=name, close_conn=True).start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     # ports
 
