@@ -369,9 +369,6 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
             (work / sub).mkdir(parents=True, mode=0o700)
         for sub in ("lib-libvirt", "log-libvirt", "cache-libvirt"):  # 0755 as on a host: QEMU runs as libvirt-qemu
             (work / sub).mkdir(mode=0o755)
-        # as on a real host (0755): QEMU runs as libvirt's unprivileged user and must pass through
-        # /var/lib/libvirt to the storage pool's volumes
-        (work / "lib-libvirt").chmod(0o755)
         me = os.getpid()
         (work / "owner").write_text(f"{me} {start_time(me)}")
         # keys: the host's, and the user's (authorised for root there)
