@@ -36,8 +36,9 @@ from .session import Session
 
 log = logging.getLogger("pytest_flake")
 
-# The VMs the vm fixture made for a test: each is destroyed at the test's end, so a portable service in
-# one needs no detach first (portablectl detach takes 2-3 s in an emulated guest).
+# The VMs made for a test (the vm fixture's, the service fixture's portable target's): each is destroyed at
+# the test's end, so a portable service in one needs no detach first (portablectl detach takes 2-3 s in an
+# emulated guest).
 OWN_VMS = pytest.StashKey[list[Any]]()
 
 # --- core -------------------------------------------------------------------------------
@@ -345,6 +346,7 @@ def _vm_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Gu
     stack.callback(_close_vm, request, machine)
     evidence(request, f"console of VM {machine.name}", machine.console_log)
     machine.__enter__()
+    request.node.stash.setdefault(OWN_VMS, []).append(machine)
     return machine
 
 
@@ -412,6 +414,8 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
                     svc.keep()
                 elif isinstance(svc, PortableTarget):
                     svc.portable = None  # stays attached in the kept guest
+            elif isinstance(svc, PortableTarget) and any(m is svc.guest for m in node.stash.get(OWN_VMS, [])):
+                svc.portable = None  # its VM is destroyed right after (below): no detach first
 
 
 # --- systemd containers -----------------------------------------------------------------
