@@ -59,11 +59,13 @@ class ProcessComponent:
         self.settings = settings
 
     def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        """Kill the process groups recorded under each dead session's directory."""
+        """Kill the process groups recorded under each dead session's directory (ssh masters among them)."""
         from .process import sweep
+        from .tunnel import remove_sockets
 
         for session_id in dead_ids:
             sweep(state_root / "sessions" / session_id)
+            remove_sockets(state_root / "sessions" / session_id)  # of a long session path: in the temp dir
 
     def doctor(self, settings: Settings) -> list[Check]:
         """No checks of its own: a local run needs only Nix, which the doctor checks first."""

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,14 +46,24 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
+def _short_dir(directory: Path) -> Path:
+    return Path(tempfile.gettempdir()) / f"pf-ssh-{_digest(str(directory.resolve()))}"
+
+
+def remove_sockets(directory: Path) -> None:
+    """Remove the sockets a killed session's masters left for ``directory`` in the temp dir (the sweep)."""
+    shutil.rmtree(_short_dir(directory), ignore_errors=True)
+
+
 def short_socket_path(directory: Path, name: str) -> Path:
-    """``directory/name``, or, when that is too long for a unix socket, a short private folder in the temp dir."""
+    """``directory/name``, or, when that is too long for a unix socket, in a short folder of the temp dir.
+
+    The folder (``pf-ssh-<hash of directory>``) is made by whoever binds there, and goes when empty.
+    """
     path = directory / name
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
         return path
-    short = Path(tempfile.gettempdir()) / f"pf-ssh-{_digest(str(directory.resolve()))}"
-    short.mkdir(mode=0o700, exist_ok=True)
-    return short / name
+    return _short_dir(directory) / name  # made (0700) by whoever binds there
 
 
 def _free(port: int) -> bool:
@@ -193,6 +204,7 @@ class SSHHost:
             return self
         self._end_master()
         self.control_dir.mkdir(parents=True, exist_ok=True)
+        self.control_path.parent.mkdir(mode=0o700, exist_ok=True)  # a short folder goes when its master ends
         with contextlib.suppress(FileNotFoundError):
             self.control_path.unlink()
         self._log = self.control_dir / f"ssh-{self._key}.log"
@@ -277,6 +289,7 @@ class SSHHost:
             return held
         self.open()
         local = short_socket_path(self.control_dir, f"fwd-{self._key}-{_digest(remote_path)}.sock")
+        local.parent.mkdir(mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             local.unlink()
         self._control("-O", "forward", "-L", f"{local}:{remote_path}", what=f"forward {local} to {remote_path}")
@@ -359,9 +372,6 @@ class SSHHost:
             with contextlib.suppress(SSHError, subprocess.TimeoutExpired):
                 self._control("-O", "exit", what="end the master connection")
         self._end_master()
-        if self.control_path.parent != self.control_dir:  # the short folder of a long session path
-            with contextlib.suppress(OSError):
-                self.control_path.parent.rmdir()
 
     def _end_master(self) -> None:
         proc, self._proc = self._proc, None
@@ -384,6 +394,8 @@ class SSHHost:
         for local in self._sockets.values():
             local.unlink(missing_ok=True)
         self._sockets.clear()
+        with contextlib.suppress(OSError):  # the short folder of a long session path, once empty
+            _short_dir(self.control_dir).rmdir()
 
     def __enter__(self) -> SSHHost:
         return self.open()
@@ -423,4 +435,4 @@ def close_all(control_dir: Path) -> None:
         _HOSTS.pop(key).close()
 
 
-__all__ = ["SSHHost", "classify", "close_all", "parse_target", "short_socket_path", "ssh_host"]
+__all__ = ["SSHHost", "classify", "close_all", "parse_target", "remove_sockets", "short_socket_path", "ssh_host"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_flake import SSHError
+from pytest_flake.components import ProcessComponent
 from pytest_flake.process import sweep
 from pytest_flake.session import alive
 from pytest_flake.tunnel import SSHHost, classify, close_all, parse_target, short_socket_path, ssh_host
@@ -43,6 +44,7 @@ if "ControlMaster=yes" in args:
         time.sleep(0.05)
         if os.path.exists(ctl + ".exit"):
             os.unlink(ctl)
+            os.unlink(ctl + ".exit")
             sys.exit(0)
 if "-O" in args:
     op = args[args.index("-O") + 1]
@@ -87,7 +89,7 @@ def test_master_forwards_and_close(fake_ssh: Path, tmp_path: Path) -> None:
                    ["-S", str(host.control_path)], ["-p", "2222"]):
         assert any(master[i:i + len(needed)] == needed for i in range(len(master))), (needed, master)
     assert master[-2:] == ["-N", "root@box"]
-    assert host.control_path.parent == control
+    assert host.control_path.parent == control or host.control_path.parent.name.startswith("pf-ssh-")
     pid_files = list(control.glob("*.pid"))
     assert len(pid_files) == 1 and alive(int(pid_files[0].stem), pid_files[0].read_text())
 
@@ -109,6 +111,7 @@ def test_master_forwards_and_close(fake_ssh: Path, tmp_path: Path) -> None:
     assert ops[-2:] == ["cancel", "exit"]  # the socket forward is cancelled, then the master ends
     assert not alive(pid)
     assert not list(control.glob("*.pid")) and not host.control_path.exists() and not sock.exists()
+    assert host.control_path.parent == control or not host.control_path.parent.exists()  # a short folder goes
     host.close()  # idempotent
 
 
@@ -145,15 +148,22 @@ def test_forward_failure_is_an_error(fake_ssh: Path, tmp_path: Path, monkeypatch
 
 
 def test_sweep_ends_a_killed_sessions_master(fake_ssh: Path, tmp_path: Path) -> None:
-    host = SSHHost("box", control_dir=tmp_path, timeout=5).open()
-    assert host._proc is not None
+    session_id = "pf-" + "0" * 90  # a long session path: the sockets live in a short folder of the temp dir
+    host = SSHHost("box", control_dir=tmp_path / "sessions" / session_id, timeout=5).open()
+    assert host._proc is not None and host.control_path.parent != host.control_dir
     pid = host._proc.pid
-    assert sweep(tmp_path) == 1  # the process component's records: a dead session's directory
+    ProcessComponent().sweep([session_id], tmp_path)  # the process component's records of a dead session
     deadline = time.monotonic() + 5
     while host._proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(pid)
+    assert not host.control_path.parent.exists()
     host.close()
+
+
+def test_the_process_records_are_the_masters(fake_ssh: Path, tmp_path: Path) -> None:
+    with SSHHost("box", control_dir=tmp_path, timeout=5):
+        assert sweep(tmp_path) == 1
 
 
 def test_shared_hosts_and_close_all(fake_ssh: Path, tmp_path: Path) -> None:
@@ -200,12 +210,17 @@ def test_classify() -> None:
 def test_socket_paths_stay_short(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     path = short_socket_path(deep, "ssh-0123456789ab.ctl")
-    assert len(os.fsencode(path)) <= 88 and path.parent.is_dir() and path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(os.fsencode(path)) <= 88 and path.parent.name.startswith("pf-ssh-")
+    assert not path.parent.exists()  # made by whoever binds there
+    path.parent.mkdir(mode=0o700)
     assert short_socket_path(deep, "ssh-0123456789ab.ctl") == path
     assert short_socket_path(Path("/tmp/x"), "a.sock") == Path("/tmp/x/a.sock")
-    with socket.socket(socket.AF_UNIX) as server:  # the kernel takes it
-        server.bind(str(path) + ".abcdefghijklmnop")
-    os.unlink(str(path) + ".abcdefghijklmnop")
+    try:
+        with socket.socket(socket.AF_UNIX) as server:  # the kernel takes it
+            server.bind(str(path) + ".abcdefghijklmnop")
+        os.unlink(str(path) + ".abcdefghijklmnop")
+    finally:
+        path.parent.rmdir()
 
 
 def test_check_names_what_no_wait_cures(fake_ssh: Path, tmp_path: Path) -> None:
