@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ sys.exit(int(os.environ.get("FAKE_SSH_RC", "0")))
 
 
 @pytest.fixture
-def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     program = bin_dir / "ssh"
@@ -74,7 +75,9 @@ def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SSH_CALLS", str(calls))
-    return calls
+    yield calls
+    for directory in {pid.parent for pid in tmp_path.rglob("*.pid")}:  # a failed test's masters end too
+        sweep(directory)
 
 
 def calls_of(calls: Path) -> list[list[str]]:
