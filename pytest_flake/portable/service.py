@@ -175,9 +175,9 @@ class PortableService:
         """
         services = self._services()
         poll = _poll_interval(self.settle)
-        tries = max(1, int(min(self.timeout, _GUEST_WAIT_LIMIT) / poll))
+        limit = max(1, int(min(self.timeout, _GUEST_WAIT_LIMIT)))
         argv = ["sh", "-c", _LIFECYCLE_SCRIPT, "sh", verb, remote, name, old, self.profile,
-                "yes" if self.runtime else "", f"{self.settle:g}", f"{poll:g}", str(tries), *services]
+                "yes" if self.runtime else "", f"{self.settle:g}", f"{poll:g}", str(limit), *services]
         result = self._run(argv)
         out = str(result.stdout or "")
         steps, snapshots = _parse_lifecycle(out)
@@ -196,7 +196,7 @@ class PortableService:
             raise PortableError(f"{what}: '{command}' failed with exit code {result.rc}", details=details)
         return snapshots
 
-    # -- lifecycle ---    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------
     def attach(self) -> PortableService:
         """Copy the image in, ``portablectl attach --now`` it, wait until its units are active.
 
@@ -204,9 +204,10 @@ class PortableService:
         waits in the guest (see :meth:`_lifecycle`); more state polls only if that wait was not enough.
         """
         remote = self._copy(self.image)
+        started = time.monotonic()
         snapshots = self._lifecycle("attach", remote, self.name)
         self.attached = True
-        self._wait_running(self.name, seen=snapshots)
+        self._wait_running(self.name, seen=snapshots, since=started)
         return self
 
     def reattach(self, image: PortableImage | Path | str) -> PortableService:
@@ -217,13 +218,14 @@ class PortableService:
                                 f"({self.prefix} and {new.prefix})", hint="detach it and attach the other image")
         old_remote = self.remote_path
         remote = self._copy(new)
+        started = time.monotonic()
         snapshots = self._lifecycle("reattach", remote, new.name, old_remote if old_remote != remote else "")
         if old_remote != remote and old_remote in self._copied:
             self._copied.remove(old_remote)  # removed in the guest once the reattach worked
         before = {unit: _int(state.get("ExecMainStartTimestampMonotonic"))
                   for unit, state in snapshots.get("before", Observation()).units.items()}
         self.image = new
-        self._wait_running(new.name, restarted_after=before, seen=snapshots)
+        self._wait_running(new.name, restarted_after=before, seen=snapshots, since=started)
         return self
 
     def detach(self) -> None:
@@ -282,7 +284,7 @@ class PortableService:
         return _parse_states(str(result.stdout).splitlines())
 
     def _wait_running(self, name: str, restarted_after: dict[str, int] | None = None,
-                      seen: dict[str, Observation] | None = None) -> None:
+                      seen: dict[str, Observation] | None = None, since: float | None = None) -> None:
         """Wait until the image is attached and each service runs its own program, and stays up.
 
         ``active`` alone is not enough: a simple service is active from the fork on, while
@@ -291,7 +293,7 @@ class PortableService:
         process has executed its program and the same invocation is still up ``settle``
         seconds later. ``seen``: the snapshots the guest took in the step's own command
         (``state``, then ``settled`` ``settle`` seconds later); when they already show that,
-        no further guest command is needed.
+        no further guest command is needed. ``since``: when the wait began (``timeout`` counts from there).
         """
         services = self._services()
         first_seen: dict[str, tuple[str, str, float]] = {}  # unit -> (invocation, main pid, when)
@@ -336,8 +338,9 @@ class PortableService:
                 except NotReady:
                     pass
             interval = _poll_interval(self.settle)
+            left = self.timeout - (time.monotonic() - since if since is not None else 0.0)
             wait_for(lambda: judge(self._states(name, services), time.monotonic()),
-                     what=f"portable service {name} running", timeout=self.timeout,
+                     what=f"portable service {name} running", timeout=max(left, 2 * interval),
                      interval=interval, max_interval=min(0.5, max(self.settle / 2, 0.02)), on_timeout=self.status)
         except GiveUp as failed:
             unit = str(failed)
@@ -449,10 +452,10 @@ _STATE_SCRIPT = (
 
 # A whole attach or reattach in one guest command. $1 attach|reattach, $2 the image in the guest, $3 its name,
 # $4 a file to remove once that worked ("" none), $5 the profile, $6 "yes" for --runtime, $7 settle seconds,
-# $8 the poll interval, $9 how many polls at most; then the service units. Prints Step=NAME before each step
+# $8 the poll interval, $9 how many seconds to wait at most; then the service units. Prints Step=NAME before each step
 # (on failure the last one names it; the exit code is the failed command's) and the units' states (as
 # _STATE_SCRIPT prints them, without Attached=: portablectl's exit code said that) under Step=before
-# (reattach), Step=state once every main process runs its program (or one failed, or the polls ran out)
+# (reattach), Step=state once every main process runs its program (or one failed, or time ran out)
 # and, if they all run, Step=settled after settle seconds more. In an emulated guest each process costs
 # 0.1-0.3 s: one systemctl a unit a look, the rest is the shell's own (read, parameter expansion), and
 # systemd-dissect runs only to explain a failed attach.
@@ -469,7 +472,7 @@ _LIFECYCLE_SCRIPT = (
     '[ "$active" = failed ] && return 2; [ "$active" = active ] || return 1; '
     'case "$before" in *" $u=$inv "*) return 1;; esac; case "$comm" in "("*) return 1;; esac; '
     'done; return 0; }; '
-    'verb=$1 image=$2 name=$3 old=$4 profile=$5 runtime=$6 settle=$7 poll=$8 tries=$9; shift 9; '
+    'verb=$1 image=$2 name=$3 old=$4 profile=$5 runtime=$6 settle=$7 poll=$8 limit=$9; shift 9; '
     'echo Step=portablectl; command -v portablectl >/dev/null 2>&1 || exit 127; '
     'before=" "; if [ "$verb" = reattach ]; then seen=""; '
     'for u; do look "$u"; before="$before$u=$inv "; done; echo Step=before; printf %s "$seen"; fi; '
@@ -477,7 +480,9 @@ _LIFECYCLE_SCRIPT = (
     '{ rc=$?; if command -v systemd-dissect >/dev/null 2>&1; then echo Step=dissect; '
     'systemd-dissect --no-pager "$image" >&2 || exit; echo "Step=$verb"; fi; exit $rc; }; '
     'if [ -n "$old" ]; then rm -rf -- "$old"; fi; '
-    'i=0; while :; do running "$@"; r=$?; [ $r -ne 1 ] && break; i=$((i+1)); [ $i -ge "$tries" ] && break; '
+    'read -r up _ < /proc/uptime; end=$((${up%.*} + limit)); '
+    'while :; do running "$@"; r=$?; [ $r -ne 1 ] && break; '
+    'read -r up _ < /proc/uptime; [ "${up%.*}" -ge $end ] && break; '
     'sleep "$poll"; done; '
     'echo Step=state; printf %s "$seen"; '
     'if [ $r -eq 0 ]; then sleep "$settle"; seen=""; for u; do look "$u"; done; echo Step=settled; '

@@ -218,7 +218,7 @@ class FakeGuest:
         return out
 
     def _lifecycle(self, verb: str, image: str, name: str, old: str, profile: str, runtime: str, settle: str,
-                   poll: str, tries: str, *units: str) -> SimpleNamespace:
+                   poll: str, limit: str, *units: str) -> SimpleNamespace:
         """_LIFECYCLE_SCRIPT: records the commands it stands for, and prints its steps and snapshots."""
         out = "Step=portablectl\n"
         if not self.portablectl:
@@ -230,7 +230,7 @@ class FakeGuest:
         if old:
             self.commands.append(f"rm -rf {old}")
         running = False
-        for _ in range(int(tries)):  # the guest's own wait until the programs run
+        for _ in range(int(limit) * 10):  # the guest's own wait until the programs run
             self.polls += 1
             if self.exec_fails_after is not None and self.polls > self.exec_fails_after:
                 self.unit_state, self.comm = "failed", ""
