@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DockerError
+from ..errors import DockerError, SSHError
 from ..session import LABEL, state_dir
 from .daemon import Docker, describe_endpoint
 
@@ -44,8 +44,9 @@ class DockerComponent:
         docker = self._docker(self.settings)
         try:
             docker.connect(timeout=5.0)
-        except DockerError as exc:
+        except (DockerError, SSHError) as exc:  # SSHError: an ssh:// endpoint's host
             log.debug("docker: no sweep: %s", exc)
+            docker.close()
             return
         try:
             for session_id in dead_ids:
@@ -70,7 +71,8 @@ class DockerComponent:
         client = self._docker(settings)
         try:
             client.connect(timeout=5.0)
-        except DockerError as exc:
+        except (DockerError, SSHError) as exc:  # SSHError: an ssh:// endpoint's host
+            client.close()
             return [*checks, (False, f"docker: {exc.message}; {exc.hint}")]
         try:
             info = client.client.info()

@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +281,20 @@ def test_a_local_daemon_needs_no_tunnel(tmp_path: Path) -> None:
     docker = Docker("unix:///nonexistent/docker.sock", control_dir=tmp_path)
     assert not docker.is_remote and docker.reach(3031) == 3031
     docker.release(3031)  # nothing to do
+
+
+def test_the_doctor_says_why_ssh_to_the_docker_host_failed(fake_ssh: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_flake.config import Settings
+    from pytest_flake.docker import component
+
+    monkeypatch.setenv("FAKE_SSH_MODE", "auth")
+    monkeypatch.setenv("DOCKER_HOST", "ssh://root@box")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    settings = Settings.resolve(lambda name: None, lambda name: None, tmp_path)
+    checks = component(settings).doctor(settings)
+    assert checks[-1][0] is False and "ssh to box: authentication refused" in checks[-1][1]
+    component(settings).sweep(["pf-00000000"], tmp_path)  # quiet: the sweep only logs it
+    assert list((tmp_path / "tmp").iterdir()) == []  # the doctor's and the sweep's own ssh folders are gone
