@@ -166,6 +166,8 @@ class FakeGuest:
         self.comm = "busybox"
         self.polls = 0
         self.exec_fails_after: int | None = None
+        self.attach_fails: int | None = None  # the exit code of a failing portablectl attach/reattach
+        self.dissect_fails = False
 
     def run(self, cmd: str) -> SimpleNamespace:
         command = cmd
@@ -227,6 +229,12 @@ class FakeGuest:
             out += "Step=before\n" + self._states(name, list(units))
         out += f"Step={verb}\n"
         self.run(f"portablectl {verb} --now --profile={profile}{' --runtime' if runtime else ''} {image}")
+        if self.attach_fails is not None:  # then systemd-dissect says whether the image is the reason
+            self.attached = None
+            out += "Step=dissect\n"
+            if self.dissect_fails:
+                return SimpleNamespace(rc=1, stdout=out, stderr="Failed to dissect image: No such device\n")
+            return SimpleNamespace(rc=self.attach_fails, stdout=out + f"Step={verb}\n", stderr="Failed to attach\n")
         if old:
             self.commands.append(f"rm -rf {old}")
         running = False
@@ -342,6 +350,23 @@ def test_attach_and_reattach_are_one_guest_command_each(tmp_path):
         assert guest.commands[-1] == "rm -rf /root/web-server_1.0.raw"  # the old image, once the reattach worked
         guest.commands.clear()
     assert [c.split()[:2] for c in guest.commands] == [["sh", "-c"], ["portablectl", "detach"], ["rm", "-rf"]]
+
+
+@pytest.mark.parametrize("dissect_fails", [False, True], ids=["attach-fails", "image-unreadable"])
+def test_a_failed_attach_names_the_command_or_the_image(tmp_path, dissect_fails):
+    """systemd-dissect runs only after a failed attach, to say whether the image is why."""
+    guest = FakeGuest()
+    guest.attach_fails, guest.dissect_fails = 1, dissect_fails
+    with pytest.raises(PortableError) as raised:
+        PortableService(guest, fake_image(tmp_path, "web-server_1"), timeout=5).__enter__()
+    if dissect_fails:
+        assert str(raised.value).startswith("systemd-dissect cannot read /root/web-server_1.raw (exit code 1)")
+        assert "No such device" in (raised.value.details or "")
+    else:
+        assert str(raised.value).startswith("attach web-server_1: 'portablectl attach --now --profile=default "
+                                            "--runtime /root/web-server_1.raw' failed with exit code 1")
+        assert "Failed to attach" in (raised.value.details or "")
+    assert guest.commands[-1] == "rm -rf /root/web-server_1.raw"  # nothing left in the guest
 
 
 def test_a_unit_still_set_up_after_the_guest_wait_is_polled_from_here(tmp_path):
