@@ -488,6 +488,7 @@ def main() -> int:
                 if key.strip() and not key.startswith("#"):
                     os.environ.setdefault(key.strip(), value.strip().strip('"'))
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (a background job)
 
     with tempfile.TemporaryDirectory(prefix="pf-bench-scenario-") as tmp:
         work = Path(tmp)
@@ -548,4 +549,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: what this run started is removed", file=sys.stderr)
+        sys.exit(130)
