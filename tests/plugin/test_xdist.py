@@ -28,6 +28,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 REF = f"path:{EXAMPLE}"
 # the daemons of this machine, read before the plugin tests' clean environment hides them from inner runs
 DAEMONS = {name: os.environ[name] for name in ("DOCKER_HOST", "LIBVIRT_DEFAULT_URI") if os.environ.get(name)}
+# ...and the state of this machine (image cache, KVM probe, warm states): pytester gives inner runs a HOME of their own
+STATE = state_dir()
 
 pytest.importorskip("xdist")
 
@@ -127,12 +129,14 @@ def test_two_workers_share_one_run_and_leave_nothing(pytester: pytest.Pytester, 
     monkeypatch.setenv("PYTEST_FLAKE_VM_IMAGE", "debian")  # the image of the suite: built offline, cached
     for name, value in DAEMONS.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(STATE))
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_inner=INNER_TESTS)
     xml = tmp_path / "junit.xml"
     started = time.monotonic()
     result = pytester.runpytest_subprocess(f"--flake={REF}", "-n", "2", "-p", "xdist", "-p", "no:cacheprovider",
-                                           "-p", "no:randomly", "-v", f"--junitxml={xml}")
+                                           "-p", "no:randomly", "-v", f"--junitxml={xml}", "-rA",
+                                           "--log-level=INFO")  # -rA with INFO: the workers' vm:// lines
     seconds = time.monotonic() - started
     print(f"inner run under -n 2: {seconds:.1f}s")
     result.assert_outcomes(passed=6)
@@ -152,7 +156,8 @@ def test_two_workers_share_one_run_and_leave_nothing(pytester: pytest.Pytester, 
     assert len(images) == 2 and len({line[2] for line in images}) == 1, images
     assert [line[3] for line in images].count("True") <= 1, images
     vms = [line for line in lines if line[1] == "vm"]
-    assert len(vms) == 2 and [line[3] for line in vms].count("cold") <= 1, vms
+    steps = [line for line in result.stdout.lines if "vm://" in line or "accel:" in line]
+    assert len(vms) == 2 and [line[3] for line in vms].count("cold") <= 1, (vms, steps)
 
     # the header once: the settings, and the nix facts the controller found
     out = result.stdout.lines
@@ -188,9 +193,8 @@ def test_two_workers_share_one_run_and_leave_nothing(pytester: pytest.Pytester, 
             assert containers == [], session
     assert _leftover_processes(token) == []
     assert not any(alive(int(row[3])) for row in rows)
-    root = state_dir()
-    assert not any((root / "sessions" / s).exists() for s in sessions)
-    assert not (root / RUNS / uids.pop()).exists()
+    assert not any((STATE / "sessions" / s).exists() for s in sessions)
+    assert (STATE / "sessions").is_dir() and not (STATE / RUNS / uids.pop()).exists()
 
 
 LOADGROUP_TESTS = """
