@@ -272,6 +272,23 @@ class Container:
                 self._logs = self._container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
         return self._logs
 
+    def wait_for_logs(self, text: str, timeout: float | None = None) -> str:
+        """The logs once ``text`` is in them (a server may log a request after it answered it).
+
+        Waits at most ``timeout`` seconds (default: the session's ``--flake-timeout``); then a
+        :class:`~pytest_flake.errors.FlakeTimeout` that carries the logs as they are.
+        """
+
+        def probe() -> str:
+            logs = self.logs()
+            if text not in logs:
+                raise NotReady(f"{text!r} not yet in the logs of {self.name}")
+            return logs
+
+        return wait_for(probe, what=f"{text!r} in the logs of container {self.name}",
+                        timeout=self.timeout if timeout is None else timeout, interval=0.05, max_interval=0.5,
+                        on_timeout=lambda: f"logs of {self.name}:\n{tail(self._safe_logs(), 40)}")
+
     def _safe_logs(self) -> str:
         try:
             return self.logs()

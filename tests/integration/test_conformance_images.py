@@ -79,7 +79,7 @@ def test_docker_shape(attr, docker_image, docker_container, http):
     name = tag.split(":")[0]
     http.get(container.url(8080, "/")).expect(200, contains=f"{name} 1.0")
     http.get(container.url(8080, "/cgi-bin/info")).expect(200, json={"name": name, "version": "1.0", "portable": ""})
-    assert "url:/cgi-bin/info" in container.logs()
+    assert "url:/cgi-bin/info" in container.wait_for_logs("url:/cgi-bin/info")
 
 
 # --- not images ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_image_answers_http(docker_image: Callable[..., Image], docker_container
     info = http.get(container.url(3031, "/cgi-bin/info")).expect(200).json()
     assert info["version"] == "1.0"
     assert 1024 <= container.port(3031) <= 65535
-    assert "GET" in container.logs() or "url:/" in container.logs()
+    assert "url:/" in container.wait_for_logs("url:/")  # busybox httpd -vv logs each request it served
 
 
 def test_ports_are_on_loopback_only(docker_container: Callable[..., Container], flake_docker: Docker) -> None:
@@ -131,9 +131,21 @@ def test_env_and_command(docker_container: Callable[..., Container], http) -> No
     http.get(container.url(8080)).expect(200, contains="web-server 1.0")
 
 
+def test_wait_for_logs_names_the_text_and_shows_the_logs(docker_container: Callable[..., Container],
+                                                         http) -> None:  # type: ignore[no-untyped-def]
+    container = docker_container("docker", ports=[3031])
+    http.get(container.url(3031, "/cgi-bin/info")).expect(200)
+    assert "url:/cgi-bin/info" in container.wait_for_logs("url:/cgi-bin/info")
+    with pytest.raises(FlakeTimeout) as caught:
+        container.wait_for_logs("url:/never-asked", timeout=0.5)
+    assert "'url:/never-asked' in the logs of container " in str(caught.value)
+    assert "url:/cgi-bin/info" in "\n".join(getattr(caught.value, "__notes__", []))
+
+
 def test_stop_keeps_logs(docker_container: Callable[..., Container], http) -> None:  # type: ignore[no-untyped-def]
     container = docker_container("docker", ports=[3031])
     http.get(container.url(3031, "/cgi-bin/info")).expect(200)
+    container.wait_for_logs("url:/cgi-bin/info")  # httpd logs a request just after it answered
     container.stop(timeout=1)
     assert container.status == "exited"
     assert "url:/cgi-bin/info" in container.logs()  # busybox httpd -vv logs each request

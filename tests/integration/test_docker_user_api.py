@@ -47,8 +47,9 @@ def test_inside_the_container(docker_container):
 def test_upgrade_to_next_version(docker_image, docker_container, http):
     old = docker_container("docker", ports=[3031])
     http.get(old.url(3031)).expect(200, contains="web-server 1.0")
+    old.wait_for_logs("url:/")  # busybox httpd -vv logs each request, just after it answered
     old.stop()
     new = docker_container(docker_image("docker-next"), ports=[3031])
     http.get(new.url(3031)).expect(200, contains="web-server 1.1")
-    assert "url:/" in new.logs()  # busybox httpd -vv logs each request it served
+    assert "url:/" in new.wait_for_logs("url:/")
     assert "url:/" in old.logs()  # kept after the old one stopped

@@ -80,7 +80,7 @@ def test_upgrade_to_next_version(docker_image, docker_container, http):
     old.stop()
     new = docker_container(docker_image("docker-next"), ports=[3031])
     http.get(new.url(3031)).expect(200, contains="web-server 1.1")
-    assert "url:/" in _logs_once_written(new, "url:/")
+    assert "url:/" in new.wait_for_logs("url:/")
     assert "url:/" in old.logs()  # kept after the old one stopped
 
 
@@ -92,13 +92,6 @@ def test_service_upgrade_keeps_its_address(service, http):
     assert service.url("/cgi-bin/info") == info  # the same address: the same port there, the same forward here
     http.get(info, retry_for=30).expect(200, json={"version": "1.1"})
 
-
-def _logs_once_written(container, text, timeout=10.0):
-    """httpd writes its log line after the response: the logs may lag the answer by a moment."""
-    deadline = time.monotonic() + timeout
-    while text not in container.logs() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return container.logs()
 
 
 def _ssh_masters():
