@@ -308,7 +308,8 @@ def test_two_workers_starting_the_same_vm_boot_it_once(tmp_path: Path, caplog: p
     def make(name: str, session: str) -> BootRecordingVM:
         config = VMConfig(name=name, dir=tmp_path, session_id=session, image="debian", memory=1024, cpus=1,
                           disk_size=0, timeout=10.0)
-        machine = BootRecordingVM(config, conn=lambda: None, store=store, keys=lambda: None,  # type: ignore[arg-type]
+        keys = KeyPair(private=tmp_path / "key", public="ssh-ed25519 AAAA test")
+        machine = BootRecordingVM(config, conn=lambda: None, store=store, keys=lambda: keys,
                                   platform=FakePlatform(disk))
         machine.events, machine.booting = events, booting
         return machine
