@@ -280,3 +280,35 @@ def test_without_xdist_the_session_is_the_run(pytester: pytest.Pytester, tmp_pat
         result.assert_outcomes(passed=1)
         assert sum(line.startswith("pytest-flake: system: ") for line in result.stdout.lines) == 1
         assert (tmp_path / "state" / "sessions").is_dir() and not (tmp_path / "state" / RUNS).exists()
+
+
+BUILD_TESTS = """
+import pytest
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_builds(flake, n):
+    assert (flake.build().out / "bin" / "web-server").exists()
+"""
+
+
+@pytest.mark.usefixtures("nix")
+def test_header_once_and_one_build_under_n_2(pytester: pytest.Pytester, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without daemons: the controller prints the header and the nix facts once; the workers build once."""
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
+    pytester.makepyfile(test_builds=BUILD_TESTS)
+    xml = tmp_path / "junit.xml"
+    result = pytester.runpytest_subprocess(f"--flake={REF}", "-n", "2", "-p", "xdist", "-p", "no:cacheprovider",
+                                           f"--junitxml={xml}")
+    result.assert_outcomes(passed=4)
+    for prefix in ("pytest-flake: flake: ", "pytest-flake: system: ", "pytest-flake: flake locked: "):
+        assert sum(line.startswith(prefix) for line in result.stdout.lines) == 1, (prefix, result.stdout.lines)
+    props = _properties(xml)
+    installable = f"nix build {REF}#packages.x86_64-linux.default"
+    fetched = [test for test, name, _ in props if name == installable]
+    shared = [test for test, name, _ in props if name == f"{installable} shared"]
+    assert len(fetched) == 2 and len(shared) == 1, props  # two workers needed it, one of them built it
+    flake_facts = [value for _, name, value in props if name == "pytest-flake flake"]
+    assert len(flake_facts) == 4 and all(v.startswith(f"{REF} (locked: path sha256-") for v in flake_facts), props
+    assert list((tmp_path / "state" / RUNS).iterdir()) == []  # the controller removed the run at its end
