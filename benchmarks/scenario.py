@@ -1,6 +1,6 @@
 """The seed's whole workflow on the offline example, by hand (shell-style steps) and as one pytest-flake run.
 
-    DOCKER_HOST=unix:///... python benchmarks/scenario.py [--flake examples/offline] [--no-xdist] [--keep-going]
+    DOCKER_HOST=unix:///... python benchmarks/scenario.py [--flake DIR] [--no-shell] [--no-xdist] [--xdist-suite S]
 
 The two ways, timed in this one run, step by step:
 
