@@ -30,6 +30,7 @@ The modules, each one concern (imports only go down this list):
 ========================  ===============================================================
 ``common``                where ``vms/`` is, sizes, timed steps
 ``connection``            the libvirt URI and connection, removing a domain
+``remote``                libvirt on another host: storage pool, volume uploads, console stream, ports
 ``images``                Debian build, Arch download and checksum, ``resolve_image``, overlays
 ``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
