@@ -17,7 +17,7 @@ from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
 from .images import debian_image_dir, image_cache
 from .qemuuser import QemuUser
-from .remote import is_remote, referenced_volumes, sweep_volumes
+from .remote import BASE_PREFIX, POOL, POOL_DIR, is_remote, referenced_volumes, sweep_volumes
 from .warm import WARM_ENV, WarmStore, warm_enabled
 
 if TYPE_CHECKING:
@@ -76,6 +76,19 @@ def _qemu_user_check(conn: Any, uri: str, cache: Path) -> tuple[bool, str]:
     return True, f"QEMU runs as {user.name} (uid {user.uid}, gid {user.gid}), not root; {reach}"
 
 
+def _remote_pool_check(conn: Any, uri: str) -> tuple[bool, str]:
+    """The storage pool on another host: there with its volumes, or made by the first VM."""
+    libvirt = libvirt_module()
+    try:
+        pool = conn.storagePoolLookupByName(POOL)
+        names = [str(n) for n in pool.listVolumes()] if pool.isActive() else []
+    except libvirt.libvirtError:
+        return True, f"another host: the storage pool {POOL} is made in {POOL_DIR} there by the first VM"
+    bases = sum(1 for n in names if n.startswith(BASE_PREFIX))
+    return True, (f"another host: storage pool {POOL} holds {len(names)} volume(s), {bases} of base images "
+                  "(uploaded once, reused)")
+
+
 def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str]]:
     """Pre-flight checks of the VM side: each ``(ok, line)`` says what is fine or what to do."""
     lines: list[tuple[bool, str]] = []
@@ -92,7 +105,10 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
             try:
                 version = conn.getLibVersion()
                 lines.append((True, f"libvirt {version // 1000000}.{version // 1000 % 1000} answers at {uri}"))
-                lines.append(_qemu_user_check(conn, uri, cache))
+                if is_remote(uri):
+                    lines.append(_remote_pool_check(conn, uri))
+                else:
+                    lines.append(_qemu_user_check(conn, uri, cache))
             finally:
                 conn.close()
         except FlakeError as exc:
@@ -111,6 +127,9 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
                                  "(chgrp kvm /dev/kvm; chmod 0660 /dev/kvm)"))
     if settings.vm_accel == "tcg":
         lines.append((True, "accelerator: TCG (from settings)"))
+    elif is_remote(uri):  # a boot here says nothing about KVM there
+        lines.append((True, f"accelerator: {settings.vm_accel} (from settings)" if settings.vm_accel == "kvm" else
+                      f"accelerator: KVM if the capabilities of {uri} list it, else TCG (no local probe)"))
     else:
         cached = cached_probe(cache)
         kernel, source = probe_kernel(None, cache)

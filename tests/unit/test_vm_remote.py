@@ -444,3 +444,48 @@ def test_unreachable_remote_uri_is_one_clear_line() -> None:
     text = str(err.value)
     assert "qemu+tcp://127.0.0.1:1/system" in text and "virsh -c qemu+tcp://127.0.0.1:1/system version" in text
     assert "\n" not in err.value.args[0]
+
+
+def test_a_pool_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
+    libvirt = pytest.importorskip("libvirt")
+
+    class Conn:
+        def storagePoolLookupByName(self, name: str) -> Any:  # noqa: N802 (libvirt's name)
+            raise libvirt.libvirtError("Storage pool not found")
+
+        def storagePoolDefineXML(self, xml: str, flags: int) -> Any:  # noqa: N802 (libvirt's name)
+            raise libvirt.libvirtError("cannot create directory '/var/lib/libvirt/images': Read-only file system")
+
+    host = remote.RemoteHost("qemu+ssh://root@kvm-box/system", conn=lambda: Conn(), ssh=lambda: None,  # type: ignore[arg-type,return-value]
+                             cache=tmp_path, session_id="pf-1")
+    with pytest.raises(VMError) as err:
+        host.pool()
+    message = err.value.args[0]
+    # (libvirtError's text is libvirt's last error of this thread: not asserted here)
+    assert message.startswith("libvirt at qemu+ssh://root@kvm-box/system: cannot make the storage pool pytest-flake")
+    assert "\n" not in message and "virsh pool-define-as pytest-flake dir --target" in str(err.value)
+
+
+def test_doctor_of_a_remote_uri_never_probes_kvm_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("libvirt")
+
+    def no_probe(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the local KVM probe ran for a remote host")
+
+    class Conn:
+        def getLibVersion(self) -> int:  # noqa: N802 (libvirt's name)
+            return 9000000
+
+        def storagePoolLookupByName(self, name: str) -> FakePool:  # noqa: N802 (libvirt's name)
+            return FakePool(["pf-base-a.qcow2", "pf-base-a.kernel", "pf-1234abcd-vm-1.qcow2"])
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr("pytest_flake.vm.maintenance.probe_kvm", no_probe)
+    monkeypatch.setattr("pytest_flake.vm.maintenance.connect", lambda uri: Conn())
+    settings = Settings.resolve(lambda n: "qemu+ssh://root@h/system" if n == "libvirt_uri" else None,
+                                lambda n: None, tmp_path, environ={})
+    lines = [text for _, text in vm.doctor(settings, tmp_path)]
+    assert any("storage pool pytest-flake holds 3 volume(s), 2 of base images" in line for line in lines), lines
+    assert any("capabilities of qemu+ssh://root@h/system" in line for line in lines), lines
