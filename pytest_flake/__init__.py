@@ -9,6 +9,7 @@ and the errors they raise are importable from here for type hints and ``pytest.r
 from __future__ import annotations
 
 from .errors import (
+    BuildCancelled,
     BuildError,
     CheckFailed,
     CheckTimeout,
@@ -39,8 +40,9 @@ from .process import Process
 __version__ = "0.1.0"
 
 __all__ = [
-    "Build", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "EvalError", "Flake", "FlakeError",
-    "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands", "HttpChecker", "InfrastructureError",
-    "MissingOutputError", "MissingToolError", "NixError", "NotReady", "NspawnError", "PortableError", "Process",
-    "ProcessError", "ProcessExited", "Response", "SSHError", "UsageError", "VMError", "__version__",
+    "Build", "BuildCancelled", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "EvalError", "Flake",
+    "FlakeError", "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands", "HttpChecker",
+    "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "NotReady", "NspawnError",
+    "PortableError", "Process", "ProcessError", "ProcessExited", "Response", "SSHError", "UsageError", "VMError",
+    "__version__",
 ]

@@ -56,6 +56,10 @@ class BuildError(NixError):
     """``nix build`` failed; carries the attribute, exit code and the tail of the log."""
 
 
+class BuildCancelled(NixError):
+    """A background build (``Flake.prefetch``) was cancelled: whoever waited for it stopped first."""
+
+
 class EvalError(NixError):
     """Nix could not evaluate the flake (syntax, type or missing-file error); names the position in the user's file."""
 

@@ -403,7 +403,7 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
         svc = DockerService(spec, request.getfixturevalue("flake_docker"), request.getfixturevalue("docker_image"))
     else:
         svc = PortableTarget(spec, lambda: portable_guest(request, guests),
-                             resolve=lambda attr: flake.build(attr).out, timeout=timeout)
+                             resolve=lambda attr: flake.build(attr).out, timeout=timeout, prefetch=flake.prefetch)
     title = {"local": "output of", "docker": "logs of the container of", "portable": "journal of"}[target]
     evidence(request, f"{title} {target} service {spec.attr(target)}", svc.logs)
     with guests:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import (
+    BuildCancelled,
     BuildError,
     EvalError,
     FlakeWarning,
@@ -132,6 +134,49 @@ def _link_name(ref: str, attr: str) -> str:
     return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
 
 
+class Prefetch:
+    """A build running in a background thread (:meth:`Flake.prefetch`)."""
+
+    def __init__(self, flake: Flake, attr: str) -> None:
+        self.attr = attr
+        self._flake = flake
+        self._bindings = list(flake._stack)  # a snapshot: the starter's stack changes while this runs
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._build: Build | None = None
+        self._error: BaseException | None = None
+        # a daemon thread: an interrupted session does not wait for it at exit (cancel() ends nix)
+        self._worker = threading.Thread(target=self._work, name=f"pytest-flake build {attr}", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        local = self._flake._thread
+        local.bindings, local.cancelled = self._bindings, self._cancelled
+        try:
+            self._build = self._flake.build(self.attr)
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._error = exc
+        finally:
+            del local.bindings, local.cancelled
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> Build:
+        """Wait for the build; its :class:`Build`, or its error raised here."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._build is not None
+        return self._build
+
+    def cancel(self, wait: float = 5.0) -> None:
+        """Stop the build (nix is killed at its next tick, within about a second); waits up to ``wait`` s."""
+        self._cancelled.set()
+        self._done.wait(wait)
+
+
 @dataclass(frozen=True)
 class Binding:
     """What a :class:`Flake` is used for right now (see :meth:`Flake.bound`).
@@ -193,6 +238,8 @@ class Flake:
         self._programs: dict[tuple[str, str], Path] = {}
         # shared with whoever binds it (the plugin binds before the flake exists): see bound()
         self._bindings: list[Binding] = bindings if bindings is not None else []
+        # a background build's thread sees the bindings of when it started (see prefetch())
+        self._thread = threading.local()
         # the pytest-xdist run this session is a worker of: its siblings build each output once for all
         self._run = run
 
@@ -209,11 +256,18 @@ class Flake:
         finally:
             self._bindings.remove(binding)
 
+    @property
+    def _stack(self) -> list[Binding]:
+        """The bindings in force for this thread: a background build's own snapshot, else the shared stack."""
+        frozen: list[Binding] | None = getattr(self._thread, "bindings", None)
+        return self._bindings if frozen is None else frozen
+
     # -- references -------------------------------------------------------------------
     @property
     def ref(self) -> str:
         """The flake reference in force (normalized: relative paths made absolute)."""
-        binding = self._bindings[-1] if self._bindings else None
+        stack = self._stack
+        binding = stack[-1] if stack else None
         raw = ((binding.ref_for() if binding and binding.ref_for else None)
                or (self._ref_for() if self._ref_for else None)
                or self._default_ref)
@@ -303,6 +357,16 @@ class Flake:
         )
 
     # -- building -----------------------------------------------------------------------
+    def prefetch(self, attr: str = "default") -> Prefetch:
+        """Start building ``attr`` in a background thread: the build runs while the caller waits elsewhere.
+
+        The thread sees the flake reference and the owners in force now. ``.result()`` waits
+        and returns the :class:`Build` (or raises the build's error); a later :meth:`build`
+        of the same attribute returns it from the cache. ``.cancel()`` stops nix within about
+        a second.
+        """
+        return Prefetch(self, attr)
+
     def build(self, attr: str = "default") -> Build:
         """Build an output once per session; later calls return the same :class:`Build`.
 
@@ -331,7 +395,7 @@ class Flake:
         self._builds[key] = build
         if self._on_build is not None:
             self._on_build(installable, build.seconds, build)
-        on_fact = next((b.on_fact for b in reversed(self._bindings) if b.on_fact is not None), None)
+        on_fact = next((b.on_fact for b in reversed(self._stack) if b.on_fact is not None), None)
         if on_fact is not None:
             on_fact(f"nix build {installable}", str(build.out))
             if build.shared and run is not None:
@@ -349,10 +413,15 @@ class Flake:
         else:
             args.append("--no-link")
         args.append("--print-build-logs")
-        on_tick = None
-        if self._on_build is not None:
-            on_build = self._on_build
-            on_tick = lambda elapsed: on_build(installable, elapsed, None)  # noqa: E731
+        on_build = self._on_build
+        cancelled: threading.Event | None = getattr(self._thread, "cancelled", None)
+
+        def on_tick(elapsed: float) -> None:  # about once a second while nix runs
+            if cancelled is not None and cancelled.is_set():  # nix.stream kills nix's process group
+                raise BuildCancelled(f"nix build {installable} was cancelled after {elapsed:.0f}s")
+            if on_build is not None:
+                on_build(installable, elapsed, None)
+
         proc = self.nix.stream([*args, installable], timeout=self._build_timeout,
                                on_line=lambda line: build_log.info("%s", line), on_tick=on_tick)
         seconds = time.monotonic() - started
@@ -551,10 +620,12 @@ class Flake:
         process = Process([str(program), *args], env=env, port=port,
                           timeout=self.timeout if timeout is None else timeout, name=name, log_dir=self._log_dir)
         process.start()
-        on_run = self._bindings[-1].on_run if self._bindings else self._on_run
+        stack = self._stack
+        on_run = stack[-1].on_run if stack else self._on_run
         if on_run is not None:
             on_run(process)
         return process
 
 
-__all__ = ["INSTALL_HINT", "NIX_FEATURES", "Binding", "Build", "Flake", "FlakeWarning", "Nix", "normalize_ref"]
+__all__ = ["INSTALL_HINT", "NIX_FEATURES", "Binding", "Build", "Flake", "FlakeWarning", "Nix", "Prefetch",
+           "normalize_ref"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from .errors import UsageError, format_choices, tail
 if TYPE_CHECKING:
     from .docker import Container, Docker, Image
     from .guest import Guest
-    from .nix import Flake
+    from .nix import Flake, Prefetch
     from .portable import PortableService
     from .process import Process
 
@@ -382,11 +383,12 @@ class PortableTarget(Service):
     target = "portable"
 
     def __init__(self, spec: ServiceSpec, guest_of: Callable[[], Guest], resolve: Callable[[str], Path], *,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, prefetch: Callable[[str], Prefetch] | None = None) -> None:
         super().__init__(spec)
         self.guest_of = guest_of
         self.resolve = resolve
         self.timeout = timeout
+        self.prefetch = prefetch  # starts the image's build in the background: it runs while the guest boots
         self.guest: Guest | None = None
         self.portable: PortableService | None = None
         self._dropins: list[str] = []
@@ -398,7 +400,19 @@ class PortableTarget(Service):
     def start(self) -> PortableTarget:
         from .portable import PortableService
 
-        self.guest = self.guest_of()
+        building = self.prefetch(self.attr) if self.prefetch is not None else None
+        started = time.monotonic()
+        try:
+            self.guest = self.guest_of()
+            if building is not None:
+                booted = time.monotonic()
+                building.result()  # a failed build fails here, after the guest is up (and torn down by its owner)
+                log.info("portable: %s built while %s started (%.1fs), then %.1fs more waiting for the build",
+                         self.attr, self.guest.name, booted - started, time.monotonic() - booted)
+        except BaseException:
+            if building is not None:
+                building.cancel()
+            raise
         service = PortableService(self.guest, self.attr, resolve=self.resolve, timeout=self.timeout)
         self._write_env(service.units)
         self.portable = service

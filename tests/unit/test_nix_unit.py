@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from pytest_flake.errors import BuildError, MissingOutputError, MissingToolError, NixError, UsageError
-from pytest_flake.nix import Build, Flake, Nix, normalize_ref
+from pytest_flake.errors import BuildCancelled, BuildError, MissingOutputError, MissingToolError, NixError, UsageError
+from pytest_flake.nix import Binding, Build, Flake, Nix, normalize_ref
 
 SYSTEM = "x86_64-linux"
 OUT = "/nix/store/ccgslx07wb873cq4n54f4bqmikliw1m5-web-server-1.0"
@@ -188,6 +190,74 @@ def test_cache_is_per_ref(tmp_path: Path) -> None:
     assert nix.calls == 2
     assert nix.argvs[1][-1].startswith(f"path:{dirs[1]}#")
 
+
+
+# --- builds in the background (Flake.prefetch) -------------------------------------------------------------
+class SlowNix(FakeNix):
+    """A FakeNix whose builds tick (like nix.stream, about once a tick) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.ticks = 0
+        self.killed = False
+
+    def stream(self, args: Sequence[str], *, timeout: float | None = None,
+               on_line: Callable[[str], None] | None = None,
+               on_tick: Callable[[float], None] | None = None) -> subprocess.CompletedProcess[str]:
+        self.started.set()
+        while not self.release.wait(0.01):
+            self.ticks += 1
+            if on_tick is not None:
+                try:
+                    on_tick(self.ticks * 0.01)
+                except BaseException:
+                    self.killed = True  # the real stream kills nix's process group here
+                    raise
+        return super().stream(args, timeout=timeout, on_line=on_line, on_tick=on_tick)
+
+
+def test_prefetch_builds_while_the_caller_goes_on_with_the_ref_in_force_when_it_started(tmp_path: Path) -> None:
+    dirs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "flake.nix").write_text("{}")
+        dirs.append(tmp_path / name)
+    nix = SlowNix()
+    flake = Flake(f"path:{dirs[0]}", invocation_dir=tmp_path, system=SYSTEM, nix=nix)
+    with flake.bound(Binding(ref_for=lambda: f"path:{dirs[1]}")):
+        building = flake.prefetch("portable")
+        assert nix.started.wait(5)
+    # the caller's own binding is gone (and another comes) while the build still runs
+    with flake.bound(Binding(ref_for=lambda: f"path:{dirs[0]}")):
+        assert not building.done()
+        nix.release.set()
+        build = building.result()
+    assert nix.argvs[0][-1] == f"path:{dirs[1]}#packages.{SYSTEM}.portable"
+    assert build.out == Path(f"/nix/store/x-packages.{SYSTEM}.portable")
+    with flake.bound(Binding(ref_for=lambda: f"path:{dirs[1]}")):
+        assert flake.build("portable") is build  # from the cache: no second nix
+    assert nix.calls == 1
+
+
+def test_prefetch_hands_its_error_to_whoever_waits(flake_dir: Path) -> None:
+    nix = FakeNix({f"packages.{SYSTEM}.portable": (1, "", "error: builder for '/nix/store/x.drv' failed")})
+    building = make_flake(flake_dir, nix).prefetch("portable")
+    with pytest.raises(BuildError, match="failed"):
+        building.result()
+
+
+def test_cancelled_prefetch_stops_nix_at_its_next_tick(flake_dir: Path) -> None:
+    nix = SlowNix()
+    building = make_flake(flake_dir, nix).prefetch("portable")
+    assert nix.started.wait(5)
+    started = time.monotonic()
+    building.cancel()
+    assert building.done() and nix.killed
+    with pytest.raises(BuildCancelled, match=r"nix build .*#packages\.x86_64-linux\.portable was cancelled"):
+        building.result()
+    print(f"cancelled in {time.monotonic() - started:.3f}s")
 
 def test_missing_output_lists_outputs(flake_dir: Path) -> None:
     stderr = (f"error: flake 'path:{flake_dir}' does not provide attribute 'packages.{SYSTEM}.nope', "

@@ -102,3 +102,44 @@ def test_chunk_reader_reads_across_chunks() -> None:
     assert reader.read(4) == b"abcd"
     assert reader.read(-1) == b"ef"
     assert reader.read(3) == b""
+
+
+class RecordingPrefetch:
+    """A stand-in for a background build: records when it starts, is waited for or cancelled."""
+
+    def __init__(self, events: list[str], attr: str, fails: bool = False) -> None:
+        self.events, self.fails = events, fails
+        events.append(f"build {attr} started")
+
+    def result(self) -> object:
+        self.events.append("build waited for")
+        if self.fails:
+            raise UsageError("the build failed")
+        return object()
+
+    def cancel(self) -> None:
+        self.events.append("build cancelled")
+
+
+def _portable_target(events: list[str], guest_of: Any, fails: bool = False) -> Any:
+    from pytest_flake.service import PortableTarget
+
+    return PortableTarget(ServiceSpec.from_marker((3031,), {}), guest_of, resolve=lambda attr: attr,
+                          prefetch=lambda attr: RecordingPrefetch(events, attr, fails))
+
+
+def test_portable_target_builds_its_image_while_the_guest_boots() -> None:
+    events: list[str] = []
+
+    def guest_of() -> Any:
+        events.append("guest started")
+        raise RuntimeError("stop here: the order is what is tested")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        _portable_target(events, guest_of).start()
+    assert events == ["build portable started", "guest started", "build cancelled"]
+
+    events.clear()
+    with pytest.raises(UsageError, match="the build failed"):
+        _portable_target(events, lambda: events.append("guest started") or object(), fails=True).start()
+    assert events == ["build portable started", "guest started", "build waited for", "build cancelled"]
