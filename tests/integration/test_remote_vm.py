@@ -181,3 +181,50 @@ def test_user_vm_tests_against_the_other_host(pytester: pytest.Pytester, oh: Oth
     for port in (facts["web_port"], facts["ssh_port"]):
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
+
+
+KILLED_RUN = '''
+import json, os, signal
+from pathlib import Path
+
+
+def test_killed_with_a_vm_running(vm):
+    Path(os.environ["PF_EVIDENCE"]).write_text(json.dumps({"vm": vm.name}))
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+NEXT_RUN = '''
+def test_next_session(flake_session):
+    assert flake_session.id
+'''
+
+
+def test_a_killed_sessions_domain_and_volumes_there_are_swept(pytester: pytest.Pytester, oh: OtherHost,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # a state folder of its own (its sessions are only these two), with this machine's image cache and warm states
+    state = pytester.path / "state"
+    state.mkdir()
+    (state / "images").symlink_to(image_cache(STATE), target_is_directory=True)
+    evidence = pytester.path / "evidence.json"
+    monkeypatch.setenv("PF_EVIDENCE", str(evidence))
+    monkeypatch.setenv("PYTEST_FLAKE_STATE", str(state))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--libvirt-uri={oh.libvirt_uri}",
+            "--vm-image=debian", "--vm-accel=tcg"]
+    killed = pytester.makepyfile(test_killed=KILLED_RUN)
+    result = pytester.run(*oh.user_argv([*argv, str(killed)]), timeout=600)
+    assert result.ret == -9, result.stdout.str()
+    name = json.loads(evidence.read_text())["vm"]
+    session = name.rsplit("-vm-", 1)[0]
+    # what the killed run left there: its domain and its overlay
+    assert name in oh.virsh("list", "--name").stdout.split()
+    left = {v for v in _volumes(oh) if v.startswith(f"{session}-")}
+    assert f"{name}.qcow2" in left, left
+
+    after = pytester.makepyfile(test_next=NEXT_RUN)
+    result = pytester.run(*oh.user_argv([*argv, str(after)]), timeout=600)
+    result.assert_outcomes(passed=1)
+    assert name not in oh.virsh("list", "--all", "--name").stdout.split()
+    kept = referenced_volumes(image_cache(STATE) / "warm", oh.libvirt_uri)  # a warm state it saved stays
+    assert {v for v in _volumes(oh) if v.startswith(f"{session}-")} == left & kept
+    assert left - kept, "the killed VM's own disk was not swept"  # its overlay (or, if it saved the state, the
+    # overlay it ran on after the save)
