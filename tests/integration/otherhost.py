@@ -26,6 +26,7 @@ was killed leaves a namespace whose owner pid is dead: the next :func:`other_hos
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -362,8 +363,6 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
     net = _pick_subnet()
     ns_addr, our_addr = str(net.network_address + 2), str(net.network_address + 1)
     host = OtherHost(name=name, address=ns_addr, host_address=our_addr, work=work, ssh_dir=work / "user-ssh")
-    made_home_ssh = False
-    home_ssh = user_ssh_dir()
     try:
         for sub in ("sshd", "logs", "user-ssh", "docker"):
             (work / sub).mkdir(parents=True, mode=0o700)
@@ -417,10 +416,8 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
                 raise RuntimeError(f"the other host {name} did not start: {what}\n{logs}")
             time.sleep(0.05)
         host.pids = json.loads((work / "ready").read_text())
-        if not home_ssh.exists():  # the mount point of the user-side bind mount
-            home_ssh.mkdir(mode=0o700)
-            made_home_ssh = True
-        yield host
+        with _home_ssh_mount_point():
+            yield host
     finally:
         if libvirt and host.supervisor is not None and host.supervisor.poll() is None:
             with contextlib.suppress(Exception):  # libvirt's own clean-up of what runs there, before the kill
@@ -434,8 +431,37 @@ def other_host(*, docker: bool = True, libvirt: bool = True, timeout: float = 12
                 host.supervisor.kill()
                 host.supervisor.wait()
         remove(name)
-        if made_home_ssh:
-            with contextlib.suppress(OSError):
+
+
+HOME_SSH_MARK = ".pytest-flake-otherhost-mountpoint"  # in a ~/.ssh that a harness made (and may remove)
+
+
+@contextlib.contextmanager
+def _home_ssh_mount_point() -> Iterator[Path]:
+    """``~/.ssh`` exists while any other host lives: :meth:`OtherHost.user_argv` binds onto it.
+
+    Every live host holds a shared lock; the last one out (the only one that gets the lock
+    exclusively) removes the folder if a harness made it, so a run never pulls the mount point
+    from under a sibling's. What a killed run left goes at the next run's end.
+    """
+    home_ssh = user_ssh_dir()
+    lock_path = state_dir() / "otherhost-home-ssh.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not home_ssh.exists():
+            home_ssh.mkdir(mode=0o700, exist_ok=True)
+            (home_ssh / HOME_SSH_MARK).touch()
+        try:
+            yield home_ssh
+        finally:
+            last = True
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                last = False  # another host still binds onto it
+            if last and (home_ssh / HOME_SSH_MARK).exists() and {e.name for e in home_ssh.iterdir()} == {HOME_SSH_MARK}:
+                (home_ssh / HOME_SSH_MARK).unlink()
                 home_ssh.rmdir()
 
 

@@ -311,3 +311,23 @@ def test_a_killed_runs_other_host_is_removed_by_the_next(tmp_path: Path) -> None
     while alive(int(sshd)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(int(sshd))
+
+
+def test_the_user_side_mount_point_goes_with_the_last_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~/.ssh`` (the mount point of the user side) made by a harness stays while any host lives, then goes."""
+    from tests.integration import otherhost
+
+    home = tmp_path / "home" / ".ssh"
+    home.parent.mkdir()
+    monkeypatch.setattr(otherhost, "user_ssh_dir", lambda: home)
+    monkeypatch.setattr(otherhost, "state_dir", lambda: tmp_path / "state")
+    with otherhost._home_ssh_mount_point():
+        assert home.is_dir()
+        with otherhost._home_ssh_mount_point():
+            assert home.is_dir()
+        assert home.is_dir()  # a sibling's end: the first host still binds onto it
+    assert not home.exists()  # the last one out removed what a harness made
+    home.mkdir()  # the user's own ~/.ssh is never removed
+    with otherhost._home_ssh_mount_point():
+        pass
+    assert home.is_dir()
