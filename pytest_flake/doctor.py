@@ -107,8 +107,11 @@ def header(settings: Settings) -> list[str]:
     flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
     try:
         from .vm import default_uri, describe_accel
+        from .vm.remote import is_remote
 
-        libvirt, accel = f"{default_uri(settings)} (from {settings.source('libvirt_uri')})", describe_accel(settings)
+        uri = default_uri(settings)
+        far = "; another host: images uploaded as volumes, guest ports through an ssh tunnel" if is_remote(uri) else ""
+        libvirt, accel = f"{uri} (from {settings.source('libvirt_uri')}{far})", describe_accel(settings)
     except ImportError:  # the vm extra is not installed
         libvirt, accel = settings.libvirt_uri or "qemu:///system (root) / qemu:///session", settings.vm_accel
     return [

@@ -489,3 +489,17 @@ def test_doctor_of_a_remote_uri_never_probes_kvm_here(tmp_path: Path, monkeypatc
     lines = [text for _, text in vm.doctor(settings, tmp_path)]
     assert any("storage pool pytest-flake holds 3 volume(s), 2 of base images" in line for line in lines), lines
     assert any("capabilities of qemu+ssh://root@h/system" in line for line in lines), lines
+
+
+def test_the_header_says_the_libvirt_endpoint_is_another_host(tmp_path: Path) -> None:
+    from pytest_flake import doctor
+
+    def libvirt_line(uri: str) -> str:
+        settings = Settings.resolve(lambda name: None, lambda name: None, tmp_path,
+                                    environ={"LIBVIRT_DEFAULT_URI": uri})
+        return next(line for line in doctor.header(settings) if line.startswith("libvirt: "))
+
+    far = libvirt_line("qemu+ssh://root@build-box/system")
+    assert far.startswith("libvirt: qemu+ssh://root@build-box/system (from $LIBVIRT_DEFAULT_URI; another host: ")
+    assert "through an ssh tunnel" in far
+    assert "another host" not in libvirt_line("qemu:///system")
