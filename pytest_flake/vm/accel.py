@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._host import locked
 from ..errors import tail
 from .common import log
 from .connection import default_uri
@@ -175,6 +176,16 @@ def choose_accel(settings: Settings, kernel: Path | None, cache: Path, *, kernel
     cached = cached_probe(cache)
     if cached is not None:
         return "kvm" if cached[0] else "tcg"
+    # one probe a host: a session (or pytest-xdist worker) that finds a sibling probing waits for its verdict
+    with locked(_probe_marker(cache).with_suffix(".lock")):
+        cached = cached_probe(cache)
+        if cached is not None:
+            log.info("vm: KVM %s: %s (probed by a sibling session)", "works" if cached[0] else "unusable", cached[1])
+            return "kvm" if cached[0] else "tcg"
+        return _probe_and_record(kernel, cache, kernel_source)
+
+
+def _probe_and_record(kernel: Path | None, cache: Path, kernel_source: str) -> str:
     if kernel is None:
         works, why = probe_kvm(None)
         if not works and why == "no kernel to probe KVM with":

@@ -215,6 +215,32 @@ def test_accel_auto_probes_once_per_boot(tmp_path: Path, monkeypatch: pytest.Mon
     assert vm.choose_accel(remote, kernel, tmp_path / "other") == "tcg" and len(calls) == 1
 
 
+
+def test_sessions_that_start_at_once_probe_kvm_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-xdist workers start their first VMs together: one probes, the others wait for its verdict."""
+    import threading
+    import time
+
+    calls: list[Path | None] = []
+
+    def probe(kernel: Path | None) -> tuple[bool, str]:
+        calls.append(kernel)
+        time.sleep(0.3)  # a real probe boots a kernel: long enough for a sibling to arrive
+        return True, "booted"
+
+    monkeypatch.setattr("pytest_flake.vm.accel.probe_kvm", probe)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    answers: list[str] = []
+    workers = [threading.Thread(target=lambda: answers.append(vm.choose_accel(settings(tmp_path), kernel, tmp_path)))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert answers == ["kvm"] * 3
+    assert calls == [kernel]
+
 def test_kvm_probe_without_a_kernel_does_not_trust_the_device(tmp_path: Path) -> None:
     works, why = vm.probe_kvm(None)
     assert not works and why
