@@ -87,6 +87,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """End a server started in a process group of its own, and reap it."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    server.wait()
+
+
 def curl_until(url: str, text: str, timeout: float = 120) -> None:
     """``until curl -fsS URL | grep -q TEXT; do sleep 0.1; done`` (urllib when there is no curl)."""
     assert url.startswith("http://127.0.0.1:"), url
@@ -187,7 +194,7 @@ def shell_way(flake: Path, work: Path, cleanup: contextlib.ExitStack) -> dict[st
         server = subprocess.Popen([str(builds["default"] / "bin" / "web-server")],
                                   env={**os.environ, "LISTEN": f"127.0.0.1:{port}"},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        cleanup.callback(lambda: (server.poll() is None and os.killpg(server.pid, signal.SIGTERM), server.wait()))
+        cleanup.callback(_stop_group, server)
         curl_until(f"http://127.0.0.1:{port}/", "web-server 1.0")
     with step("stop (local)"):
         os.killpg(server.pid, signal.SIGTERM)

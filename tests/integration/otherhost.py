@@ -290,7 +290,7 @@ def sweep() -> list[str]:
 def _pick_subnet() -> ipaddress.IPv4Network:
     used = _run(["ip", "-4", "-o", "addr"]).stdout + _run(["ip", "-4", "route"]).stdout
     for _ in range(100):
-        net = ipaddress.ip_network(f"10.213.{secrets.randbelow(256)}.{4 * secrets.randbelow(64)}/30")
+        net = ipaddress.IPv4Network(f"10.213.{secrets.randbelow(256)}.{4 * secrets.randbelow(64)}/30")
         if not any(str(ip) in used for ip in net):
             return net
     raise OtherHostUnavailable("no free /30 in 10.213.0.0/16 for the other host's veth")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,8 +125,8 @@ class RecordingPrefetch:
 def _portable_target(events: list[str], guest_of: Any, fails: bool = False) -> Any:
     from pytest_flake.service import PortableTarget
 
-    return PortableTarget(ServiceSpec.from_marker((3031,), {}), guest_of, resolve=lambda attr: attr,
-                          prefetch=lambda attr: RecordingPrefetch(events, attr, fails))
+    prefetch: Any = lambda attr: RecordingPrefetch(events, attr, fails)  # noqa: E731 (stands in for Flake.prefetch)
+    return PortableTarget(ServiceSpec.from_marker((3031,), {}), guest_of, resolve=Path, prefetch=prefetch)
 
 
 def test_portable_target_builds_its_image_while_the_guest_boots() -> None:
@@ -139,7 +140,11 @@ def test_portable_target_builds_its_image_while_the_guest_boots() -> None:
         _portable_target(events, guest_of).start()
     assert events == ["build portable started", "guest started", "build cancelled"]
 
+    def guest_up() -> Any:
+        events.append("guest started")
+        return object()
+
     events.clear()
     with pytest.raises(UsageError, match="the build failed"):
-        _portable_target(events, lambda: events.append("guest started") or object(), fails=True).start()
+        _portable_target(events, guest_up, fails=True).start()
     assert events == ["build portable started", "guest started", "build waited for", "build cancelled"]

@@ -351,20 +351,21 @@ def test_remote_warm_state_is_kept_locally_small_and_its_volumes_named(tmp_path:
     store = vm.WarmStore(tmp_path / "warm", forget=lambda folder: forgotten.append(folder))
     disk = tmp_path / "disk.qcow2"  # the local image it was made from (a state of a removed image is pruned)
     disk.write_bytes(b"q")
-    key = {"image": "debian-x", "uri": "qemu+ssh://h/system", "disk": str(disk), "memory": 1, "cpus": 1,
-           "accel": "tcg"}
+    uri = "qemu+ssh://h/system"
+    key: dict[str, object] = {"image": "debian-x", "uri": uri, "disk": str(disk), "memory": 1, "cpus": 1,
+                              "accel": "tcg"}
     with store.create(key, "pf-11111111") as tmp:
         assert tmp is not None
         (tmp / "save.header").write_bytes(b"h" * 100)
         (tmp / "id_ed25519").write_text("private")
         (tmp / "id_ed25519.pub").write_text("ssh-ed25519 AAAA\n")
-        remote.write_remote_record(tmp, uri=key["uri"], save="pf-11111111-vm-1.state.save",
+        remote.write_remote_record(tmp, uri=uri, save="pf-11111111-vm-1.state.save",
                                    overlay="pf-11111111-vm-1.qcow2")
         store.publish(tmp, key, hostkeys=("ssh-ed25519 AAAA",), boot_seconds=30.0, session_id="pf-11111111")
     state = store.load(key)
     assert state is not None and state.remote
     assert not (state.dir / "state.save").exists() and not (state.dir / "overlay.qcow2").exists()
-    assert remote.referenced_volumes(tmp_path / "warm", key["uri"]) == {"pf-11111111-vm-1.state.save",
+    assert remote.referenced_volumes(tmp_path / "warm", uri) == {"pf-11111111-vm-1.state.save",
                                                                          "pf-11111111-vm-1.qcow2"}
     assert remote.referenced_volumes(tmp_path / "warm", "qemu+ssh://other/system") == set()
     (state.dir / "remote.json").write_text("{}")  # a state without its record is incomplete
