@@ -644,14 +644,26 @@ class VM(GuestCommands):
         except OSError:
             return ""
 
+    @property
+    def known_hosts(self) -> Path:
+        """The known_hosts file :meth:`ssh_command` pins the guest's host key with."""
+        return self.dir / f"{self.name}.known_hosts"
+
     def ssh_command(self) -> str:
-        """How a person reaches this VM from a shell (for --flake-keep)."""
-        if self.remote is not None:  # the session's tunnel ends with it: jump through the host
-            return (f"ssh -J {shlex.quote(self.remote.ssh.target)} -i {shlex.quote(str(self.private_key))} "
-                    f"-p {self._hostfwd_port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                    "root@127.0.0.1")
-        return (f"ssh -i {shlex.quote(str(self.private_key))} -p {self.ssh_port} "
-                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
+        """How a person reaches this VM from a shell (for --flake-keep).
+
+        The guest's host key is pinned (a known_hosts file of its own) when the plugin knows it,
+        as it does for every guest it checked on connecting; only a guest whose key was taken on
+        first use gets a command that accepts whatever key answers.
+        """
+        jump = f"-J {shlex.quote(self.remote.ssh.target)} " if self.remote is not None else ""
+        port = self._hostfwd_port if self.remote is not None else self.ssh_port  # there: jump through the host
+        if self._hostkeys:
+            write_private(self.known_hosts, "".join(f"[127.0.0.1]:{port} {key}\n" for key in self._hostkeys))
+            checks = f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={shlex.quote(str(self.known_hosts))}"
+        else:
+            checks = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        return f"ssh {jump}-i {shlex.quote(str(self.private_key))} -p {port} {checks} root@127.0.0.1"
 
     def keep(self) -> None:
         """Leave this VM running after the test; the next session sweeps it."""
@@ -716,6 +728,7 @@ class VM(GuestCommands):
             ("remove the seed", lambda: self.seed.unlink(missing_ok=True) if self.seed else None),
             ("remove the console log", lambda: self.console.unlink(missing_ok=True)),
             ("remove the key copy", lambda: (self.dir / f"{self.name}.id_ed25519").unlink(missing_ok=True)),
+            ("remove the known hosts file", lambda: self.known_hosts.unlink(missing_ok=True)),
         ]
         for what, action in steps:
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -354,6 +355,15 @@ def test_flake_keep_keeps_the_vm_of_a_failed_test_until_the_next_session(
     assert name in domain_names(flake_settings)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         assert conn.recv(64).startswith(b"SSH-2.0-")  # the printed command reaches the kept guest
+    command = shlex.split("ssh " + line.split(": ssh ", 1)[1])
+    assert "StrictHostKeyChecking=yes" in command  # the guest's host key is pinned, not taken on trust
+    done = subprocess.run([*command, "-o", "BatchMode=yes", "cat", "/etc/hostname"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr  # a person can log in with it, the host key checked
+    known = Path(next(arg for arg in command if arg.startswith("UserKnownHostsFile=")).split("=", 1)[1])
+    known.write_text(known.read_text().replace("[127.0.0.1]", "[127.0.0.2]"))  # a key for another address only
+    refused = subprocess.run([*command, "-o", "BatchMode=yes", "true"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
 
     nxt = session("next")
     assert nxt.returncode == 0, nxt.stdout + nxt.stderr
