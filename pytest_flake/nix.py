@@ -550,22 +550,15 @@ class Flake:
         # getContext: {"/nix/store/...drv": {"outputs": ["out"]}} for each derivation output the
         # string refers to; those must be built. Plain store paths ({"path": true}) exist already.
         drvs = sorted(path for path, what in (facts.get("context") or {}).items() if what.get("outputs"))
-        if drvs:
-            # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
-            args = ["build", "--json", "--print-build-logs"]
-            if self._gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
-                self._gcroot_dir.mkdir(parents=True, exist_ok=True)
-                args += ["--out-link", str(self._gcroot_dir / (_link_name(self.ref, found) + "+program"))]
-            else:
-                args.append("--no-link")
-            proc = self.nix.stream([*args, *drvs], timeout=self._build_timeout,
-                                   on_line=lambda line: build_log.info("%s", line))
-            if proc.returncode != 0:
-                errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
-                reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
-                raise BuildError(f"nix build of the program of {found} failed{reason}",
-                                 hint="run 'nix run -L' on it to see the whole log",
-                                 details=tail(_without_download_noise(proc.stderr), 30))
+        run = self._run
+        if drvs and run is None:
+            self._build_context(found, drvs, self._gcroot_dir)
+        elif drvs and run is not None:  # under pytest-xdist, once per run (rooted until the run ends)
+            link = _link_name(self.ref, found) + "+program"
+            _, shared = run.once(link, lambda: self._build_context(found, drvs, run.gcroots),
+                                 valid=lambda data: data.get("drvs") == drvs and Path(program).is_file())
+            if shared:
+                log.info("the program of %s: shared, built by a sibling worker of run %s", found, run.id)
         path = Path(program)
         if not path.is_file():
             if path.parent.is_dir():
@@ -578,6 +571,25 @@ class Flake:
             raise UsageError(f"{found}: program {program} is not executable",
                              hint="install it with mode 0755 (chmod +x in the build)")
         return path
+
+    def _build_context(self, found: str, drvs: list[str], gcroot_dir: Path | None) -> dict[str, Any]:
+        """Build the derivations an app's program string names, rooted in ``gcroot_dir`` (None: no link)."""
+        # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
+        args = ["build", "--json", "--print-build-logs"]
+        if gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
+            gcroot_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + "+program"))]
+        else:
+            args.append("--no-link")
+        proc = self.nix.stream([*args, *drvs], timeout=self._build_timeout,
+                               on_line=lambda line: build_log.info("%s", line))
+        if proc.returncode != 0:
+            errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
+            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
+            raise BuildError(f"nix build of the program of {found} failed{reason}",
+                             hint="run 'nix run -L' on it to see the whole log",
+                             details=tail(_without_download_noise(proc.stderr), 30))
+        return {"drvs": drvs}
 
     def _package_program(self, facts: dict[str, Any]) -> Path:
         found = facts["found"]

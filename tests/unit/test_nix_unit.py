@@ -488,6 +488,22 @@ def test_app_program_context_is_built_then_run(flake_dir: Path, tmp_path: Path) 
     assert not any(a for a in nix.argvs if a[0] == "build" and any("#" in x for x in a)), "built the package too"
 
 
+
+def test_under_xdist_an_apps_program_is_built_once_per_run(flake_dir: Path, tmp_path: Path) -> None:
+    from pytest_flake.xdist import Run
+
+    program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
+    drv = "/nix/store/aaaa-toolbox-1.0.drv"
+    facts = _app(f"apps.{SYSTEM}.bye", str(program), {drv: {"outputs": ["out"]}})
+    run = Run.for_uid("r-app", tmp_path / "state")
+    first, second = RunNix(facts), RunNix(facts)
+    for nix in (first, second):  # two workers of one run
+        worker = Flake(f"path:{flake_dir}", invocation_dir=flake_dir.parent, system=SYSTEM, nix=nix, run=run)
+        assert worker.program("bye") == program
+    assert first.drv_builds == [[drv]] and second.drv_builds == []
+    build = next(a for a in first.argvs if a[0] == "build")
+    assert build[build.index("--out-link") + 1].startswith(str(run.gcroots))  # rooted until the run ends
+
 def test_app_program_is_a_gc_root_like_the_builds(flake_dir: Path, tmp_path: Path) -> None:
     program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
     nix = RunNix(_app(f"apps.{SYSTEM}.bye", str(program), {"/nix/store/aaaa-toolbox-1.0.drv": {"outputs": ["out"]}}))
