@@ -39,6 +39,7 @@ The modules, each one concern (imports only go down this list):
 ``warm``                  warm states: key, slot, store
 ``ssh``                   the paramiko client, the testinfra backend adapter
 ``qemuuser``              QEMU's unprivileged user and the files it reads, writes, reaches
+``onhost``                the VM's steps on another host: volumes, console, tunnels, warm states there
 ``machine``               :class:`VM`
 ``pool``                  :class:`VMPool`
 ``maintenance``           the sweep and the doctor
