@@ -277,30 +277,27 @@ class VM(GuestCommands, OnAnotherHost):
     def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
         """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
 
-        Failing to save is only a warning (the next VM boots cold too); losing the guest is an error.
+        Here the save file and a copy of the overlay go into the state's folder; on another host
+        they stay there as volumes (:meth:`_save_guest_there`). Failing to save is only a warning
+        (the next VM boots cold too); losing the guest is an error.
         """
         libvirt = libvirt_module()
-        store, keys = self.store, self.keys
+        store, keys, remote = self.store, self.keys, self.remote
         assert store is not None and keys is not None
-        if self.remote is not None:
-            self._save_on_host(self.remote, store, keys, key, boot_seconds)
-            return
+        kept: tuple[str, ...] = ()  # volumes on the host that became the warm state's
+        published = False
         try:
             with store.create(key, self.config.session_id) as tmp:
                 if tmp is None:
                     return  # another session saved one meanwhile
                 self._disconnect()
                 try:
-                    with step(f"vm://{self.name}: saving the booted guest for warm starts"):
-                        self._dom.save(str(tmp / "state.save"))
-                        self._dom = None
-                        reflink_copy(self.overlay, tmp / "overlay.qcow2", error=VMError,
-                                     what=f"vm://{self.name}: copying the overlay of the saved guest")
-                        self.platform.prepare_files(self._image, self.overlay, self.console,
-                                                *([self.seed] if self.seed else []))
-                        self._conn().restoreFlags(str(tmp / "state.save"), None,
-                                                    libvirt.VIR_DOMAIN_SAVE_RUNNING)
-                        self._dom = self._conn().lookupByName(self.name)
+                    with step(f"vm://{self.name}: saving the booted guest{' on the host' if remote else ''} "
+                              f"for warm starts"):
+                        if remote is None:
+                            self._save_guest_here(tmp)
+                        else:
+                            kept = self._save_guest_there(remote, tmp)
                 except (libvirt.libvirtError, VMError, OSError) as exc:
                     if self._dom is None:
                         raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
@@ -311,14 +308,28 @@ class VM(GuestCommands, OnAnotherHost):
                     shutil.copyfile(self.console, tmp / "console.log")
                 store.publish(tmp, key, hostkeys=self._hostkeys, boot_seconds=boot_seconds,
                               session_id=self.config.session_id)
+                published = True
         except VMError:
             raise
         except (libvirt.libvirtError, OSError) as exc:
             log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
             if self._dom is None:
                 raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
+        if published:
+            self._disown(*kept)  # the warm state's now: they stay on the host
         if self._client is None:
             self._wait_ssh()
+
+    def _save_guest_here(self, tmp: Path) -> None:
+        """Save the guest into ``tmp`` with a copy of its overlay, then let it run on from that save."""
+        libvirt = libvirt_module()
+        self._dom.save(str(tmp / "state.save"))
+        self._dom = None
+        reflink_copy(self.overlay, tmp / "overlay.qcow2", error=VMError,
+                     what=f"vm://{self.name}: copying the overlay of the saved guest")
+        self.platform.prepare_files(self._image, self.overlay, self.console, *([self.seed] if self.seed else []))
+        self._conn().restoreFlags(str(tmp / "state.save"), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        self._dom = self._conn().lookupByName(self.name)
 
     def _restore(self, state: WarmState) -> None:
         libvirt = libvirt_module()

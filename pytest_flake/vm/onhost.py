@@ -11,24 +11,20 @@ is None) each of its steps does nothing or is never called.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FlakeError, VMError
-from .common import log, step
+from .common import log
 from .connection import libvirt_module
 from .domain import restore_xml
 from .images import Image, disk_info
 from .remote import ConsoleReader, RemoteHost, hostfwd_failed, read_remote_record, write_remote_record
 from .savefile import HEADER_SIZE, header_length, header_with_xml, xml_of_header
-from .seed import KeyPair
-from .warm import WarmState, WarmStore, boot_log_of
+from .warm import WarmState, boot_log_of
 
 if TYPE_CHECKING:
-    import paramiko
-
     from .machine import VMConfig
 
 
@@ -45,8 +41,6 @@ class OnAnotherHost:
     remote: RemoteHost | None
     _conn: Callable[[], Any]
     _dom: Any
-    _client: paramiko.SSHClient | None
-    _hostkeys: tuple[str, ...]
     _hostfwd_port: int
     _remote_forwards: dict[int, int]
     _volumes: list[str]
@@ -56,12 +50,6 @@ class OnAnotherHost:
         raise NotImplementedError
 
     def _pick_hostfwd_port(self) -> None:
-        raise NotImplementedError
-
-    def _disconnect(self) -> None:
-        raise NotImplementedError
-
-    def _wait_ssh(self) -> None:
         raise NotImplementedError
 
     def _own(self, name: str) -> str:
@@ -111,57 +99,27 @@ class OnAnotherHost:
         return (Path(overlay), Path(base.kernel) if base.kernel else None, Path(base.initrd) if base.initrd else None,
                 seed)
 
-    def _save_on_host(self, remote: RemoteHost, store: WarmStore, keys: KeyPair, key: dict[str, Any],
-                      boot_seconds: float) -> None:
-        """Another host: the save file and the overlay stay there as volumes; this guest goes on, restored
-        at once over a new overlay on top of the saved one (nothing is copied)."""
+    def _save_guest_there(self, remote: RemoteHost, tmp: Path) -> tuple[str, ...]:
+        """Another host: the save file and the overlay stay there as volumes (named in ``tmp``'s record);
+        this guest goes on, restored at once over a new overlay on top of the saved one (nothing is
+        copied). Returns those two volumes: the warm state's once it is published."""
         libvirt = libvirt_module()
         save, overlay = f"{self.name}.state.save", f"{self.name}.qcow2"
-        published = False
-        try:
-            with store.create(key, self.config.session_id) as tmp:
-                if tmp is None:
-                    return  # another session saved one meanwhile
-                self._disconnect()
-                try:
-                    with step(f"vm://{self.name}: saving the booted guest on the host for warm starts"):
-                        self._dom.save(remote.path(self._own(save)))
-                        self._dom = None
-                        self._stop_console()
-                        remote.names()  # the pool sees the save file as a volume
-                        head = remote.read_head(save, HEADER_SIZE)
-                        header = remote.read_head(save, header_length(head, save))
-                        (tmp / "save.header").write_bytes(header)
-                        running = remote.overlay(self._own(f"{self.name}.run.qcow2"), remote.path(overlay), "qcow2",
-                                                 self.disk_size)
-                        xml = restore_xml(xml_of_header(header, save), name=self.name, overlay=Path(running),
-                                          console=None, netdev=self._netdev(), session=self.config.session_id,
-                                          new_chain=True, keep_uuid=True)
-                        self._conn().restoreFlags(remote.path(save), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
-                        self._dom = self._conn().lookupByName(self.name)
-                        self._attach_console()
-                except (libvirt.libvirtError, VMError, OSError) as exc:
-                    if self._dom is None:
-                        raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
-                    raise
-                shutil.copyfile(keys.private, tmp / "id_ed25519")
-                (tmp / "id_ed25519.pub").write_text(keys.public + "\n")
-                with contextlib.suppress(OSError):
-                    shutil.copyfile(self.console, tmp / "console.log")
-                write_remote_record(tmp, uri=remote.uri, save=save, overlay=overlay)
-                store.publish(tmp, key, hostkeys=self._hostkeys, boot_seconds=boot_seconds,
-                              session_id=self.config.session_id)
-                published = True
-        except VMError:
-            raise
-        except (libvirt.libvirtError, OSError) as exc:
-            log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
-            if self._dom is None:
-                raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
-        if published:
-            self._disown(save, overlay)  # the warm state's now: they stay on the host
-        if self._client is None:
-            self._wait_ssh()
+        self._dom.save(remote.path(self._own(save)))
+        self._dom = None
+        self._stop_console()
+        remote.names()  # the pool sees the save file as a volume
+        head = remote.read_head(save, HEADER_SIZE)
+        header = remote.read_head(save, header_length(head, save))
+        (tmp / "save.header").write_bytes(header)
+        running = remote.overlay(self._own(f"{self.name}.run.qcow2"), remote.path(overlay), "qcow2", self.disk_size)
+        xml = restore_xml(xml_of_header(header, save), name=self.name, overlay=Path(running), console=None,
+                          netdev=self._netdev(), session=self.config.session_id, new_chain=True, keep_uuid=True)
+        self._conn().restoreFlags(remote.path(save), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+        self._dom = self._conn().lookupByName(self.name)
+        self._attach_console()
+        write_remote_record(tmp, uri=remote.uri, save=save, overlay=overlay)
+        return save, overlay
 
     def _restore_on_host(self, remote: RemoteHost, state: WarmState) -> None:
         """Another host: a new overlay over the state's, a copy of its save file with this VM's XML, a restore."""
