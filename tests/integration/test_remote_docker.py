@@ -38,50 +38,16 @@ from .otherhost import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 pytestmark = [pytest.mark.docker]
 
-USER_TESTS = '''
-"""Written as a user would, against the public docker API; DOCKER_HOST points at another host."""
+# the user-style docker tests of this suite, run as they are against the other host, with the tests only
+# another host needs after them; the module's flake marker points at the example by path instead
+USER_API = Path(__file__).with_name("test_docker_user_api.py")
+USER_API_MARK = ("pytestmark = pytest.mark.flake(f\"path:{Path(__file__).resolve().parents[2] / 'examples' / "
+                 "'offline'}\")")
 
-import functools
+REMOTE_TESTS = '''
+
 import json
 import os
-import time
-from pathlib import Path
-
-import pytest
-
-pytestmark = pytest.mark.flake("path:EXAMPLE")
-
-
-def test_image_is_loaded_with_its_tag(docker_image):
-    image = docker_image("docker")
-    assert image.tag == "web-server:1.0"
-    assert image.id.startswith("sha256:")
-    assert docker_image("docker").id == image.id
-
-
-def test_web_server_answers(docker_image, docker_container, http):
-    container = docker_container(docker_image(), ports=[3031])
-    http.get(container.url(3031)).expect(200, contains="web-server 1.0")
-    info = http.get(container.url(3031, "/cgi-bin/info")).expect(200).json()
-    assert info["name"] == "web-server"
-
-
-def test_inside_the_container(docker_container):
-    container = docker_container("docker", ports=[3031], env={"GREETING": "hello"})
-    host = container.host
-    assert host.file("/nix/store").is_directory
-    assert host.check_output("echo $GREETING") == "hello"
-    assert host.run("exit 3").rc == 3
-
-
-def test_upgrade_to_next_version(docker_image, docker_container, http):
-    old = docker_container("docker", ports=[3031])
-    http.get(old.url(3031)).expect(200, contains="web-server 1.0")
-    old.stop()
-    new = docker_container(docker_image("docker-next"), ports=[3031])
-    http.get(new.url(3031)).expect(200, contains="web-server 1.1")
-    assert "url:/" in new.wait_for_logs("url:/")
-    assert "url:/" in old.logs()  # kept after the old one stopped
 
 
 @pytest.mark.flake_service(3031)
@@ -91,7 +57,6 @@ def test_service_upgrade_keeps_its_address(service, http):
     service.upgrade("docker-next")
     assert service.url("/cgi-bin/info") == info  # the same address: the same port there, the same forward here
     http.get(info, retry_for=30).expect(200, json={"version": "1.1"})
-
 
 
 def _ssh_masters():
@@ -120,6 +85,13 @@ def test_evidence(docker_image, docker_container, http):
         "image": image.id, "out": str(image.build.out), "container": container.name,
         "port": container.port(3031), "masters": _ssh_masters()}))
 '''
+
+
+def user_tests() -> str:
+    """The source of the inner run: test_docker_user_api.py as it is (flake marker by path), then REMOTE_TESTS."""
+    source = USER_API.read_text()
+    assert source.count(USER_API_MARK) == 1, f"{USER_API.name} no longer has the flake marker this module replaces"
+    return source.replace(USER_API_MARK, f'pytestmark = pytest.mark.flake("path:{EXAMPLE}")') + REMOTE_TESTS
 
 
 KILLED_RUN = '''
@@ -207,14 +179,14 @@ def test_user_docker_tests_against_the_other_host(pytester: pytest.Pytester, oh:
     evidence = pytester.path / "evidence.json"
     monkeypatch.setenv("DOCKER_HOST", oh.docker_url)
     monkeypatch.setenv("PF_EVIDENCE", str(evidence))
-    test_file = pytester.makepyfile(test_user=USER_TESTS.replace("EXAMPLE", str(EXAMPLE)))
+    test_file = pytester.makepyfile(test_user=user_tests())
     since = time.time()
     result = pytester.run(*oh.user_argv([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                                          f"--flake=path:{EXAMPLE}", "--flake-targets=docker", "-o",
                                          "log_cli=true", "--log-cli-level=INFO",
                                          str(test_file)]), timeout=900)
     until = time.time() + 1
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)  # the 5 tests of test_docker_user_api.py and the 2 of REMOTE_TESTS
     facts = json.loads(evidence.read_text())
 
     # it ran there, through ssh: the header named the endpoint, a master connection carried it
@@ -245,7 +217,7 @@ def test_a_killed_sessions_tunnels_and_containers_are_swept(pytester: pytest.Pyt
     evidence = pytester.path / "evidence.json"
     monkeypatch.setenv("DOCKER_HOST", oh.docker_url)
     monkeypatch.setenv("PF_EVIDENCE", str(evidence))
-    masters = USER_TESTS[USER_TESTS.index("def _ssh_masters"):USER_TESTS.index("def test_evidence")]
+    masters = REMOTE_TESTS[REMOTE_TESTS.index("def _ssh_masters"):REMOTE_TESTS.index("def test_evidence")]
     killed = pytester.makepyfile(test_killed=KILLED_RUN.replace("EXAMPLE", str(EXAMPLE)).replace("MASTERS", masters))
     pytest_argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
     result = pytester.run(*oh.user_argv([*pytest_argv, str(killed)]), timeout=600)
