@@ -23,6 +23,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -253,6 +254,17 @@ def reflink_copy(src: Path, dst: Path, *, what: str, tree: bool = False, timeout
     run_tool(argv, what=what, timeout=timeout, error=error)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: readers see all or nothing.
+
+    The temporary file's name is unique, so two writers at once never write into each other's.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_private(path: Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` readable by its owner only (0600 from the start: a key never leaks)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,5 +277,5 @@ def write_private(path: Path, data: bytes | str) -> Path:
 
 __all__ = [
     "SNIFF_BYTES", "describe_dir", "describe_file", "free_port", "locked", "port_answers", "port_open",
-    "reflink_copy", "run_tool", "sniff", "write_private",
+    "reflink_copy", "run_tool", "sniff", "write_atomic", "write_private",
 ]

@@ -33,12 +33,11 @@ import re
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._host import locked
+from ._host import locked, write_atomic
 from .session import alive, start_time, state_dir
 
 log = logging.getLogger("pytest_flake")
@@ -121,7 +120,7 @@ class Run:
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
         pid, started = self.controller
-        _write_atomic(self.dir / "pid", f"{pid} {started}")
+        write_atomic(self.dir / "pid", f"{pid} {started}")
         return self
 
     def remove(self) -> None:
@@ -152,7 +151,7 @@ class Run:
             if found is not None and valid(found):
                 return found, True
             value = make()
-            _write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
+            write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
             return value, False
 
 
@@ -163,14 +162,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- the sweep ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from .._host import locked
+from .._host import locked, write_atomic
 
 log = logging.getLogger("pytest_flake")
 
@@ -127,9 +127,7 @@ class LoopBook:
                 "added": [int(n) for n in data.get("added", [])]}
 
     def _write(self, data: dict[str, list[int]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(data))
 
     def prepare(self, spare: int = SPARE) -> list[Path]:
         """Record the host's loop devices (first call), make sure ``spare`` are free, list all nodes.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._host import locked
+from .._host import locked, write_atomic
 from ..errors import tail
 from .common import log
 from .connection import default_uri
@@ -153,10 +153,7 @@ def cached_probe(cache: Path) -> tuple[bool, str] | None:
 def record_probe(cache: Path, works: bool, why: str) -> None:
     """Remember a KVM decision until the host reboots."""
     with contextlib.suppress(OSError):
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = _probe_marker(cache).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
-        tmp.replace(_probe_marker(cache))
+        write_atomic(_probe_marker(cache), json.dumps({"boot_id": _boot_id(), "works": works, "why": why}))
 
 
 def choose_accel(settings: Settings, kernel: Path | None, cache: Path, *, kernel_source: str = "") -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._host import locked
+from .._host import locked, write_atomic
 from ..errors import VMError
 from .common import MiB, log, step
 from .connection import libvirt_module
@@ -173,9 +173,7 @@ def content_id(path: Path, cache: Path) -> str:
                 digest.update(chunk)
         known[stamp] = digest.hexdigest()[:24]
         known = {k: v for k, v in known.items() if Path(k.rsplit(":", 3)[0]).exists()}
-        tmp = record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        tmp.replace(record)
+        write_atomic(record, json.dumps(known, indent=1, sort_keys=True))
         return known[stamp]
 
 
