@@ -1,9 +1,12 @@
 """A flake under test: its outputs, ``nix build`` and ``nix eval``, what ``nix run`` runs, the build cache.
 
-Works with Debian's Nix 2.8 and with current Nix: builds are read from
-``nix build --json --no-link`` (2.8 has no ``--print-out-paths``), and every call passes
-``--extra-experimental-features 'nix-command flakes'`` so no nix.conf change is needed
-for that. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
+Tested on Nix 2.8 (Debian 12), 2.26 (Debian 13) and 2.34 (Debian unstable): ``scripts/nix-matrix``.
+Builds are read from ``nix build --json --no-link`` (2.8 has no ``--print-out-paths``); what
+differs between versions is decided by asking Nix (:meth:`Nix.drv_outputs`) or by reading every
+wording (:mod:`pytest_flake.nixerrors`), never by a version number. Every call passes
+``--extra-experimental-features 'nix-command flakes'`` so no nix.conf change is needed for that,
+and ``--no-write-lock-file`` where a flake is read, so no ``flake.lock`` is written into the
+user's checkout. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .errors import (
     format_choices,
     tail,
 )
+from . import nixerrors
 from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
 from .process import Process
 from .xdist import Run
@@ -42,12 +46,6 @@ from .xdist import Run
 log = logging.getLogger("pytest_flake")
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
-# Lines of nix's stderr that say a derivation's builder ran and failed (not an evaluation error).
-_BUILD_FAILURE = re.compile(r"error: (builder for|build of|cannot build|\d+ dependencies of derivation)")
-# ...and lines that only an evaluation error has: a position in a .nix file, or its kinds of error.
-_EVAL_FAILURE = re.compile(r"^\s*at /\S+:\d+:\d+:?$|while evaluating|^error: (syntax error|undefined variable|"
-                           r"attribute '.*' missing|infinite recursion|value is|cannot coerce|getting status of)",
-                           re.MULTILINE)
 _STORE_SOURCE = re.compile(r"/nix/store/[0-9a-z]{32}-source(/[^\s:,']*)?")
 # Top-level flake output groups: an attribute starting with one of these is a full path.
 OUTPUT_GROUPS = (
@@ -428,27 +426,39 @@ class Flake:
         if proc.returncode != 0:
             if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
                 raise self._missing(attr)
-            stderr = self._local_positions(_without_download_noise(proc.stderr))
-            errors = [line.strip() for line in stderr.splitlines() if line.startswith("error:")]
-            if not _BUILD_FAILURE.search(stderr) and _EVAL_FAILURE.search(stderr):
-                reason = errors[0][len("error: "):] if errors else f"nix exit code {proc.returncode}"
-                position = re.search(r"^\s*at (/\S+:\d+:\d+):?$", stderr, re.MULTILINE)
-                where = f" at {position.group(1)}" if position else ""
-                raise EvalError(f"cannot evaluate {installable}: {reason}{where}",
-                                hint="fix the flake at the position named; 'nix eval' of the same attribute shows "
-                                     "it too", details=tail(stderr, 30))
-            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
-            raise BuildError(
-                f"nix build {installable} failed{reason}",
-                hint="the last lines of the build log follow; run the same 'nix build -L' to see all of it",
-                details=tail(stderr, 30),
-            )
+            raise self._build_error(f"nix build {installable}", proc.returncode, proc.stderr,
+                                    "run the same 'nix build -L' to see all of it")
         build = self._parse_build(path, proc.stdout, seconds)
         log.info("built %s in %.1fs: %s", path, seconds, build.out)
         return build
 
+    def _build_error(self, what: str, returncode: int, stderr: str, more: str) -> NixError:
+        """The error of a failed ``nix build``: an :class:`EvalError` naming the message and its position in
+        the user's files, or a :class:`BuildError` naming the failed builder and its exit code; either way
+        the tail of nix's output (the build log's last lines) follows the message."""
+        stderr = self._local_positions(_without_download_noise(stderr))
+        failure = nixerrors.build_failure(stderr)
+        if failure is None and not nixerrors.is_build_failure(stderr) and nixerrors.is_eval_failure(stderr):
+            _, directory = normalize_ref(self.ref, self._invocation_dir)
+            evaluation = nixerrors.eval_failure(stderr, prefer=str(directory) if directory else None)
+            reason = evaluation.message or f"nix exit code {returncode}"
+            where = f" at {evaluation.position}" if evaluation.position else ""
+            return EvalError(f"cannot evaluate {what.split(' ')[-1]}: {reason}{where}",
+                             hint="fix the flake at the position named; 'nix eval' of the same attribute shows it too",
+                             details=tail(stderr, 30))
+        if failure is not None:
+            reason = f": {failure}"
+        else:
+            errors = [line.strip() for line in stderr.splitlines() if line.lstrip().startswith("error:")
+                      and line.strip() != "error:"]
+            reason = f": {errors[-1]}" if errors else f" with exit code {returncode}"
+        return BuildError(f"{what} failed{reason}",
+                          hint=f"the last lines of the build log follow; {more}", details=tail(stderr, 30))
+
     def _local_positions(self, text: str) -> str:
-        """Positions in the store copy of the flake (``/nix/store/...-source/flake.nix:5:2``) as the user's files."""
+        """Positions in the store copy of the flake (``/nix/store/...-source/flake.nix:5:2``, or a locked
+        ``«git+file:///DIR?rev=...»/flake.nix:5:2``) as the user's files."""
+        text = nixerrors.local_positions(text)
         _, directory = normalize_ref(self.ref, self._invocation_dir)
         if directory is None:
             return text
@@ -504,10 +514,12 @@ class Flake:
             # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode.
             proc = self.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
             if proc.returncode != 0:
-                errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
-                reason = f": {errors[-1]}" if errors else f" (nix exit code {proc.returncode})"
+                stderr = self._local_positions(proc.stderr)
+                failure = nixerrors.eval_failure(stderr)
+                where = f" at {failure.position}" if failure.position else ""
+                reason = f": {failure.message}{where}" if failure.message else f" (nix exit code {proc.returncode})"
                 raise NixError(f"cannot evaluate what 'nix run {self.ref}#{attr}' would run{reason}",
-                               details=tail(proc.stderr))
+                               details=tail(stderr))
             facts = json.loads(proc.stdout)
             if facts.get("found") is None:
                 raise MissingOutputError(
@@ -549,14 +561,15 @@ class Flake:
             raise UsageError(f"{found} has no program (a string)", hint=hint)
         # getContext: {"/nix/store/...drv": {"outputs": ["out"]}} for each derivation output the
         # string refers to; those must be built. Plain store paths ({"path": true}) exist already.
-        drvs = sorted(path for path, what in (facts.get("context") or {}).items() if what.get("outputs"))
+        drvs = {path: sorted(what["outputs"]) for path, what in sorted((facts.get("context") or {}).items())
+                if what.get("outputs")}
         run = self._run
         if drvs and run is None:
             self._build_context(found, drvs, self._gcroot_dir)
         elif drvs and run is not None:  # under pytest-xdist, once per run (rooted until the run ends)
             link = _link_name(self.ref, found) + "+program"
             _, shared = run.once(link, lambda: self._build_context(found, drvs, run.gcroots),
-                                 valid=lambda data: data.get("drvs") == drvs and Path(program).is_file())
+                                 valid=lambda data: data.get("drvs") == sorted(drvs) and Path(program).is_file())
             if shared:
                 log.info("the program of %s: shared, built by a sibling worker of run %s", found, run.id)
         path = Path(program)
@@ -572,24 +585,22 @@ class Flake:
                              hint="install it with mode 0755 (chmod +x in the build)")
         return path
 
-    def _build_context(self, found: str, drvs: list[str], gcroot_dir: Path | None) -> dict[str, Any]:
-        """Build the derivations an app's program string names, rooted in ``gcroot_dir`` (None: no link)."""
-        # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
+    def _build_context(self, found: str, drvs: dict[str, list[str]], gcroot_dir: Path | None) -> dict[str, Any]:
+        """Build the derivation outputs an app's program string names, rooted in ``gcroot_dir`` (None: no link)."""
         args = ["build", "--json", "--print-build-logs"]
         if gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
             gcroot_dir.mkdir(parents=True, exist_ok=True)
             args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + "+program"))]
         else:
             args.append("--no-link")
-        proc = self.nix.stream([*args, *drvs], timeout=self._build_timeout,
+        # DRV^out where this Nix reads it; a bare DRV is the .drv file itself since Nix 2.15
+        installables = [self.nix.drv_outputs(drv, outputs) for drv, outputs in drvs.items()]
+        proc = self.nix.stream([*args, *installables], timeout=self._build_timeout,
                                on_line=lambda line: build_log.info("%s", line))
         if proc.returncode != 0:
-            errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
-            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
-            raise BuildError(f"nix build of the program of {found} failed{reason}",
-                             hint="run 'nix run -L' on it to see the whole log",
-                             details=tail(_without_download_noise(proc.stderr), 30))
-        return {"drvs": drvs}
+            raise self._build_error(f"nix build of the program of {found}", proc.returncode, proc.stderr,
+                                    "run 'nix run -L' on it to see the whole log")
+        return {"drvs": sorted(drvs)}
 
     def _package_program(self, facts: dict[str, Any]) -> Path:
         found = facts["found"]

@@ -88,7 +88,7 @@ def test_build_failure_shows_attribute_exit_code_and_log_tail(pytester: pytest.P
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         f"BuildError: nix build path:{tiny_flake.resolve()}#packages.x86_64-linux.broken failed: "
-        "error: builder for '/nix/store/*-broken.drv' failed with exit code 3 "
+        "the builder of /nix/store/*-broken.drv failed with exit code 3 "
         "(the last lines of the build log follow*",
         "broken> log line 34",
         "broken> log line 35",
