@@ -71,14 +71,8 @@ def _nix_string(value: str) -> str:
 # exists; for an app its type, its program and the program's string context (what must be
 # built for it to exist); for a package its name, pname, meta.mainProgram, the name that
 # builtins.parseDrvName leaves without the version, and the output `nix run` uses.
-_RUN_FACTS = """
-let
-  flake = builtins.getFlake @REF@;
-  lookup = path: builtins.foldl'
-    (v: k: if builtins.isAttrs v && builtins.hasAttr k v then builtins.getAttr k v else null) flake path;
-  found = builtins.filter (path: lookup path != null) @CANDIDATES@;
-  str = x: if builtins.isString x then x else null;
-  facts = path: v:
+_FACTS = """
+(path: v: let str = x: if builtins.isString x then x else null; in
     if builtins.elem (builtins.head path) [ "apps" "defaultApp" ] then {
       kind = "app";
       type = str (v.type or null);
@@ -92,11 +86,19 @@ let
       mainProgram = if builtins.isAttrs (v.meta or null) then str (v.meta.mainProgram or null) else null;
       parsedName = if builtins.isString (v.name or null) then (builtins.parseDrvName v.name).name else null;
       outputName = str (v.outputName or null);
-    };
+    })
+"""
+_RUN_FACTS = """
+let
+  flake = builtins.getFlake @REF@;
+  lookup = path: builtins.foldl'
+    (v: k: if builtins.isAttrs v && builtins.hasAttr k v then builtins.getAttr k v else null) flake path;
+  found = builtins.filter (path: lookup path != null) @CANDIDATES@;
+  facts = @FACTS@;
 in
 if found == [ ] then { found = null; }
 else { found = builtins.head found; } // facts (builtins.head found) (lookup (builtins.head found))
-"""
+""".replace("@FACTS@", _FACTS)
 
 
 @dataclass(frozen=True)
@@ -513,6 +515,10 @@ class Flake:
             expr = _RUN_FACTS.replace("@REF@", _nix_string(self.ref)).replace("@CANDIDATES@", f"[ {paths} ]")
             # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode.
             proc = self.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
+            if proc.returncode != 0 and "requires lock file changes" in proc.stderr:
+                # Nix 2.8's getFlake locks no inputs that flake.lock lacks (later ones lock them in memory):
+                # ask each candidate through an installable, which locks them without writing flake.lock
+                proc = self._run_facts_one_by_one(candidates)
             if proc.returncode != 0:
                 stderr = self._local_positions(proc.stderr)
                 failure = nixerrors.eval_failure(stderr)
@@ -529,6 +535,18 @@ class Flake:
             facts["found"] = ".".join(facts["found"])
             self._evals[key] = facts
         return dict(self._evals[key])
+
+    def _run_facts_one_by_one(self, candidates: list[str]) -> subprocess.CompletedProcess[str]:
+        """The facts of :data:`_RUN_FACTS`, one ``nix eval REF#candidate`` at a time, until one exists."""
+        proc: subprocess.CompletedProcess[str] | None = None
+        for candidate in candidates:
+            path = "[ " + " ".join(_nix_string(part) for part in candidate.split(".")) + " ]"
+            proc = self.nix.run(["eval", "--json", f"{self.ref}#{candidate}", "--apply",
+                                 f"v: {{ found = {path}; }} // {_FACTS} {path} v"], check=False)
+            if proc.returncode == 0 or "does not provide attribute" not in proc.stderr:
+                return proc
+        assert proc is not None
+        return subprocess.CompletedProcess(proc.args, 0, json.dumps({"found": None}), "")
 
     def program(self, attr: str = "default") -> Path:
         """The program ``nix run REF#attr`` runs, built; the path to execute.

@@ -178,12 +178,11 @@ _PROBE_DRV = "/nix/store/" + "0" * 32 + "-pytest-flake-probe.drv"
 
 
 def _knows_caret(nix: Nix) -> bool:
-    """Whether ``nix`` reads ``DRV^out`` as an installable: Nix 2.8 says "... is not a valid URL" (or, on
-    other old builds, that it cannot handle it); a Nix that knows the syntax says the path is not in the store."""
+    """Whether ``nix`` reads ``DRV^out`` as an installable: Nix 2.8 takes it for a flake reference and says
+    "'...drv^out' is not a valid URL"; 2.26 and 2.34 say "path '...drv' is not valid" (not in the store)."""
     proc = nix.run(["path-info", f"{_PROBE_DRV}^out"], check=False)
     text = proc.stderr
-    knows = proc.returncode == 0 or not ("not a valid URL" in text or "unrecognised flag" in text
-                                         or "don't know how" in text or "invalid flake reference" in text)
+    knows = proc.returncode == 0 or not ("not a valid URL" in text or "invalid flake reference" in text)
     log.debug("nix reads DRV^out installables: %s (%s)", knows, text.strip().splitlines()[:1])
     return knows
 
