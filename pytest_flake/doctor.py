@@ -158,7 +158,9 @@ def nix_facts(settings: Settings, ref: str | None = None) -> list[str]:
     if system is None:
         probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
         system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
-    lines = [f"system: {system}, nix: {nix_version}"]
+    # "nix 2.8.0"; another implementation by its name: "Lix 2.91.1", "Determinate Nix 3.4.1 (Nix 2.28.2)"
+    shown = f"nix {nix_version.version}" if nix_version.implementation == "Nix" else str(nix_version)
+    lines = [f"system: {system}, {shown}"]
     ref = ref or settings.flake
     if ref:
         from .nix import normalize_ref

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import nixerrors
 from .errors import (
     BuildCancelled,
     BuildError,
@@ -38,7 +39,6 @@ from .errors import (
     format_choices,
     tail,
 )
-from . import nixerrors
 from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
 from .process import Process
 from .xdist import Run

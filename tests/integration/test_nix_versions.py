@@ -30,7 +30,8 @@ FLAKE = r'''{
     packages.x86_64-linux = {
       missing = run "missing" ({ }).nothing;
       typeerr = run "typeerr" (1 + "a");
-      broken = run "broken" "for i in $(/bin/busybox seq 1 40); do echo log line $i; done; echo 'compile error: widget.c:3'; exit 3";
+      broken = run "broken"
+        "for i in $(/bin/busybox seq 1 40); do echo log line $i; done; echo 'compile error: widget.c:3'; exit 3";
       tool = run "tool-@TOKEN@" ''
         mkdir -p $out/bin
         printf '#!/bin/busybox sh\necho "cold @TOKEN@ $*"\n' > $out/bin/greet

@@ -581,7 +581,8 @@ def test_failed_build_of_app_program_is_a_build_error(flake_dir: Path, tmp_path:
                  drv_build_error="building...\nerror: builder for '/nix/store/a.drv' failed with exit code 1\n")
     with pytest.raises(BuildError) as err:
         make_flake(flake_dir, nix).program("x")
-    assert str(err.value).startswith(f"nix build of the program of apps.{SYSTEM}.x failed: the builder of /nix/store/a.drv failed with exit code 1")
+    assert str(err.value).startswith(f"nix build of the program of apps.{SYSTEM}.x failed: "
+                                     "the builder of /nix/store/a.drv failed with exit code 1")
 
 
 @pytest.mark.parametrize("attr, candidates", [
