@@ -39,6 +39,7 @@ FLAKE = r'''{
       '';
     };
     apps.x86_64-linux.greet = { type = "app"; program = "${self.packages.x86_64-linux.tool}/bin/greet"; };
+    apps.x86_64-linux.bad = { type = "app"; program = "${({ }).nothing}/bin/x"; };
   };
 }
 '''
@@ -102,8 +103,14 @@ def test_build_failure_names_exit_code_and_ends_with_the_log(tmp_path: Path) -> 
     ("typeerr", "cannot add a string to an integer", "flake.nix:8:"),
 ])
 @pytest.mark.parametrize("kind", ["path", "git"])
+@pytest.mark.parametrize("show_trace", [False, True])
 def test_evaluation_error_names_message_and_the_users_line(tmp_path: Path, attr: str, message: str, line: str,
-                                                           kind: str) -> None:
+                                                           kind: str, show_trace: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix 2.8 prints the message first; 2.13+ a bare "error:", the trace, then the message; show-trace (which
+    install actions write into nix.conf) lengthens the trace. Each names the user's line."""
+    if show_trace:
+        monkeypatch.setenv("NIX_CONFIG", "show-trace = true")
     directory = tmp_path / "f"
     write(directory)
     if kind == "git":
@@ -117,6 +124,17 @@ def test_evaluation_error_names_message_and_the_users_line(tmp_path: Path, attr:
     text = str(err.value)
     assert text.startswith(f"cannot evaluate {ref}#packages.{SYSTEM}.{attr}: {message} at {directory}/{line}"), text
     assert "/nix/store/" not in text.split(" (")[0]
+
+
+def test_evaluation_error_of_an_apps_program_names_the_users_line(tmp_path: Path) -> None:
+    from pytest_flake.errors import NixError
+
+    write(tmp_path / "f")
+    flake = Flake(f"path:{tmp_path / 'f'}", system=SYSTEM)
+    with pytest.raises(NixError) as err:
+        flake.program("bad")
+    assert str(err.value).startswith(f"cannot evaluate what 'nix run path:{tmp_path / 'f'}#bad' would run: "
+                                     f"attribute 'nothing' missing at {tmp_path / 'f'}/flake.nix:18:"), str(err.value)
 
 
 def test_syntax_error_names_the_users_line(tmp_path: Path) -> None:
