@@ -50,7 +50,10 @@ def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
     version = _nix(["--version"])
     if version is None or version.returncode != 0:
         return [(False, f"nix: not found on PATH; {INSTALL_HINT}")]
-    lines = [(True, f"nix: {parse_version(version.stdout)} ({version.stdout.strip().splitlines()[0]})")]
+    first = version.stdout.strip().splitlines()[0] if version.stdout.strip() else "?"
+    found = parse_version(version.stdout)
+    # Lix and Determinate Nix: which Nix that is, after their own line
+    lines = [(True, f"nix: {first}" + ("" if found.implementation == "Nix" else f" ({found})"))]
     system = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
     if system is None or system.returncode != 0:
         err = system.stderr.strip().splitlines()[-1:] if system else ["timed out"]
