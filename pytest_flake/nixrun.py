@@ -228,13 +228,37 @@ class Programs:
                                     "run 'nix run -L' on it to see the whole log")
         return {"drvs": sorted(drvs)}
 
+    def _build_output(self, found: str, output: str) -> Path:
+        """Build one output of the package ``found`` (``REF#ATTR^OUTPUT``), rooted like the session's builds."""
+        run = self._run
+        gcroot_dir = run.gcroots if run is not None else self._gcroot_dir
+        args = ["build", "--json", "--print-build-logs"]
+        if gcroot_dir is not None:
+            gcroot_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + f"+{output}"))]
+        else:
+            args.append("--no-link")
+        proc = self.nix.stream([*args, f"{self.ref}#{found}^{output}"], timeout=self._build_timeout,
+                               on_line=lambda line: build_log.info("%s", line))
+        if proc.returncode != 0:
+            raise self._build_error(f"nix build {self.ref}#{found}^{output}", proc.returncode, proc.stderr,
+                                    "run 'nix run -L' on it to see the whole log")
+        try:
+            return Path(json.loads(proc.stdout)[0]["outputs"][output])
+        except (ValueError, LookupError, TypeError) as exc:
+            raise NixError(f"cannot read the output of 'nix build --json' for {found}^{output}: "
+                           f"{proc.stdout[:200]!r}") from exc
+
     def _package_program(self, facts: dict[str, Any]) -> Path:
         found = facts["found"]
         if facts.get("type") != "derivation":
             raise UsageError(f"{found} is neither a package nor an app (type {facts.get('type')!r})",
                              hint="run a package (a derivation) or an app ({ type = \"app\"; program = ...; })")
         build = self.build(found)
-        out = build.outputs.get(facts.get("outputName") or "out", build.out)
+        wanted = facts.get("outputName") or "out"
+        out = build.outputs.get(wanted)
+        if out is None:  # nix build made meta.outputsToInstall (Nix 2.9+); nix run runs the package's own output
+            out = self._build_output(found, wanted)
         bindir = out / "bin"
         files = sorted(p.name for p in bindir.iterdir() if not p.is_dir()) if bindir.is_dir() else []
         listing = f"{bindir} has {format_choices(files)}" if bindir.is_dir() else f"{out} has no bin/"

@@ -207,3 +207,32 @@ def test_header_names_the_commit_of_a_dirty_tree_where_nix_says_it(tmp_path: Pat
         assert shown == f"git rev {rev[:12]} (dirty tree: uncommitted changes)"
     else:
         assert shown == "git (dirty tree: uncommitted changes, no revision)"
+
+
+# each output's bin/tool says which output it is in
+SPLIT_SCRIPT = (r"for o in out bin; do eval d=\\$$o; mkdir -p $d/bin; "
+                r"printf '#!/bin/busybox sh\\necho from %s\\n' $o > $d/bin/tool; chmod +x $d/bin/tool; done")
+SPLIT = r'''{
+  outputs = { self }: {
+    packages.x86_64-linux.tool = (derivation {
+      name = "tool-@TOKEN@"; system = "x86_64-linux"; builder = "/bin/busybox"; outputs = [ "out" "bin" ];
+      args = [ "sh" "-c" "@SCRIPT@" ];
+    }) // { pname = "tool"; meta.outputsToInstall = [ "bin" ]; };
+  };
+}
+'''.replace("@SCRIPT@", SPLIT_SCRIPT)
+
+
+def test_package_program_is_in_the_output_nix_run_uses_though_nix_build_makes_another(tmp_path: Path) -> None:
+    """Since Nix 2.9 ``nix build REF#tool`` makes ``meta.outputsToInstall`` (here: bin only), while ``nix run``
+    runs the package's own output (out): the plugin builds that one too, and runs what ``nix run`` runs."""
+    write(tmp_path / "f", SPLIT)
+    ref = f"path:{tmp_path / 'f'}"
+    nix = Nix()
+    real = subprocess.run([nix.executable, "--extra-experimental-features", "nix-command flakes", "run",
+                           "--no-write-lock-file", f"{ref}#tool"], capture_output=True, text=True, timeout=300)
+    assert real.returncode == 0, real.stderr
+    assert real.stdout == "from out\n"
+    flake = Flake(ref, system=SYSTEM, gcroot_dir=tmp_path / "roots")
+    program = flake.program("tool")
+    assert subprocess.run([str(program)], capture_output=True, text=True, check=True).stdout == real.stdout
