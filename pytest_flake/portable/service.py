@@ -371,7 +371,8 @@ class PortableService:
 
     def image_journal(self, lines: int = 200) -> str:
         """Only what this image version logged (the ``PORTABLE=`` journal field)."""
-        result = self._run(["journalctl", "--no-pager", "--boot", "-o", "cat", f"--lines={lines}", f"PORTABLE={self.portable}"])
+        result = self._run(["journalctl", "--no-pager", "--boot", "-o", "cat", f"--lines={lines}",
+                            f"PORTABLE={self.portable}"])
         return str(result.stdout)
 
     def environment(self, unit: str | None = None) -> dict[str, str]:
