@@ -117,6 +117,15 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list
 _INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
 
 
+def _below(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder``, and not in an installed package there (a virtualenv in the project)."""
+    try:
+        rest = path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in rest.parts)
+
+
 class _ErrorRepr(TerminalRepr):
     """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
 
@@ -132,13 +141,20 @@ class _ErrorRepr(TerminalRepr):
 def describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
     """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
 
-    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
+    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user. Once
+    the traceback is inside pytest-flake, so is everything it called (tenacity's retries,
+    ``concurrent.futures``, paramiko): only the user's own files below ``rootdir`` (a callback
+    of theirs) are shown from there on.
     """
     exc = excinfo.value
     lines: list[str] = []
+    inside = False  # in pytest-flake's code, or in what it called
     for entry in excinfo.traceback:
         path = str(entry.path)
         if any(part in path for part in _INTERNALS):
+            inside = inside or _INTERNALS[-1] in path
+            continue
+        if inside and (rootdir is None or not _below(Path(path), rootdir)):
             continue
         shown = path
         if rootdir is not None:
