@@ -34,6 +34,7 @@ SESSION_KEY = pytest.StashKey[Session]()
 RUN_KEY = pytest.StashKey[Run]()  # the run of a pytest-xdist worker, shared with its siblings
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
+SWEPT_KEY = pytest.StashKey[str]()  # what the sweep of killed sessions did (one line)
 
 
 def settings_of(config: pytest.Config) -> Settings:
@@ -58,7 +59,10 @@ def ensure_session(config: pytest.Config) -> Session:
         session.run = config.stash.get(RUN_KEY, None)  # set on pytest-xdist workers only
         session.__enter__()
         config.stash[SESSION_KEY] = session
-        sweep_dead_sessions(session, settings)
+        swept = sweep_dead_sessions(session, settings)
+        if swept is not None:
+            config.stash[SWEPT_KEY] = swept  # the report header's line (plugin.pytest_report_collectionfinish)
+            log.warning("pytest-flake: %s", swept)
     return session
 
 
