@@ -262,7 +262,10 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     else:
         lines = ["pytest-flake: " + line for line in _nix_facts(config, settings)]
     if not config.option.collectonly and not config.pluginmanager.has_plugin("dsession"):  # xdist: workers sweep
-        ensure_session(config)  # the sweep of killed sessions runs now, so that the header says what it did
+        try:
+            ensure_session(config)  # the sweep of killed sessions runs now, so that the header says what it did
+        except FlakeError as exc:  # each test that uses the plugin fails with it (its fixtures try again)
+            lines.append(f"pytest-flake: {exc}")
         swept = config.stash.get(SWEPT_KEY, None)
         if swept is not None:
             lines.append(f"pytest-flake: {swept}")

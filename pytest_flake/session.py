@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import counted
+from .errors import InfrastructureError, counted
 
 if TYPE_CHECKING:
     from .xdist import Run
@@ -71,9 +71,16 @@ class Session:
         self.run: Run | None = None  # the pytest-xdist run this session is a worker of (None: the session is the run)
 
     def __enter__(self) -> Session:
-        self.dir.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        (self.dir / "pid").write_text(f"{pid} {start_time(pid)}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "pid").write_text(f"{pid} {start_time(pid)}")
+        except OSError as exc:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise InfrastructureError(
+                f"cannot register the test session in {self.root}: {exc.strerror or exc}",
+                hint="free space there, or point PYTEST_FLAKE_STATE at a folder with room (VM images and "
+                     "containers keep their files in it)") from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
