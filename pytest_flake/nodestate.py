@@ -139,6 +139,18 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callabl
     return True
 
 
+def leave_for_next_session(request: pytest.FixtureRequest, what: str) -> None:
+    """``what`` could not be removed (its daemon stopped answering, say): the next session sweeps it.
+
+    The session's registration stays when this session ends, as with ``--flake-keep``, so the next
+    session finds it dead and every component sweeps what carries its id.
+    """
+    session = request.config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.keep = True
+    log.warning("pytest-flake: could not remove %s; the next session will", what)
+
+
 def marker_ref(node: pytest.Item | pytest.Collector | pytest.Session) -> str | None:
     """The ref of the ``flake(ref)`` marker closest to ``node`` (test, class, module), or None."""
     marker = node.get_closest_marker("flake")

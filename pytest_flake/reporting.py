@@ -141,21 +141,22 @@ class _ErrorRepr(TerminalRepr):
 def describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
     """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
 
-    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user. Once
-    the traceback is inside pytest-flake, so is everything it called (tenacity's retries,
-    ``concurrent.futures``, paramiko): only the user's own files below ``rootdir`` (a callback
-    of theirs) are shown from there on.
+    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user, and
+    neither do the libraries between the user's code and the plugin (testinfra's ``host.run``)
+    or those the plugin called (tenacity's retries, ``concurrent.futures``, paramiko). What is
+    shown is the user's own files below ``rootdir``; without any, the frames before the first
+    one of pytest-flake.
     """
     exc = excinfo.value
     lines: list[str] = []
-    inside = False  # in pytest-flake's code, or in what it called
-    for entry in excinfo.traceback:
+    frames = list(excinfo.traceback)
+    outside = [(i, e) for i, e in enumerate(frames) if not any(part in str(e.path) for part in _INTERNALS)]
+    entries = [e for _, e in outside if rootdir is not None and _below(Path(str(e.path)), rootdir)]
+    if not entries:
+        first_ours = next((i for i, e in enumerate(frames) if _INTERNALS[-1] in str(e.path)), len(frames))
+        entries = [e for i, e in outside if i < first_ours]
+    for entry in entries:
         path = str(entry.path)
-        if any(part in path for part in _INTERNALS):
-            inside = inside or _INTERNALS[-1] in path
-            continue
-        if inside and (rootdir is None or not _below(Path(path), rootdir)):
-            continue
         shown = path
         if rootdir is not None:
             with contextlib.suppress(ValueError):

@@ -137,7 +137,8 @@ def sweep_dead_sessions(current: Session, settings: Any) -> str | None:
     dead = current.dead_sessions()
     if not dead:
         return None
-    log.warning("pytest-flake: sweeping %d session(s) that did not end: %s", len(dead), ", ".join(dead))
+    log.warning("pytest-flake: sweeping %d session(s) that did not end or left resources: %s", len(dead),
+                ", ".join(dead))
     done: list[str] = []
     for component in components(settings):
         try:
@@ -150,5 +151,5 @@ def sweep_dead_sessions(current: Session, settings: Any) -> str | None:
             done.append(f"{component.name}: {', '.join(found)}")
     for session_id in dead:
         current.forget(session_id)
-    return (f"swept {counted(len(dead), 'session')} that did not end ({', '.join(dead)}): "
+    return (f"swept what {counted(len(dead), 'earlier session')} left ({', '.join(dead)}): "
             + ("; ".join(done) if done else "nothing of theirs was left"))

@@ -96,7 +96,7 @@ def test_sweep_and_doctor_walk_the_same_registry(tmp_path: Path, monkeypatch: py
     with Session(root=tmp_path) as current:
         line = sweep_dead_sessions(current, None)
     # one line: the session, then what each component that found something did about it
-    assert line == ("swept 1 session that did not end (pf-deadbeef): docker: could not sweep: daemon gone; "
+    assert line == ("swept what 1 earlier session left (pf-deadbeef): docker: could not sweep: daemon gone; "
                     "nspawn: 2 containers stopped")
     assert [name for name, _, _ in calls] == list(NAMES)  # docker's failure stopped no other
     assert all(ids == ["pf-deadbeef"] and root == tmp_path for _, ids, root in calls)
