@@ -29,6 +29,7 @@ from .nodestate import (
     ensure_session,
     evidence,
     keep_if_failed,
+    leave_for_next_session,
     settings_of,
 )
 from .reporting import BuildStatus, record_fact
@@ -174,6 +175,8 @@ def _remove_container(request: pytest.FixtureRequest, container: Container) -> N
         container.__exit__(None, None, None)
     except Exception as exc:  # one container's teardown must not hide the others
         log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
+    if not container.keep and not container.removed:
+        leave_for_next_session(request, f"container {container.name}")
 
 
 

@@ -34,6 +34,7 @@ SESSION_KEY = pytest.StashKey[Session]()
 RUN_KEY = pytest.StashKey[Run]()  # the run of a pytest-xdist worker, shared with its siblings
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
+SWEPT_KEY = pytest.StashKey[str]()  # what the sweep of killed sessions did (one line)
 
 
 def settings_of(config: pytest.Config) -> Settings:
@@ -58,7 +59,10 @@ def ensure_session(config: pytest.Config) -> Session:
         session.run = config.stash.get(RUN_KEY, None)  # set on pytest-xdist workers only
         session.__enter__()
         config.stash[SESSION_KEY] = session
-        sweep_dead_sessions(session, settings)
+        swept = sweep_dead_sessions(session, settings)
+        if swept is not None:
+            config.stash[SWEPT_KEY] = swept  # the report header's line (plugin.pytest_report_collectionfinish)
+            log.warning("pytest-flake: %s", swept)
     return session
 
 
@@ -133,6 +137,18 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callabl
         reporter.write_line(line)
     log.warning(line)
     return True
+
+
+def leave_for_next_session(request: pytest.FixtureRequest, what: str) -> None:
+    """``what`` could not be removed (its daemon stopped answering, say): the next session sweeps it.
+
+    The session's registration stays when this session ends, as with ``--flake-keep``, so the next
+    session finds it dead and every component sweeps what carries its id.
+    """
+    session = request.config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.keep = True
+    log.warning("pytest-flake: could not remove %s; the next session will", what)
 
 
 def marker_ref(node: pytest.Item | pytest.Collector | pytest.Session) -> str | None:

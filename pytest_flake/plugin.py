@@ -35,7 +35,17 @@ from .fixtures import (
     vm,
     vm_factory,
 )
-from .nodestate import RUN_KEY, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
+from .nodestate import (
+    RUN_KEY,
+    SESSION_KEY,
+    SETTINGS_ERROR,
+    SETTINGS_KEY,
+    SWEPT_KEY,
+    TEST_STATE,
+    TestState,
+    ensure_session,
+    flake_binding,
+)
 from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 from .xdist import WORKERINPUT_KEY, Run, group_for
@@ -248,8 +258,18 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller printed the facts
         return []
     if not config.stash.get(USES_NIX, False):
-        return ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
-    return ["pytest-flake: " + line for line in _nix_facts(config, settings)]
+        lines = ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
+    else:
+        lines = ["pytest-flake: " + line for line in _nix_facts(config, settings)]
+    if not config.option.collectonly and not config.pluginmanager.has_plugin("dsession"):  # xdist: workers sweep
+        try:
+            ensure_session(config)  # the sweep of killed sessions runs now, so that the header says what it did
+        except FlakeError as exc:  # each test that uses the plugin fails with it (its fixtures try again)
+            lines.append(f"pytest-flake: {exc}")
+        swept = config.stash.get(SWEPT_KEY, None)
+        if swept is not None:
+            lines.append(f"pytest-flake: {swept}")
+    return lines
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -363,7 +363,7 @@ class PortableService:
     def journal(self, unit: str | None = None, lines: int = 200) -> str:
         """The journal of the image's units: systemd's messages and the service's output."""
         units = [unit] if unit else self.units
-        argv = ["journalctl", "--no-pager", "-o", "short-monotonic", f"--lines={lines}"]
+        argv = ["journalctl", "--no-pager", "--boot", "-o", "short-monotonic", f"--lines={lines}"]
         for u in units:
             argv += ["-u", u]
         result = self._run(argv)
@@ -371,7 +371,8 @@ class PortableService:
 
     def image_journal(self, lines: int = 200) -> str:
         """Only what this image version logged (the ``PORTABLE=`` journal field)."""
-        result = self._run(["journalctl", "--no-pager", "-o", "cat", f"--lines={lines}", f"PORTABLE={self.portable}"])
+        result = self._run(["journalctl", "--no-pager", "--boot", "-o", "cat", f"--lines={lines}",
+                            f"PORTABLE={self.portable}"])
         return str(result.stdout)
 
     def environment(self, unit: str | None = None) -> dict[str, str]:

@@ -34,6 +34,7 @@ class Image:
     hostkeys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA..." lines known ahead of boot
     cloud_init: bool = False
     skip_units: tuple[str, ...] = ()
+    min_memory: int = 0  # MiB the image needs to boot (its recipe says; 0: unknown)
 
 
 def image_cache(root: Path | None = None) -> Path:
@@ -49,6 +50,12 @@ def debian_recipe_hash(variant: str = "plain") -> str:
     """A hash of the Debian recipe (builder and package lists): a new hash means a new image."""
     lists = ["packages.txt"] + (["packages-cloud.txt"] if variant == "cloud" else [])
     return hash_files(RECIPES / "debian" / "build.sh", *(RECIPES / "debian" / name for name in lists))
+
+
+def debian_min_memory() -> int:
+    """The memory (MiB) a Debian image needs to boot, from its recipe (``vms/debian/limits.json``)."""
+    data = json.loads((RECIPES / "debian" / "limits.json").read_text())
+    return int(data["min_memory_mib"])
 
 
 def _debian_prefix(variant: str) -> str:
@@ -76,6 +83,7 @@ def _debian_image(directory: Path, variant: str = "plain") -> Image:
         # debian-cloud boots with exactly the seed (and credentials) the Arch path sends
         cloud_init=cloud,
         skip_units=ArchRecipe.load().skip_units if cloud else (),
+        min_memory=debian_min_memory(),
     )
 
 
@@ -133,6 +141,7 @@ class ArchRecipe:
     disk_format: str = "qcow2"
     skip_units: tuple[str, ...] = ()
     cloud_init: bool = True
+    min_memory: int = 0
 
     @classmethod
     def load(cls, path: Path | None = None) -> ArchRecipe:
@@ -144,6 +153,7 @@ class ArchRecipe:
             disk_format=data.get("format", "qcow2"),
             skip_units=tuple(data.get("skip_units", ())),
             cloud_init=bool(data.get("cloud_init", True)),
+            min_memory=int(data.get("min_memory_mib", 0)),
         )
 
 
@@ -314,7 +324,7 @@ def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
 
 def _arch_image(disk: Path, digest: str, recipe: ArchRecipe) -> Image:
     return Image(name="arch", disk=disk, disk_format=recipe.disk_format, key=f"arch-{digest[:16]}",
-                 cloud_init=recipe.cloud_init, skip_units=recipe.skip_units)
+                 cloud_init=recipe.cloud_init, skip_units=recipe.skip_units, min_memory=recipe.min_memory)
 
 
 def disk_info(path: Path) -> dict[str, Any]:
