@@ -20,6 +20,9 @@ def _why(exc: BaseException) -> str:
     todo: list[object] = [exc]
     while todo:
         item = todo.pop()
+        if isinstance(item, tuple):  # urllib3 wraps the OS's error in a tuple: ("Connection aborted.", error)
+            todo += list(item)
+            continue
         if not isinstance(item, BaseException) or id(item) in seen:
             continue
         seen.add(id(item))

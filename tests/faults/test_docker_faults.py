@@ -44,7 +44,7 @@ INNER = textwrap.dedent("""
 
 
 class PrivateDockerd:
-    """A dockerd with its own socket, data and exec roots, and no network (``--bridge=none``)."""
+    """A dockerd with its own socket, data and exec roots, in a network namespace of its own, with no network."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -53,7 +53,9 @@ class PrivateDockerd:
 
     def start(self) -> None:
         with open(self.base / "dockerd.log", "ab") as log:
-            subprocess.Popen(["dockerd", "--host", self.url, "--data-root", str(self.base / "data"),
+            # in a network namespace of its own: with --bridge=none dockerd deletes the bridge docker0 of
+            # whatever namespace it runs in, and the host's belongs to the machine's own daemon
+            subprocess.Popen(["unshare", "--net", "dockerd", "--host", self.url, "--data-root", str(self.base / "data"),
                               "--exec-root", str(self.base / "exec"), "--pidfile", str(self.pidfile),
                               "--storage-driver", "overlay2", "--iptables=false", "--ip-masq=false",
                               "--bridge=none"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -107,8 +109,24 @@ def dockerd() -> Iterator[PrivateDockerd]:
     assert not daemon.processes()
 
 
+def _bridge_index() -> str | None:
+    try:
+        return Path("/sys/class/net/docker0/ifindex").read_text().strip()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def host_bridge() -> Iterator[str | None]:
+    """The host's docker0 (the machine's own daemon's): the private daemon must leave it as it was."""
+    before = _bridge_index()
+    yield before
+    assert _bridge_index() == before
+
+
 def test_a_daemon_killed_mid_test_fails_it_in_one_line_and_is_swept_later(
-        pytester: pytest.Pytester, dockerd: PrivateDockerd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        pytester: pytest.Pytester, host_bridge: str | None, dockerd: PrivateDockerd, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
     pytester.makepyfile(test_inner=INNER)
     signals = tmp_path / "signals"
     signals.mkdir()
