@@ -3,15 +3,25 @@
 The SDK reports a daemon that died (killed, restarted, its socket gone) as a ``requests``
 connection error, whose traceback runs through urllib3 for a page. :func:`daemon_call` turns it
 into one :class:`~pytest_flake.errors.DockerError` that names the daemon, what was being done,
-and why the connection failed.
+and why the connection failed; for a daemon on another host whose ssh master connection ended,
+an :class:`~pytest_flake.errors.SSHError` that says so (the daemon may be fine).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol
 
-from ..errors import DockerError
+from ..errors import DockerError, SSHError
+
+
+class Endpoint(Protocol):
+    """What a call needs of its daemon (a :class:`~pytest_flake.docker.Docker` is one)."""
+
+    url: str
+
+    def check_tunnel(self) -> None: ...
 
 
 def _why(exc: BaseException) -> str:
@@ -33,13 +43,17 @@ def _why(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def daemon_call(url: str, what: str) -> Iterator[None]:
+def daemon_call(docker: Endpoint, what: str) -> Iterator[None]:
     """Within the block, a daemon that stopped answering raises one :class:`DockerError` about it."""
     import requests
 
     try:
         yield
     except requests.exceptions.ConnectionError as exc:
-        raise DockerError(f"{what}: the Docker daemon at {url} stopped answering ({_why(exc)})",
+        try:
+            docker.check_tunnel()  # another host's: its ssh master may be what ended
+        except SSHError as tunnel:
+            raise SSHError(f"{what}: {tunnel.message}", hint=tunnel.hint, details=tunnel.details) from exc
+        raise DockerError(f"{what}: the Docker daemon at {docker.url} stopped answering ({_why(exc)})",
                           hint="it answered when the container started: was dockerd stopped or restarted? "
                                "the next session removes what this one could not") from exc

@@ -106,7 +106,7 @@ def exec_backend(container: Container) -> Any:
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
             cmd = self.get_command(command, *args)
             user = self.user or ""
-            with daemon_call(container.docker.url, f"container {container.name}: {command!r}"):
+            with daemon_call(container.docker, f"container {container.name}: {command!r}"):
                 if self._shell is None:
                     self._shell = container_shell(container)
                 code, out, err = exec_demux(container, [*self._shell, "-c", cmd], user=user)

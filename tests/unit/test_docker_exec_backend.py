@@ -108,7 +108,8 @@ class FakeSdkContainer:
 
 def fake_container(sdk: FakeSdkContainer | None = None) -> Any:
     return SimpleNamespace(id="0123abcd", name="pf-test-web-1", ref="web-server:1.0",
-                           _container=sdk or FakeSdkContainer(), docker=SimpleNamespace(url="unix:///run/fake.sock"))
+                           _container=sdk or FakeSdkContainer(),
+                           docker=SimpleNamespace(url="unix:///run/fake.sock", check_tunnel=lambda: None))
 
 
 class GoneSdkContainer(FakeSdkContainer):
