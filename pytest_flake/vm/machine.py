@@ -25,7 +25,7 @@ from ..guest import GuestCommands
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import NETDEV_ID, log, step
-from .connection import destroy_domain, libvirt_module
+from .connection import current_domain, destroy_domain, libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
 from .domain import BootSpec, boot_xml, netdev, restore_xml
 from .images import Image, create_overlay
@@ -117,6 +117,7 @@ class VM(GuestCommands, OnAnotherHost):
         self.ready_seconds = 0.0  # start() to SSH ready, including saving a warm state
         self.boot_seconds = 0.0  # start() to the first SSH answer
         self.kept = False
+        self.left_behind: list[str] = []  # the steps of close() that failed: the next session's sweep finishes them
         self._dom: Any = None
         self._image: Image | None = None
         self._hostkeys: tuple[str, ...] = ()
@@ -381,6 +382,11 @@ class VM(GuestCommands, OnAnotherHost):
             return evidence(self.name, self.console_log(), self._dom, local=self.remote is None)
 
         def probe() -> paramiko.SSHClient:
+            if self._dom is not None:
+                try:  # a restarted libvirtd dropped our connection, not the guest: look it up again
+                    self._dom = current_domain(self._dom, lambda: self._conn().lookupByName(self.name))
+                except (libvirt_module().libvirtError, VMError) as exc:
+                    raise NotReady(f"libvirt does not answer: {exc}") from exc
             if self._dom is None or not self._dom.isActive():
                 raise VMError(f"vm://{self.name}: the guest stopped before SSH answered ({domain_state(self._dom)})",
                               details=seen())
@@ -575,11 +581,15 @@ class VM(GuestCommands, OnAnotherHost):
 
     def _drop_domain(self) -> None:
         dom, self._dom = self._dom, None
+
+        def lookup() -> Any:
+            return self._conn().lookupByName(self.name)
+
         if dom is None:
             with contextlib.suppress(Exception):
-                dom = self._conn().lookupByName(self.name)
+                dom = lookup()
         if dom is not None:
-            destroy_domain(dom)
+            destroy_domain(current_domain(dom, lookup))  # through a new connection if libvirtd restarted
 
     def close(self) -> None:
         """Stop the guest and remove its files; idempotent, and each step's failure is only logged."""
@@ -606,4 +616,5 @@ class VM(GuestCommands, OnAnotherHost):
                 action()
             except Exception as exc:  # one failing step must not hide or stop the others
                 log.error("vm://%s: could not %s: %s", self.name, what, exc)
+                self.left_behind.append(what)
         self._on_close(self)
