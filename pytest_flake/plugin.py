@@ -258,13 +258,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         flake_session.__exit__(None, None, None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers, and -k/-m
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings.flake_check:  # --flake-check: the flake's own outputs, as items
+        from .flakecheck import add_items
+
+        add_items(session, items)
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
-    settings = config.stash.get(SETTINGS_KEY, None)
     if config.getoption("loadgroup", False) and settings is not None and settings.flake_xdist_group:
         _xdist_groups(items)
 
