@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,11 @@ class OutputItem(pytest.Function):
     output: Output
     build: Build | None = None
     error: BaseException | None = None  # the package's build failed at collection
+    plain_failure = True  # its failures are reported as repr_failure says (the plugin leaves them alone)
+    line = 0  # where flake.nix defines it, if a line says "NAME ="
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, self.output.attr
+        return self.path, self.line, self.output.attr
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         value = excinfo.value
@@ -87,7 +90,8 @@ def _build(request: pytest.FixtureRequest, flake: Flake) -> Build:
     try:
         build = item.build or flake.build(item.output.attr)
     except BuildError as exc:
-        evidence(request, f"build log of {item.output.attr}", lambda: str(exc.details or ""))
+        details = str(exc.details or "")
+        evidence(request, f"build log of {item.output.attr}", lambda: details)
         raise
     record_fact(item, f"nix build {item.output.attr}", str(build.out))
     return build
@@ -127,25 +131,25 @@ def check_docker(request: pytest.FixtureRequest, flake: Flake, docker_image: Cal
                 f"{image.ref} ran; ports {', '.join(exposed) or 'none'} answered; still running")
 
 
-def _check_portable(request: pytest.FixtureRequest, flake: Flake, guest: Any, portable_service: Any) -> None:
+def check_portable(request: pytest.FixtureRequest, flake: Flake) -> None:
+    """Attached in a systemd container (a VM with ``--flake-portable-host vm``), every unit active, then detached.
+
+    The image is read first: one that is not a portable image fails before a guest boots.
+    """
+    from .portable import PortableImage
+
     item = _item(request)
     build = _build(request, flake)
-    service = portable_service(guest, Path(build.out))
+    try:
+        PortableImage.open(build.out)
+    except FlakeError as exc:
+        raise CheckFailed(f"{item.output.attr}: {exc}") from None
+    guest = request.getfixturevalue("vm" if portable_host(settings_of(request.config)) == "vm" else "systemd_container")
+    service = request.getfixturevalue("portable_service")(guest, Path(build.out))
     units = ", ".join(service.units)
     service.detach()
     record_fact(item, f"pytest-flake {item.output.attr}", f"{service.name} attached in {guest.name}: {units} "
                                                           "active; detached")
-
-
-def check_portable_nspawn(request: pytest.FixtureRequest, flake: Flake, systemd_container: Any,
-                          portable_service: Any) -> None:
-    """Attached in a systemd container, every unit active, then detached."""
-    _check_portable(request, flake, systemd_container, portable_service)
-
-
-def check_portable_vm(request: pytest.FixtureRequest, flake: Flake, vm: Any, portable_service: Any) -> None:
-    """Attached in a VM (``--flake-portable-host vm``), every unit active, then detached."""
-    _check_portable(request, flake, vm, portable_service)
 
 
 def not_checked(request: pytest.FixtureRequest) -> None:
@@ -166,7 +170,7 @@ def _body(output: Output, settings: Settings) -> Callable[..., None]:
     if output.kind == outputs.DOCKER:
         return check_docker
     if output.kind == outputs.PORTABLE:
-        return check_portable_vm if portable_host(settings) == "vm" else check_portable_nspawn
+        return check_portable
     return check_output
 
 
@@ -206,6 +210,16 @@ def _root_id(flake: Flake, settings: Settings, rootpath: Path) -> tuple[str, Pat
     return str(path), path
 
 
+def _line_of(path: Path, name: str) -> int:
+    """The 0-based line of ``path`` that defines ``name =`` (0 when none does, or it cannot be read)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    pattern = re.compile(rf"(^|[\s{{;.\"]){re.escape(name)}\"?\s*=[^=]")
+    return next((number for number, line in enumerate(lines) if pattern.search(line)), 0)
+
+
 def add_items(session: pytest.Session, items: list[pytest.Item]) -> None:
     """``--flake-check``: the flake's outputs as items, after the user's own tests."""
     config = session.config
@@ -233,6 +247,9 @@ def add_items(session: pytest.Session, items: list[pytest.Item]) -> None:
             item.add_marker(marker)
         if output.kind == outputs.PORTABLE:
             item.add_marker(portable_host(settings))
+        if output.kind == outputs.OTHER:
+            item.add_marker(pytest.mark.skip(reason=f"{output.attr}: {output.reason}"))
+        item.line = _line_of(path, output.name)
         group.children.append(item)  # type: ignore[attr-defined]
         items.append(item)
     for group in groups.values():  # the terminal's "collected N items" counts these

@@ -263,7 +263,7 @@ def check_program(flake: Any, output: Output, out: Path) -> str:
     try:
         program = Path(flake.program(output.attr))
     except UsageError as exc:
-        raise CheckFailed(f"{output.attr}: {exc}") from None
+        raise CheckFailed(_named(output, exc)) from None
     if not os.access(program, os.X_OK):
         raise CheckFailed(f"{output.attr}: {program}, the program nix run would run, is not executable "
                           "(install it with mode 0755)")
@@ -283,8 +283,14 @@ def check_app(flake: Any, output: Output) -> str:
     try:
         path = flake.program(output.attr)
     except UsageError as exc:
-        raise CheckFailed(f"{output.attr}: {exc}") from None
+        raise CheckFailed(_named(output, exc)) from None
     return f"nix run runs {path}"
+
+
+def _named(output: Output, exc: BaseException) -> str:
+    """The message of ``exc``, starting with the output's attribute path."""
+    text = str(exc)
+    return text if text.startswith(output.attr) else f"{output.attr}: {text}"
 
 
 _EXEC_KEYS = ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost",

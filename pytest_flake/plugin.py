@@ -368,7 +368,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failed = report.failed and report.when in ("call", "setup")
         attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
-    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
+    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError) \
+            and not (getattr(item, "plain_failure", False) and call.when == "call"):
         report.longrepr = describe_error(excinfo, Path(str(item.config.rootpath)))
 
 
