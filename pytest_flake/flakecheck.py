@@ -25,7 +25,7 @@ import pytest
 
 from . import outputs
 from .config import Settings
-from .errors import BuildError, CheckFailed, FlakeError, notes_of
+from .errors import BuildError, CheckFailed, DockerError, FlakeError, notes_of
 from .nix import Build, Flake
 from .nixcmd import normalize_ref
 from .nodestate import evidence, session_flake, settings_of
@@ -125,7 +125,12 @@ def check_docker(request: pytest.FixtureRequest, flake: Flake, docker_image: Cal
     _build(request, flake)
     image = docker_image(item.output.attr)
     exposed = image.archive.exposed_ports if image.archive is not None else []
-    container = docker_container(image, ports=[p for p in exposed if p.endswith("/tcp")])
+    try:
+        container = docker_container(image, ports=[p for p in exposed if p.endswith("/tcp")])
+    except DockerError as exc:  # exited before it was ready: its logs are in the error
+        logs = str(exc.details or "")
+        evidence(request, f"logs of the container of {image.ref}", lambda: logs)
+        raise
     outputs.check_still_running(lambda: container.status, container.logs, f"container {container.name} ({image.ref})")
     record_fact(item, f"pytest-flake {item.output.attr}",
                 f"{image.ref} ran; ports {', '.join(exposed) or 'none'} answered; still running")
@@ -200,14 +205,15 @@ def _sort(flake: Flake, found: list[Output]) -> tuple[list[Output], dict[str, Bu
 
 
 def _root_id(flake: Flake, settings: Settings, rootpath: Path) -> tuple[str, Path]:
-    """The node id of the flake's outputs (``flake.nix``, ``examples/offline/flake.nix``) and its path."""
+    """The node id of the flake's outputs and its path: ``flake.nix``, or ``examples/offline/flake.nix`` for a
+    flake in a folder of the rootdir (a flake elsewhere, or not on this machine, is ``flake.nix`` too)."""
     _, directory = normalize_ref(flake.ref, settings.invocation_dir)
     if directory is None:
-        return flake.ref, rootpath
+        return "flake.nix", rootpath
     path = directory / "flake.nix"
     with contextlib.suppress(ValueError):
         return str(path.relative_to(rootpath)), path
-    return str(path), path
+    return "flake.nix", path
 
 
 def _line_of(path: Path, name: str) -> int:
