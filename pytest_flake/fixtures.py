@@ -25,7 +25,6 @@ from .httpcheck import HttpChecker
 from .nix import Flake
 from .nodestate import (
     FLAKE_STACK_KEY,
-    bindings,
     ensure_session,
     evidence,
     keep_if_failed,

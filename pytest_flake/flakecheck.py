@@ -64,12 +64,12 @@ class OutputItem(pytest.Function):
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, self.line, self.output.attr
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         value = excinfo.value
         if isinstance(value, (CheckFailed, FlakeError)):  # the message says it all; our frames do not
             notes = notes_of(value)
             return f"{type(value).__name__}: {value}" + (f"\n{notes}" if notes else "")
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
 
 # --- the items' bodies (their arguments are the plugin's fixtures) -------------------------------------------
