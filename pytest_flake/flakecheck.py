@@ -102,6 +102,8 @@ def check_output(request: pytest.FixtureRequest, flake: Flake) -> None:
     item = _item(request)
     output = item.output
     if output.kind == outputs.BROKEN:
+        if item.error is not None:
+            raise item.error
         raise CheckFailed(output.reason)
     if output.kind == outputs.APP:
         record_fact(item, f"pytest-flake {output.attr}", outputs.check_app(flake, output))
@@ -231,7 +233,10 @@ def add_items(session: pytest.Session, items: list[pytest.Item]) -> None:
     config = session.config
     settings = settings_of(config)
     flake = session_flake(config)
-    found, builds, errors = _sort(flake, outputs.inventory(flake))
+    try:
+        found, builds, errors = _sort(flake, outputs.inventory(flake))
+    except FlakeError as exc:  # the flake does not evaluate: one item fails with why, the run goes on
+        found, builds, errors = [Output("flake", "outputs", "outputs", outputs.BROKEN, str(exc))], {}, {"outputs": exc}
     nodeid, path = _root_id(flake, settings, Path(str(config.rootpath)))
     if any(item.nodeid.startswith(nodeid + "::") for item in items):
         return  # collected already (a second call)
