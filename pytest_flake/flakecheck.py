@@ -232,6 +232,9 @@ def add_items(session: pytest.Session, items: list[pytest.Item]) -> None:
     """``--flake-check``: the flake's outputs as items, after the user's own tests."""
     config = session.config
     settings = settings_of(config)
+    if settings.flake is None:
+        raise pytest.UsageError("pytest-flake: --flake-check has no flake to check: pass --flake DIR (or run it "
+                                "where a flake.nix is)")
     flake = session_flake(config)
     try:
         found, builds, errors = _sort(flake, outputs.inventory(flake))

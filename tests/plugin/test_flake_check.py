@@ -81,3 +81,9 @@ def test_a_flake_that_does_not_evaluate_fails_one_item_saying_why(pytester: pyte
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["bad/flake.nix::flake::outputs FAILED*",
                                  "NixError: cannot list the outputs of flake *undefined variable 'undefinedThing'*"])
+
+
+def test_without_a_flake_it_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--flake-check", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--flake-check has no flake to check: pass --flake DIR*"])
