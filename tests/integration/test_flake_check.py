@@ -80,6 +80,7 @@ def test_the_broken_flake_fails_exactly_its_broken_outputs_with_their_evidence(p
         "packages::default": "PASSED", "packages::good-service": "PASSED", "packages::missing-exec": "FAILED",
         "packages::docker-exits": "FAILED", "packages::docker-runs": "PASSED",
         "packages::portable-fails": "FAILED", "packages::portable-runs": "PASSED",
+        "packages::portable-oneshot": "PASSED",  # a oneshot that exited 0 is done, not down
         "lib::lib": "SKIPPED",
     }, result.stdout.str()[-4000:]
     text = result.stdout.str()
@@ -101,13 +102,14 @@ def test_the_broken_flake_fails_exactly_its_broken_outputs_with_their_evidence(p
 def test_markers_and_keywords_select_outputs(pytester: pytest.Pytester, state: Path) -> None:
     result = run(pytester, BROKEN, "-m", "not nspawn")
     found = outcomes(result)
-    assert "packages::docker-runs" in found and not {"packages::portable-fails", "packages::portable-runs"} & set(found)
-    result.stdout.fnmatch_lines(["*2 deselected*"])
+    assert "packages::docker-runs" in found and not {"packages::portable-fails", "packages::portable-runs",
+                                                     "packages::portable-oneshot"} & set(found)
+    result.stdout.fnmatch_lines(["*3 deselected*"])
     result = run(pytester, BROKEN, "-m", "not nspawn and not docker")
     assert outcomes(result) == {"checks::failing": "FAILED", "checks::passing": "PASSED",
                                 "packages::default": "PASSED", "packages::good-service": "PASSED",
                                 "packages::missing-exec": "FAILED", "lib::lib": "SKIPPED"}
-    result.stdout.fnmatch_lines(["*4 deselected*"])
+    result.stdout.fnmatch_lines(["*5 deselected*"])
     result = run(pytester, BROKEN, "-k", "docker")
     assert outcomes(result) == {"packages::docker-exits": "FAILED", "packages::docker-runs": "PASSED"}
     result = run(pytester, BROKEN, "-k", "checks and not failing")
@@ -117,8 +119,8 @@ def test_markers_and_keywords_select_outputs(pytester: pytest.Pytester, state: P
 def test_portable_outputs_go_to_a_vm_when_asked(pytester: pytest.Pytester, state: Path) -> None:
     result = pytester.runpytest_subprocess(f"--flake={BROKEN}", "--flake-check", "--flake-portable-host", "vm",
                                            "-m", "vm", "--collect-only", "-q", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["flake.nix::packages::portable-fails", "flake.nix::packages::portable-runs",
-                                 "*2/10 tests collected (8 deselected)*"])
+    result.stdout.fnmatch_lines(["flake.nix::packages::portable-fails", "flake.nix::packages::portable-oneshot",
+                                 "flake.nix::packages::portable-runs", "*3/11 tests collected (8 deselected)*"])
 
 
 def test_beside_the_users_own_tests_and_under_xdist(pytester: pytest.Pytester, state: Path) -> None:

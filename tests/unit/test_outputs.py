@@ -156,3 +156,12 @@ def test_a_missing_main_program_fails_with_the_flakes_message(tmp_path: Path) ->
     with pytest.raises(CheckFailed) as failed:
         check_program(FakeFlake(UsageError(message)), output, out)
     assert str(failed.value) == message  # named once, not twice
+
+
+def test_a_oneshot_that_exited_0_counts_as_done_and_one_that_failed_does_not() -> None:
+    from pytest_flake.portable.service import _oneshot_done
+
+    assert _oneshot_done({"Type": "oneshot", "ActiveState": "inactive", "Result": "success"})
+    assert not _oneshot_done({"Type": "oneshot", "ActiveState": "failed", "Result": "exit-code"})
+    assert not _oneshot_done({"Type": "oneshot", "ActiveState": "activating", "Result": "success"})
+    assert not _oneshot_done({"Type": "simple", "ActiveState": "inactive", "Result": "success"})

@@ -6,6 +6,7 @@
   # `pytest --flake-check` on it must fail exactly the four broken outputs, each with its
   # evidence: checks.failing (its build log), packages.docker-exits (the container's logs),
   # packages.missing-exec (the missing ExecStart), packages.portable-fails (the unit's journal).
+  # packages.portable-oneshot is a oneshot unit that exits 0: done, not down, so it passes.
   outputs = { self }:
     let
       system = "x86_64-linux";
@@ -51,16 +52,16 @@
         cd $work && tar -cf - manifest.json $config */layer.tar | gzip -9n > $out
       '';
 
-      # A portable image (nixpkgs' portableService layout) whose one unit runs SCRIPT.
-      portable = pname: script: run "${pname}-portable" { inherit busybox pname script; } ''
+      # A portable image (nixpkgs' portableService layout) whose one unit runs SCRIPT (TYPE: simple, oneshot).
+      portable = pname: type: script: run "${pname}-portable" { inherit busybox pname script type; } ''
         root=$PWD/root
         mkdir -p $root/nix/store $root/etc/systemd/system
         for d in proc sys dev run tmp var/tmp var/lib; do mkdir -p $root/$d; done
         cp -a $busybox $root/nix/store/
         printf 'ID=nixos\nPORTABLE_ID=%s\n' "$pname" > $root/etc/os-release
         : > $root/etc/resolv.conf; : > $root/etc/machine-id
-        printf '[Unit]\nDescription=%s\n\n[Service]\nExecStart=%s/bin/busybox sh -c %s\n' \
-          "$pname" "$busybox" "'$script'" > $root/etc/systemd/system/$pname.service
+        printf '[Unit]\nDescription=%s\n\n[Service]\nType=%s\nExecStart=%s/bin/busybox sh -c %s\n' \
+          "$pname" "$type" "$busybox" "'$script'" > $root/etc/systemd/system/$pname.service
         mkdir -p $out
         /usr/bin/mksquashfs $root $out/''${pname}_1.0.raw -all-root -noappend -quiet -no-progress -comp gzip
       '';
@@ -79,8 +80,10 @@
         missing-exec = unit "missing-exec.service" "${hello}/bin/no-such-program";
         docker-exits = dockerImage "exits" ''["${busybox}/bin/busybox","sh","-c","echo the container says goodbye; exit 7"]'';
         docker-runs = dockerImage "runs" ''["${busybox}/bin/busybox","sleep","3600"]'';
-        portable-fails = portable "fails" "echo the unit gives up; exit 5";
-        portable-runs = portable "runs" "exec sleep 3600";
+        portable-fails = portable "fails" "simple" "echo the unit gives up; exit 5";
+        portable-runs = portable "runs" "simple" "exec sleep 3600";
+        # a oneshot that ran and exited 0 is done, not down
+        portable-oneshot = portable "once" "oneshot" "echo set up once";
       };
       lib.answer = 42;
     };
