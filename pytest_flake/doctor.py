@@ -129,6 +129,7 @@ def header(settings: Settings) -> list[str]:
         f"flake: {flake}",
         f"docker: {_docker_endpoint(settings)}",
         f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {accel}",
+        f"flake check: {'on' if settings.flake_check else 'off'} (from {settings.source('flake_check')})",
     ]
 
 

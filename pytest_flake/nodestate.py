@@ -21,9 +21,9 @@ import pytest
 
 from .config import Settings
 from .errors import UsageError
-from .nix import Binding
+from .nix import Binding, Flake
 from .process import Process
-from .reporting import record_fact
+from .reporting import BuildStatus, record_fact
 from .session import Session, sweep_dead_sessions
 from .xdist import Run
 
@@ -213,3 +213,26 @@ def bindings(config: pytest.Config) -> list[Binding]:
 
 
 FLAKE_STACK_KEY = pytest.StashKey[contextlib.ExitStack]()  # stops what the flake started outside any test
+FLAKE_KEY = pytest.StashKey[Flake]()  # the session's flake: the flake fixture's, made by whoever needs it first
+
+
+def session_flake(config: pytest.Config) -> Flake:
+    """The session's :class:`~pytest_flake.nix.Flake`, made once: by the ``flake`` fixture, or by
+    ``--flake-check`` at collection (its builds are then the fixture's cache too)."""
+    made = config.stash.get(FLAKE_KEY, None)
+    if made is None:
+        settings = settings_of(config)
+        session = ensure_session(config)
+        made = Flake(settings.flake or "", invocation_dir=settings.invocation_dir, system=settings.flake_system,
+                     ref_for=lambda: _default_ref(settings), log_dir=session.dir, timeout=settings.flake_timeout,
+                     gcroot_dir=session.dir / "gcroots", build_timeout=settings.flake_build_timeout,
+                     on_build=BuildStatus(config), bindings=bindings(config), run=session.run)
+        config.stash[FLAKE_KEY] = made
+    return made
+
+
+def _default_ref(settings: Settings) -> str:
+    """The ref when no marker names one: ``--flake``, else a usage error saying how to give one."""
+    if settings.flake is None:
+        raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
+    return settings.flake

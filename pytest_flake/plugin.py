@@ -278,13 +278,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         flake_session.__exit__(None, None, None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers, and -k/-m
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings.flake_check:  # --flake-check: the flake's own outputs, as items
+        from .flakecheck import add_items
+
+        add_items(session, items)
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
-    settings = config.stash.get(SETTINGS_KEY, None)
     if config.getoption("loadgroup", False) and settings is not None and settings.flake_xdist_group:
         _xdist_groups(items)
 
@@ -384,7 +388,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failed = report.failed and report.when in ("call", "setup")
         attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
-    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
+    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError) \
+            and not (getattr(item, "plain_failure", False) and call.when == "call"):
         report.longrepr = describe_error(excinfo, Path(str(item.config.rootpath)))
 
 
