@@ -524,3 +524,30 @@ def test_two_pools_of_one_session_keep_apart(tmp_path: Path) -> None:
     assert key.is_file() and not second.dir.exists()
     first.close()
     assert not (tmp_path / "vms").exists()  # the last pool out removes the session's folder and vms/
+
+
+def test_the_pool_connects_again_when_libvirt_dropped_its_connection(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted libvirtd drops its clients: the next use of the pool's connection opens a new one."""
+    from pytest_flake.session import Session
+
+    class Conn:
+        def __init__(self) -> None:
+            self.alive, self.closed = 1, False
+
+        def isAlive(self) -> int:  # noqa: N802 (libvirt's name)
+            return self.alive
+
+        def close(self) -> None:
+            self.closed = True
+
+    made: list[Conn] = []
+    monkeypatch.setattr("pytest_flake.vm.pool.connect", lambda uri: made.append(Conn()) or made[-1])
+    with Session(root=tmp_path) as session:
+        pool = vm.VMPool(settings(tmp_path), session)
+        first = pool.conn
+        assert pool.conn is first and len(made) == 1  # alive: the same connection
+        first.alive = 0  # what libvirt says once the daemon went away
+        second = pool.conn
+        assert second is not first and first.closed and len(made) == 2
+        pool._conn = None

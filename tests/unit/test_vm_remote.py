@@ -336,7 +336,8 @@ def test_pool_of_a_remote_uri_never_probes_kvm_here(tmp_path: Path, monkeypatch:
                                 lambda n: None, tmp_path, environ={})
     with Session(root=tmp_path) as session:
         pool = vm.VMPool(settings, session)
-        pool._conn = type("Conn", (), {"getCapabilities": lambda self: "<domain type='qemu'/>"})()
+        pool._conn = type("Conn", (), {"getCapabilities": lambda self: "<domain type='qemu'/>",
+                                       "isAlive": lambda self: 1})()
         assert pool.remote is not None and pool.remote_host() is pool.remote
         assert pool.accel(None) == "tcg"  # type: ignore[arg-type]
         assert pool.qemu_user is None and pool.seclabel() is None  # QEMU's files there are libvirt's to label
