@@ -542,7 +542,12 @@ def test_the_pool_connects_again_when_libvirt_dropped_its_connection(tmp_path: P
             self.closed = True
 
     made: list[Conn] = []
-    monkeypatch.setattr("pytest_flake.vm.pool.connect", lambda uri: made.append(Conn()) or made[-1])
+
+    def connect(uri: str) -> Conn:
+        made.append(Conn())
+        return made[-1]
+
+    monkeypatch.setattr("pytest_flake.vm.pool.connect", connect)
     with Session(root=tmp_path) as session:
         pool = vm.VMPool(settings(tmp_path), session)
         first = pool.conn
