@@ -15,7 +15,8 @@ from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
-from .images import debian_image_dir, image_cache
+from .debian import debian_image_dir
+from .images import image_cache
 from .qemuuser import QemuUser
 from .remote import BASE_PREFIX, POOL, POOL_DIR, is_remote, referenced_volumes, sweep_volumes
 from .warm import WARM_ENV, WarmStore, warm_enabled
