@@ -186,6 +186,7 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/
 mkdir "$work/out"
 cp "$root"/boot/vmlinuz-* "$work/out/vmlinuz"
 cp "$root"/boot/initrd.img-* "$work/out/initrd.img"
+chmod 644 "$work/out/vmlinuz" "$work/out/initrd.img"  # QEMU's user reads them (dracut writes its initrd 0600)
 mv "$work/hostkeys.pub" "$work/out/hostkeys.pub"
 rootdev=/dev/vda
 [ "$variant" = plain ] || rootdev=/dev/vda1
