@@ -68,8 +68,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     rows = []
     for image in args.images.split(","):
-        settings = Settings.resolve(lambda name, image=image: {"vm_image": image}.get(name), lambda name: None,
-                                    Path.cwd())
+        chosen: dict[str, str] = {"vm_image": image}
+        settings = Settings.resolve(chosen.get, lambda name: None, Path.cwd())
         built, boots = _container_times(image, args.rounds)
         row = [f"{image} [{image_about(image)}]",
                f"container: boot {min(boots):.2f}s best, {statistics.median(boots):.2f}s median "

@@ -142,7 +142,8 @@ def test_resolve_tree_takes_a_directory_in_place(tmp_path: Path) -> None:
 
 
 def test_resolve_tree_rejects_what_cannot_boot(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"--container-image 'nothing-here' is neither debian, debian-trixie, debian-sid, a directory"):
+    with pytest.raises(UsageError, match=r"--container-image 'nothing-here' is neither debian, debian-trixie, "
+                                         r"debian-sid, a directory"):
         trees.resolve_tree("nothing-here", tmp_path, invocation_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="not an OS tree"):
