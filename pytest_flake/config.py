@@ -80,7 +80,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("container_image", "--container-image", "OS tree of systemd containers: 'debian', 'debian-trixie' or "
            "'debian-sid' (the root of that Debian VM image, built locally), a DIRECTORY or a TARBALL of an OS tree "
            "with systemd", env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian",
-           metavar="debian|debian-trixie|debian-sid|DIR|TARBALL", path=True),
+           metavar="NAME|DIR|TARBALL", path=True),
     Option("flake_portable_host", "--flake-portable-host", "where the service fixture's portable target runs: a VM "
            "or a systemd container", env="PYTEST_FLAKE_PORTABLE_HOST", default="vm", choices=PORTABLE_HOSTS),
     Option("flake_xdist_group", "--flake-xdist-group", "keep the tests marked vm (nspawn) on one worker under "

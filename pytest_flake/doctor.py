@@ -125,9 +125,9 @@ def header(settings: Settings) -> list[str]:
 
 
 def _image(settings: Settings, name: str) -> str:
-    """``debian-sid [Debian unstable, systemd 262] (from --vm-image)``: a built-in Debian name says what it is."""
+    """``debian-sid (Debian unstable, systemd 262; from --vm-image)``: a built-in Debian name says what it is."""
     about = image_about(str(getattr(settings, name)))
-    return f"{getattr(settings, name)}{f' [{about}]' if about else ''} (from {settings.source(name)})"
+    return f"{getattr(settings, name)} ({f'{about}; ' if about else ''}from {settings.source(name)})"
 
 
 def locked(metadata: dict[str, Any]) -> str:
