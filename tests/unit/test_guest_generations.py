@@ -128,3 +128,11 @@ def test_own_group_wraps_nspawn_and_goes_away(tmp_path: Path) -> None:
     assert kept is not None and dead is not None
     cgroups.sweep_groups(["pf-3-"], root=tmp_path)
     assert kept.is_dir() and not dead.exists()
+
+
+def test_host_keys_of_an_unknown_type_are_left_out(tmp_path: Path) -> None:
+    """OpenSSH 10 (sid) also has an ssh-mldsa44-ed25519 host key, which paramiko cannot parse."""
+    from pytest_flake.errors import VMError
+
+    with pytest.raises(VMError, match="none of the guest's host key types"):
+        vm.ssh_client(1, tmp_path / "key", ("ssh-mldsa44-ed25519 AAAAE3NzaC1tbGRzYTQ0LWVkMjU1MTkAAAVA",))
