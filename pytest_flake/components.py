@@ -3,7 +3,8 @@
 A component (local processes, Docker, VMs, systemd containers) makes resources that a
 killed session may leave behind, and has things a pre-flight check should look at. It
 is a :class:`Component`: ``sweep(dead_ids, state_root)`` removes what the dead sessions
-``dead_ids`` left (every resource carries its session's id), ``doctor(settings)`` returns
+``dead_ids`` left (every resource carries its session's id) and says what it did, one short
+phrase per kind of resource (``2 containers stopped``), ``doctor(settings)`` returns
 ``(ok, line)`` checks. The plugin's sweep (:func:`pytest_flake.session.sweep_dead_sessions`)
 and the doctor (:mod:`pytest_flake.doctor`) both walk :func:`components`, in the order of
 :data:`NAMES`.
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .errors import counted
+
 if TYPE_CHECKING:
     from .config import Settings
 
@@ -33,8 +36,9 @@ class Component(Protocol):
 
     name: str
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        """Remove what the dead sessions ``dead_ids`` left; ``state_root`` is the state directory they shared."""
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        """Remove what the dead sessions ``dead_ids`` left (``state_root``: the state directory they shared);
+        what was done, one phrase per kind of resource (``2 containers stopped``), nothing when nothing was left."""
 
     def doctor(self, settings: Settings) -> list[Check]:
         """Pre-flight checks: each ``(ok, line)`` says what is fine, or what to do."""
@@ -58,14 +62,16 @@ class ProcessComponent:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
         """Kill the process groups recorded under each dead session's directory (ssh masters among them)."""
         from .process import sweep
         from .tunnel import remove_sockets
 
+        killed = 0
         for session_id in dead_ids:
-            sweep(state_root / "sessions" / session_id)
+            killed += sweep(state_root / "sessions" / session_id)
             remove_sockets(state_root / "sessions" / session_id)  # of a long session path: in the temp dir
+        return [counted(killed, "process group") + " (local runs, ssh masters) killed"] if killed else []
 
     def doctor(self, settings: Settings) -> list[Check]:
         """No checks of its own: a local run needs only Nix, which the doctor checks first."""
@@ -100,8 +106,8 @@ class LazyComponent:
             self._made = _load(self.name, self.module, self._settings)
         return self._made
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        self.load().sweep(dead_ids, state_root)
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        return self.load().sweep(dead_ids, state_root)
 
     def doctor(self, settings: Settings) -> list[Check]:
         return self.load().doctor(settings)

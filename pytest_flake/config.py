@@ -86,6 +86,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("flake_xdist_group", "--flake-xdist-group", "keep the tests marked vm (nspawn) on one worker under "
            "pytest-xdist's --dist loadgroup: xdist_group pytest-flake-vm (pytest-flake-nspawn) for each that has "
            "none of its own (on by default)", env="PYTEST_FLAKE_XDIST_GROUP", default=True, kind="bool"),
+    Option("flake_check", "--flake-check", "test every output of the flake itself, with no test code: checks and "
+           "packages built, programs and apps run-ready, docker images run, unit files verified, portable images "
+           "attached (items collected also where there is no test file)", env="PYTEST_FLAKE_CHECK", default=False,
+           kind="bool"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -223,6 +227,7 @@ class Settings:
     container_image: str = "debian"  # --container-image: debian, debian-trixie, debian-sid, a directory or a tarball
     flake_portable_host: str = "vm"  # --flake-portable-host: vm or nspawn
     flake_xdist_group: bool = True  # --flake-xdist-group: vm / nspawn tests in one xdist_group each
+    flake_check: bool = False  # --flake-check: items collected from the flake's own outputs
 
     def source(self, name: str) -> str:
         """``--flake``, ``$DOCKER_HOST``, ``ini``, ``default``: where ``name`` came from."""

@@ -79,6 +79,7 @@ def check_disk_image(path: Path, what: str = "--vm-image") -> str:
     for offset, magic, _ in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             return "raw"
-    seen = "qemu-img sees raw data" if fmt == "raw" else "it has no image format"
-    raise UsageError(f"{what} {path} is not a disk image: {seen} with no partition table or file system "
+    # fmt None: qemu-img is not installed (or failed); the file's own bytes are all there is to go by
+    seen = "qemu-img sees raw data with" if fmt == "raw" else "it has no image format header and"
+    raise UsageError(f"{what} {path} is not a disk image: {seen} no partition table or file system "
                      f"(it is {_looks_like(head)})", hint=HINT)

@@ -15,6 +15,7 @@ from .components import components
 from .config import Settings, image_about
 from .errors import FlakeError, MissingToolError, NixError
 from .nixcmd import INSTALL_HINT, Nix
+from .nixerrors import parse_version
 
 # the registry's components the doctor asks (all of them; a test may narrow it)
 COMPONENTS: tuple[str, ...] | None = None
@@ -25,6 +26,14 @@ def _nix(args: list[str]) -> subprocess.CompletedProcess[str] | None:
     nix is not installed or does not answer within a minute."""
     try:
         return Nix(timeout=60).run(args, check=False)
+    except (MissingToolError, NixError, OSError):
+        return None
+
+
+def _nix_config() -> dict[str, str] | None:
+    """Nix's settings (``nix config show``, else ``nix show-config`` before 2.20); None without an answer."""
+    try:
+        return Nix(timeout=60).config()
     except (MissingToolError, NixError, OSError):
         return None
 
@@ -41,16 +50,18 @@ def nix_checks(settings: Settings) -> list[tuple[bool, str]]:
     version = _nix(["--version"])
     if version is None or version.returncode != 0:
         return [(False, f"nix: not found on PATH; {INSTALL_HINT}")]
-    lines = [(True, f"nix: {version.stdout.strip()}")]
+    first = version.stdout.strip().splitlines()[0] if version.stdout.strip() else "?"
+    found = parse_version(version.stdout)
+    # Lix and Determinate Nix: which Nix that is, after their own line
+    lines = [(True, f"nix: {first}" + ("" if found.implementation == "Nix" else f" ({found})"))]
     system = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
     if system is None or system.returncode != 0:
         err = system.stderr.strip().splitlines()[-1:] if system else ["timed out"]
         lines.append((False, f"nix eval: failed ({' '.join(err)}); check nix.conf and that the store is writable"))
     else:
         lines.append((True, f"nix system: {settings.flake_system or system.stdout.strip()}"))
-    config = _nix(["show-config"])
-    if config is not None and config.returncode == 0:
-        values = dict(line.split(" = ", 1) for line in config.stdout.splitlines() if " = " in line)
+    values = _nix_config()
+    if values is not None:
         subs = values.get("substituters", "").strip()
         lines.append((True, f"nix substituters: {subs or '(none: offline builds)'}"))
         lines.append((True, f"nix sandbox: {values.get('sandbox', '?')}"))
@@ -118,6 +129,7 @@ def header(settings: Settings) -> list[str]:
         f"flake: {flake}",
         f"docker: {_docker_endpoint(settings)}",
         f"libvirt: {libvirt}; vm image: {_image(settings, 'vm_image')}; accel: {accel}",
+        f"flake check: {'on' if settings.flake_check else 'off'} (from {settings.source('flake_check')})",
     ]
     if settings.source("container_image") != "default":
         lines.append(f"systemd containers: {_image(settings, 'container_image')}")
@@ -138,6 +150,10 @@ def locked(metadata: dict[str, Any]) -> str:
     if kind in ("git", "github", "gitlab", "sourcehut", "hg"):
         if rev:
             return f"{kind} rev {rev[:12]} (clean)"
+        # Nix 2.17 and later name the commit a dirty tree starts from: "REV-dirty"
+        dirty = metadata.get("dirtyRevision") or lock.get("dirtyRev")
+        if isinstance(dirty, str) and dirty:
+            return f"{kind} rev {dirty.removesuffix('-dirty')[:12]} (dirty tree: uncommitted changes)"
         return f"{kind} (dirty tree: uncommitted changes, no revision)"
     nar = lock.get("narHash", "?")
     return f"{kind} {nar} (not under version control: no revision)"
@@ -150,12 +166,14 @@ def nix_facts(settings: Settings, ref: str | None = None) -> list[str]:
         return [f"nix: not found on PATH; {INSTALL_HINT}"]
     if version.returncode != 0:
         return [f"nix: 'nix --version' failed with exit code {version.returncode}; try: pytest --flake-doctor"]
-    nix_version = version.stdout.strip().rsplit(" ", 1)[-1]
+    nix_version = parse_version(version.stdout)
     system = settings.flake_system
     if system is None:
         probe = _nix(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
         system = probe.stdout.strip() if probe and probe.returncode == 0 else "unknown"
-    lines = [f"system: {system}, nix {nix_version}"]
+    # "nix 2.8.0"; another implementation by its name: "Lix 2.91.1", "Determinate Nix 3.4.1 (Nix 2.28.2)"
+    shown = f"nix {nix_version.version}" if nix_version.implementation == "Nix" else str(nix_version)
+    lines = [f"system: {system}, {shown}"]
     ref = ref or settings.flake
     if ref:
         from .nix import normalize_ref

@@ -173,6 +173,11 @@ def tail(text: str, lines: int = 25) -> str:
     return "\n".join(parts[-lines:])
 
 
+def counted(n: int, what: str) -> str:
+    """``1 container``, ``2 containers``: a count in a message."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def format_choices(choices: Sequence[str]) -> str:
     """``a, b, c`` or ``(none)``: for messages listing what exists."""
     return ", ".join(choices) if choices else "(none)"

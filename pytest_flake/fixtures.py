@@ -25,13 +25,14 @@ from .httpcheck import HttpChecker
 from .nix import Flake
 from .nodestate import (
     FLAKE_STACK_KEY,
-    bindings,
     ensure_session,
     evidence,
     keep_if_failed,
+    leave_for_next_session,
+    session_flake,
     settings_of,
 )
-from .reporting import BuildStatus, record_fact
+from .reporting import record_fact
 from .session import Session
 
 log = logging.getLogger("pytest_flake")
@@ -68,19 +69,7 @@ def flake(request: pytest.FixtureRequest, flake_settings: Settings, flake_sessio
     config = request.config
     with contextlib.ExitStack() as stack:
         config.stash[FLAKE_STACK_KEY] = stack
-        made = Flake(flake_settings.flake or "", invocation_dir=flake_settings.invocation_dir,
-                     system=flake_settings.flake_system, ref_for=lambda: _default_ref(flake_settings),
-                     log_dir=flake_session.dir, timeout=flake_settings.flake_timeout,
-                     gcroot_dir=flake_session.dir / "gcroots", build_timeout=flake_settings.flake_build_timeout,
-                     on_build=BuildStatus(config), bindings=bindings(config), run=flake_session.run)
-        yield made
-
-
-def _default_ref(settings: Settings) -> str:
-    """The ref when no marker names one: ``--flake``, else a usage error saying how to give one."""
-    if settings.flake is None:
-        raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
-    return settings.flake
+        yield session_flake(config)  # the one --flake-check made at collection, with its builds, or a new one
 
 
 @pytest.fixture
@@ -174,6 +163,8 @@ def _remove_container(request: pytest.FixtureRequest, container: Container) -> N
         container.__exit__(None, None, None)
     except Exception as exc:  # one container's teardown must not hide the others
         log.warning("pytest-flake: could not remove container %s: %s", container.name, exc)
+    if not container.keep and not container.removed:
+        leave_for_next_session(request, f"container {container.name}")
 
 
 

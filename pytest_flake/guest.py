@@ -128,7 +128,7 @@ class GuestCommands:
     # -- evidence --------------------------------------------------------------------------
     def journal(self, unit: str | None = None, lines: int = 200) -> str:
         """``journalctl`` of the guest (of ``unit`` when given): the last ``lines`` lines."""
-        argv = ["journalctl", "--no-pager", "-o", "short-monotonic", f"--lines={int(lines)}"]
+        argv = ["journalctl", "--no-pager", "--boot", "-o", "short-monotonic", f"--lines={int(lines)}"]
         if unit:
             argv += ["-u", unit]
         result = self.run(shlex.join(argv))

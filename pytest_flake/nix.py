@@ -1,18 +1,19 @@
 """A flake under test: its outputs, ``nix build`` and ``nix eval``, what ``nix run`` runs, the build cache.
 
-Works with Debian's Nix 2.8 and with current Nix: builds are read from
-``nix build --json --no-link`` (2.8 has no ``--print-out-paths``), and every call passes
-``--extra-experimental-features 'nix-command flakes'`` so no nix.conf change is needed
-for that. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
+Tested on Nix 2.8 (Debian 12), 2.26 (Debian 13) and 2.34 (Debian unstable): ``scripts/nix-matrix``.
+Builds are read from ``nix build --json --no-link`` (2.8 has no ``--print-out-paths``); what
+differs between versions is decided by asking Nix (:meth:`Nix.drv_outputs`) or by reading every
+wording (:mod:`pytest_flake.nixerrors`), never by a version number. Every call passes
+``--extra-experimental-features 'nix-command flakes'`` so no nix.conf change is needed for that,
+and ``--no-write-lock-file`` where a flake is read, so no ``flake.lock`` is written into the
+user's checkout. The user's ``NIX_CONFIG`` and nix.conf are otherwise left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import nixerrors
 from .errors import (
     BuildCancelled,
     BuildError,
@@ -36,69 +38,20 @@ from .errors import (
     tail,
 )
 from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
+from .nixrun import OUTPUT_GROUPS, Programs, _link_name, _nix_string
 from .process import Process
 from .xdist import Run
 
 log = logging.getLogger("pytest_flake")
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
-# Lines of nix's stderr that say a derivation's builder ran and failed (not an evaluation error).
-_BUILD_FAILURE = re.compile(r"error: (builder for|build of|cannot build|\d+ dependencies of derivation)")
-# ...and lines that only an evaluation error has: a position in a .nix file, or its kinds of error.
-_EVAL_FAILURE = re.compile(r"^\s*at /\S+:\d+:\d+:?$|while evaluating|^error: (syntax error|undefined variable|"
-                           r"attribute '.*' missing|infinite recursion|value is|cannot coerce|getting status of)",
-                           re.MULTILINE)
 _STORE_SOURCE = re.compile(r"/nix/store/[0-9a-z]{32}-source(/[^\s:,']*)?")
-# Top-level flake output groups: an attribute starting with one of these is a full path.
-OUTPUT_GROUPS = (
-    "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
-    "defaultPackage", "defaultApp", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
-)
 
 
 def _without_download_noise(log_text: str) -> str:
     """A build log without the retries of an unreachable binary cache."""
     return "\n".join(line for line in log_text.splitlines()
                      if not (line.startswith("warning:") and "unable to download" in line))
-
-
-def _nix_string(value: str) -> str:
-    """``value`` as a Nix string literal (quotes, backslashes and ``${`` escaped)."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-               .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
-    return f'"{escaped}"'
-
-
-# Everything `nix run` decides on, in one evaluation: the first candidate attribute that
-# exists; for an app its type, its program and the program's string context (what must be
-# built for it to exist); for a package its name, pname, meta.mainProgram, the name that
-# builtins.parseDrvName leaves without the version, and the output `nix run` uses.
-_RUN_FACTS = """
-let
-  flake = builtins.getFlake @REF@;
-  lookup = path: builtins.foldl'
-    (v: k: if builtins.isAttrs v && builtins.hasAttr k v then builtins.getAttr k v else null) flake path;
-  found = builtins.filter (path: lookup path != null) @CANDIDATES@;
-  str = x: if builtins.isString x then x else null;
-  facts = path: v:
-    if builtins.elem (builtins.head path) [ "apps" "defaultApp" ] then {
-      kind = "app";
-      type = str (v.type or null);
-      program = if builtins.isString (v.program or null) then builtins.unsafeDiscardStringContext v.program else null;
-      context = if builtins.isString (v.program or null) then builtins.getContext v.program else { };
-    } else {
-      kind = "package";
-      type = str (v.type or null);
-      name = str (v.name or null);
-      pname = str (v.pname or null);
-      mainProgram = if builtins.isAttrs (v.meta or null) then str (v.meta.mainProgram or null) else null;
-      parsedName = if builtins.isString (v.name or null) then (builtins.parseDrvName v.name).name else null;
-      outputName = str (v.outputName or null);
-    };
-in
-if found == [ ] then { found = null; }
-else { found = builtins.head found; } // facts (builtins.head found) (lookup (builtins.head found))
-"""
 
 
 @dataclass(frozen=True)
@@ -126,12 +79,6 @@ class Build:
         return cls(attr=str(data["attr"]), out=Path(data["out"]),
                    outputs={str(k): Path(v) for k, v in data["outputs"].items()}, drv=Path(data["drv"]),
                    seconds=float(data.get("seconds", 0.0)), shared=shared)
-
-
-def _link_name(ref: str, attr: str) -> str:
-    """A file name for the out-link of one build: the attribute, and a hash of the ref it came from."""
-    digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
-    return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
 
 
 class Prefetch:
@@ -193,7 +140,7 @@ class Binding:
     on_fact: Callable[[str, str], None] | None = None
 
 
-class Flake:
+class Flake(Programs):
     """A flake under test: lists its outputs, builds them once per session, runs them.
 
     ``ref`` may change per test (the ``flake(ref)`` marker): whoever runs the code that uses
@@ -428,27 +375,39 @@ class Flake:
         if proc.returncode != 0:
             if "does not provide attribute" in proc.stderr or "does not provide an attribute" in proc.stderr:
                 raise self._missing(attr)
-            stderr = self._local_positions(_without_download_noise(proc.stderr))
-            errors = [line.strip() for line in stderr.splitlines() if line.startswith("error:")]
-            if not _BUILD_FAILURE.search(stderr) and _EVAL_FAILURE.search(stderr):
-                reason = errors[0][len("error: "):] if errors else f"nix exit code {proc.returncode}"
-                position = re.search(r"^\s*at (/\S+:\d+:\d+):?$", stderr, re.MULTILINE)
-                where = f" at {position.group(1)}" if position else ""
-                raise EvalError(f"cannot evaluate {installable}: {reason}{where}",
-                                hint="fix the flake at the position named; 'nix eval' of the same attribute shows "
-                                     "it too", details=tail(stderr, 30))
-            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
-            raise BuildError(
-                f"nix build {installable} failed{reason}",
-                hint="the last lines of the build log follow; run the same 'nix build -L' to see all of it",
-                details=tail(stderr, 30),
-            )
+            raise self._build_error(f"nix build {installable}", proc.returncode, proc.stderr,
+                                    "run the same 'nix build -L' to see all of it")
         build = self._parse_build(path, proc.stdout, seconds)
         log.info("built %s in %.1fs: %s", path, seconds, build.out)
         return build
 
+    def _build_error(self, what: str, returncode: int, stderr: str, more: str) -> NixError:
+        """The error of a failed ``nix build``: an :class:`EvalError` naming the message and its position in
+        the user's files, or a :class:`BuildError` naming the failed builder and its exit code; either way
+        the tail of nix's output (the build log's last lines) follows the message."""
+        stderr = self._local_positions(_without_download_noise(stderr))
+        failure = nixerrors.build_failure(stderr)
+        if failure is None and not nixerrors.is_build_failure(stderr) and nixerrors.is_eval_failure(stderr):
+            _, directory = normalize_ref(self.ref, self._invocation_dir)
+            evaluation = nixerrors.eval_failure(stderr, prefer=str(directory) if directory else None)
+            reason = evaluation.message or f"nix exit code {returncode}"
+            where = f" at {evaluation.position}" if evaluation.position else ""
+            return EvalError(f"cannot evaluate {what.split(' ')[-1]}: {reason}{where}",
+                             hint="fix the flake at the position named; 'nix eval' of the same attribute shows it too",
+                             details=tail(stderr, 30))
+        if failure is not None:
+            reason = f": {failure}"
+        else:
+            errors = [line.strip() for line in stderr.splitlines() if line.lstrip().startswith("error:")
+                      and line.strip() != "error:"]
+            reason = f": {errors[-1]}" if errors else f" with exit code {returncode}"
+        return BuildError(f"{what} failed{reason}",
+                          hint=f"the last lines of the build log follow; {more}", details=tail(stderr, 30))
+
     def _local_positions(self, text: str) -> str:
-        """Positions in the store copy of the flake (``/nix/store/...-source/flake.nix:5:2``) as the user's files."""
+        """Positions in the store copy of the flake (``/nix/store/...-source/flake.nix:5:2``, or a locked
+        ``«git+file:///DIR?rev=...»/flake.nix:5:2``) as the user's files."""
+        text = nixerrors.local_positions(text)
         _, directory = normalize_ref(self.ref, self._invocation_dir)
         if directory is None:
             return text
@@ -481,143 +440,6 @@ class Flake:
             raise NixError(f"cannot read the output of 'nix build --json' for {attr}: {stdout[:200]!r}") from exc
         out = outputs.get("out") or next(iter(outputs.values()))
         return Build(attr=attr, out=out, outputs=outputs, drv=drv, seconds=seconds)
-
-    # -- programs (what `nix run` runs) ---------------------------------------------------
-    def _run_candidates(self, attr: str) -> list[str]:
-        """The attribute paths ``nix run REF#attr`` tries, in its order."""
-        name = (attr.split("#", 1)[1] if "#" in attr else attr) or "default"
-        if name.split(".", 1)[0] in OUTPUT_GROUPS and "." in name:
-            return [name]
-        system = self.system
-        if name == "default":
-            return [f"apps.{system}.default", f"defaultApp.{system}",
-                    f"packages.{system}.default", f"defaultPackage.{system}"]
-        return [f"apps.{system}.{name}", f"packages.{system}.{name}", f"legacyPackages.{system}.{name}"]
-
-    def _run_facts(self, attr: str) -> dict[str, Any]:
-        """What ``nix run`` decides on for ``attr``, from one ``nix eval`` per session."""
-        candidates = self._run_candidates(attr)
-        key = (self.ref, "run|" + ",".join(candidates))
-        if key not in self._evals:
-            paths = " ".join("[ " + " ".join(_nix_string(part) for part in c.split(".")) + " ]" for c in candidates)
-            expr = _RUN_FACTS.replace("@REF@", _nix_string(self.ref)).replace("@CANDIDATES@", f"[ {paths} ]")
-            # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode.
-            proc = self.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
-            if proc.returncode != 0:
-                errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
-                reason = f": {errors[-1]}" if errors else f" (nix exit code {proc.returncode})"
-                raise NixError(f"cannot evaluate what 'nix run {self.ref}#{attr}' would run{reason}",
-                               details=tail(proc.stderr))
-            facts = json.loads(proc.stdout)
-            if facts.get("found") is None:
-                raise MissingOutputError(
-                    f"flake {self.ref} has no app or package '{attr}' (looked for {', '.join(candidates)})",
-                    hint=f"apps under apps.{self.system}: {format_choices(self.apps())}; "
-                         f"packages under packages.{self.system}: {format_choices(self.outputs())}")
-            facts["found"] = ".".join(facts["found"])
-            self._evals[key] = facts
-        return dict(self._evals[key])
-
-    def program(self, attr: str = "default") -> Path:
-        """The program ``nix run REF#attr`` runs, built; the path to execute.
-
-        ``apps.<system>.<attr>.program`` first (what its string refers to is built); else
-        the package's ``bin/`` + ``meta.mainProgram``, else ``pname``, else the name without
-        its version (``builtins.parseDrvName``), the first that exists; a lone file in
-        ``bin/`` only when none of those names exists.
-        """
-        key = (self.ref, attr)
-        cached = self._programs.get(key)
-        if cached is not None:
-            return cached
-        facts = self._run_facts(attr)
-        if facts["kind"] == "app":
-            program = self._app_program(facts)
-        else:
-            program = self._package_program(facts)
-        log.info("nix run %s#%s runs %s", self.ref, facts["found"], program)
-        self._programs[key] = program
-        return program
-
-    def _app_program(self, facts: dict[str, Any]) -> Path:
-        found = facts["found"]
-        hint = 'an app is { type = "app"; program = "${package}/bin/NAME"; }'
-        if facts.get("type") != "app":
-            raise UsageError(f"{found} has type {facts.get('type')!r}, not 'app'", hint=hint)
-        program = facts.get("program")
-        if not program:
-            raise UsageError(f"{found} has no program (a string)", hint=hint)
-        # getContext: {"/nix/store/...drv": {"outputs": ["out"]}} for each derivation output the
-        # string refers to; those must be built. Plain store paths ({"path": true}) exist already.
-        drvs = sorted(path for path, what in (facts.get("context") or {}).items() if what.get("outputs"))
-        run = self._run
-        if drvs and run is None:
-            self._build_context(found, drvs, self._gcroot_dir)
-        elif drvs and run is not None:  # under pytest-xdist, once per run (rooted until the run ends)
-            link = _link_name(self.ref, found) + "+program"
-            _, shared = run.once(link, lambda: self._build_context(found, drvs, run.gcroots),
-                                 valid=lambda data: data.get("drvs") == drvs and Path(program).is_file())
-            if shared:
-                log.info("the program of %s: shared, built by a sibling worker of run %s", found, run.id)
-        path = Path(program)
-        if not path.is_file():
-            if path.parent.is_dir():
-                where = f"{path.parent} has {format_choices(sorted(p.name for p in path.parent.iterdir()))}"
-            else:
-                where = f"{path.parent} does not exist"
-            raise UsageError(f"{found}: program {program} does not exist ({where})",
-                             hint="point the app's program at a file the package installs")
-        if not os.access(path, os.X_OK):
-            raise UsageError(f"{found}: program {program} is not executable",
-                             hint="install it with mode 0755 (chmod +x in the build)")
-        return path
-
-    def _build_context(self, found: str, drvs: list[str], gcroot_dir: Path | None) -> dict[str, Any]:
-        """Build the derivations an app's program string names, rooted in ``gcroot_dir`` (None: no link)."""
-        # Nix 2.8 takes a bare .drv as installable (no 'drv!out' / 'drv^out'): it builds every output.
-        args = ["build", "--json", "--print-build-logs"]
-        if gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
-            gcroot_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + "+program"))]
-        else:
-            args.append("--no-link")
-        proc = self.nix.stream([*args, *drvs], timeout=self._build_timeout,
-                               on_line=lambda line: build_log.info("%s", line))
-        if proc.returncode != 0:
-            errors = [line.strip() for line in proc.stderr.splitlines() if line.startswith("error:")]
-            reason = f": {errors[-1]}" if errors else f" with exit code {proc.returncode}"
-            raise BuildError(f"nix build of the program of {found} failed{reason}",
-                             hint="run 'nix run -L' on it to see the whole log",
-                             details=tail(_without_download_noise(proc.stderr), 30))
-        return {"drvs": drvs}
-
-    def _package_program(self, facts: dict[str, Any]) -> Path:
-        found = facts["found"]
-        if facts.get("type") != "derivation":
-            raise UsageError(f"{found} is neither a package nor an app (type {facts.get('type')!r})",
-                             hint="run a package (a derivation) or an app ({ type = \"app\"; program = ...; })")
-        build = self.build(found)
-        out = build.outputs.get(facts.get("outputName") or "out", build.out)
-        bindir = out / "bin"
-        files = sorted(p.name for p in bindir.iterdir() if not p.is_dir()) if bindir.is_dir() else []
-        listing = f"{bindir} has {format_choices(files)}" if bindir.is_dir() else f"{out} has no bin/"
-        fix = (f"set meta.mainProgram to the file to run, or add an app: apps.{self.system}.NAME = "
-               '{ type = "app"; program = "${package}/bin/FILE"; }')
-        main: str | None = facts.get("mainProgram")
-        if main:
-            if (bindir / main).is_file():
-                return bindir / main
-            raise UsageError(f"{found}: meta.mainProgram is '{main}' but {bindir / main} does not exist ({listing})",
-                             hint="set meta.mainProgram to a file the package installs in bin/")
-        names: list[str] = list(dict.fromkeys(n for n in (facts.get("pname"), facts.get("parsedName")) if n))
-        for name in names:
-            if (bindir / name).is_file():
-                return bindir / name
-        if len(files) == 1:
-            return bindir / files[0]
-        tried = "".join(f", no bin/{n}" for n in names)
-        raise UsageError(f"{found} has no program to run: no meta.mainProgram{tried}, and not a lone file in bin/ "
-                         f"({listing})", hint=fix)
 
     def run(self, attr: str = "default", args: Sequence[str] = (), env: dict[str, str] | None = None,
             port: int | None = None, timeout: float | None = None) -> Process:

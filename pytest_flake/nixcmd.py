@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlakeTimeout, MissingToolError, NixError, tail
+from .nixerrors import NixVersion, parse_version
 
 log = logging.getLogger("pytest_flake")
 
@@ -44,9 +45,11 @@ class Nix:
         self.executable = found
         self.timeout = timeout
         self.calls = 0  # how many nix processes ran: the build cache is measured by it
+        self._version: NixVersion | None = None
+        self._caret: bool | None = None  # whether this Nix reads DRV^OUTPUTS (drv_outputs)
 
     def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [self.executable, *NIX_FEATURES, *args]
+        argv = [self.executable, *NIX_FEATURES, *_no_lock_writes(args)]
         log.debug("$ %s", " ".join(argv))
         self.calls += 1
         try:
@@ -67,7 +70,7 @@ class Nix:
         (seconds; None waits as long as it takes) the whole process group is killed and
         :class:`FlakeTimeout` raised. Returns stdout and the whole stderr, like :meth:`run`.
         """
-        argv = [self.executable, *NIX_FEATURES, *args]
+        argv = [self.executable, *NIX_FEATURES, *_no_lock_writes(args)]
         log.debug("$ %s", " ".join(argv))
         self.calls += 1
         started = time.monotonic()
@@ -112,9 +115,35 @@ class Nix:
         return subprocess.CompletedProcess(argv, proc.returncode, "".join(out), "".join(err))
 
     def version(self) -> str:
-        """``2.8.0``: the version of the nix on PATH."""
-        out = self.run(["--version"]).stdout.strip()
-        return out.rsplit(" ", 1)[-1]
+        """``2.8.0``: the version number ``nix --version`` ends with (Determinate Nix: the Nix it derives from)."""
+        return self.version_info().nix_version
+
+    def version_info(self) -> NixVersion:
+        """Which Nix this is: Nix, Lix or Determinate Nix, and its version (``nix --version``, read once)."""
+        if self._version is None:
+            self._version = parse_version(self.run(["--version"]).stdout)
+        return self._version
+
+    def config(self) -> dict[str, str] | None:
+        """Nix's settings in force: ``nix config show`` (2.20 and later), else ``nix show-config``; None when
+        neither answers."""
+        for args in (["config", "show"], ["show-config"]):
+            proc = self.run(args, check=False)
+            if proc.returncode == 0:
+                return dict(line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line)
+        return None
+
+    def drv_outputs(self, drv: str, outputs: Sequence[str]) -> str:
+        """The installable that builds ``outputs`` of the derivation ``drv``.
+
+        ``DRV^out`` where Nix knows that syntax (2.13 and later; since 2.15 a bare ``DRV``
+        means the .drv file itself, and builds nothing), else the bare ``DRV``, which Nix
+        before 2.13 builds with all its outputs. Found by asking this Nix once, not by its
+        version number (Lix and Determinate Nix number their own).
+        """
+        if self._caret is None:
+            self._caret = _knows_caret(self)
+        return f"{drv}^{','.join(outputs) or '*'}" if self._caret else drv
 
     def current_system(self) -> str:
         """The machine's Nix system, e.g. ``x86_64-linux``."""
@@ -125,6 +154,37 @@ class Nix:
         if apply:
             args += ["--apply", apply]
         return json.loads(self.run(args).stdout)
+
+
+# Commands that read a flake, and so would write its flake.lock when inputs are unlocked: (words, flag after them)
+_READS_FLAKES = (("flake", "metadata"), ("flake", "show"), ("flake", "check"), ("flake", "info"), ("build",),
+                 ("eval",), ("run",), ("path-info",), ("derivation", "show"), ("show-derivation",))
+
+
+def _no_lock_writes(args: Sequence[str]) -> list[str]:
+    """``args`` with ``--no-write-lock-file`` after the subcommand when it reads a flake: the plugin never
+    writes a ``flake.lock`` into the user's checkout (a flake with inputs and no lock file would get one)."""
+    args = list(args)
+    if "--no-write-lock-file" in args:
+        return args
+    for words in _READS_FLAKES:
+        if tuple(args[:len(words)]) == words:
+            return [*words, "--no-write-lock-file", *args[len(words):]]
+    return args
+
+
+# A derivation path that does not exist: asking about it builds nothing, only the answer's wording counts.
+_PROBE_DRV = "/nix/store/" + "0" * 32 + "-pytest-flake-probe.drv"
+
+
+def _knows_caret(nix: Nix) -> bool:
+    """Whether ``nix`` reads ``DRV^out`` as an installable: Nix 2.8 takes it for a flake reference and says
+    "'...drv^out' is not a valid URL"; 2.26 and 2.34 say "path '...drv' is not valid" (not in the store)."""
+    proc = nix.run(["path-info", f"{_PROBE_DRV}^out"], check=False)
+    text = proc.stderr
+    knows = proc.returncode == 0 or not ("not a valid URL" in text or "invalid flake reference" in text)
+    log.debug("nix reads DRV^out installables: %s (%s)", knows, text.strip().splitlines()[:1])
+    return knows
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -21,9 +21,9 @@ import pytest
 
 from .config import Settings
 from .errors import UsageError
-from .nix import Binding
+from .nix import Binding, Flake
 from .process import Process
-from .reporting import record_fact
+from .reporting import BuildStatus, record_fact
 from .session import Session, sweep_dead_sessions
 from .xdist import Run
 
@@ -34,6 +34,7 @@ SESSION_KEY = pytest.StashKey[Session]()
 RUN_KEY = pytest.StashKey[Run]()  # the run of a pytest-xdist worker, shared with its siblings
 # a bad setting (say $PYTEST_FLAKE_TIMEOUT=abc) fails only a run that uses the plugin
 SETTINGS_ERROR = pytest.StashKey[str]()
+SWEPT_KEY = pytest.StashKey[str]()  # what the sweep of killed sessions did (one line)
 
 
 def settings_of(config: pytest.Config) -> Settings:
@@ -58,7 +59,10 @@ def ensure_session(config: pytest.Config) -> Session:
         session.run = config.stash.get(RUN_KEY, None)  # set on pytest-xdist workers only
         session.__enter__()
         config.stash[SESSION_KEY] = session
-        sweep_dead_sessions(session, settings)
+        swept = sweep_dead_sessions(session, settings)
+        if swept is not None:
+            config.stash[SWEPT_KEY] = swept  # the report header's line (plugin.pytest_report_collectionfinish)
+            log.warning("pytest-flake: %s", swept)
     return session
 
 
@@ -135,6 +139,18 @@ def keep_if_failed(request: pytest.FixtureRequest, what: str, how: str | Callabl
     return True
 
 
+def leave_for_next_session(request: pytest.FixtureRequest, what: str) -> None:
+    """``what`` could not be removed (its daemon stopped answering, say): the next session sweeps it.
+
+    The session's registration stays when this session ends, as with ``--flake-keep``, so the next
+    session finds it dead and every component sweeps what carries its id.
+    """
+    session = request.config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.keep = True
+    log.warning("pytest-flake: could not remove %s; the next session will", what)
+
+
 def marker_ref(node: pytest.Item | pytest.Collector | pytest.Session) -> str | None:
     """The ref of the ``flake(ref)`` marker closest to ``node`` (test, class, module), or None."""
     marker = node.get_closest_marker("flake")
@@ -197,3 +213,26 @@ def bindings(config: pytest.Config) -> list[Binding]:
 
 
 FLAKE_STACK_KEY = pytest.StashKey[contextlib.ExitStack]()  # stops what the flake started outside any test
+FLAKE_KEY = pytest.StashKey[Flake]()  # the session's flake: the flake fixture's, made by whoever needs it first
+
+
+def session_flake(config: pytest.Config) -> Flake:
+    """The session's :class:`~pytest_flake.nix.Flake`, made once: by the ``flake`` fixture, or by
+    ``--flake-check`` at collection (its builds are then the fixture's cache too)."""
+    made = config.stash.get(FLAKE_KEY, None)
+    if made is None:
+        settings = settings_of(config)
+        session = ensure_session(config)
+        made = Flake(settings.flake or "", invocation_dir=settings.invocation_dir, system=settings.flake_system,
+                     ref_for=lambda: _default_ref(settings), log_dir=session.dir, timeout=settings.flake_timeout,
+                     gcroot_dir=session.dir / "gcroots", build_timeout=settings.flake_build_timeout,
+                     on_build=BuildStatus(config), bindings=bindings(config), run=session.run)
+        config.stash[FLAKE_KEY] = made
+    return made
+
+
+def _default_ref(settings: Settings) -> str:
+    """The ref when no marker names one: ``--flake``, else a usage error saying how to give one."""
+    if settings.flake is None:
+        raise UsageError("no flake to test", hint="pass --flake DIR (or set ini 'flake', or $PYTEST_FLAKE)")
+    return settings.flake

@@ -35,7 +35,17 @@ from .fixtures import (
     vm,
     vm_factory,
 )
-from .nodestate import RUN_KEY, SESSION_KEY, SETTINGS_ERROR, SETTINGS_KEY, TEST_STATE, TestState, flake_binding
+from .nodestate import (
+    RUN_KEY,
+    SESSION_KEY,
+    SETTINGS_ERROR,
+    SETTINGS_KEY,
+    SWEPT_KEY,
+    TEST_STATE,
+    TestState,
+    ensure_session,
+    flake_binding,
+)
 from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 from .xdist import WORKERINPUT_KEY, Run, group_for
@@ -248,8 +258,18 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller printed the facts
         return []
     if not config.stash.get(USES_NIX, False):
-        return ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
-    return ["pytest-flake: " + line for line in _nix_facts(config, settings)]
+        lines = ["pytest-flake: " + line for line in doctor.nix_facts_known(settings)]
+    else:
+        lines = ["pytest-flake: " + line for line in _nix_facts(config, settings)]
+    if not config.option.collectonly and not config.pluginmanager.has_plugin("dsession"):  # xdist: workers sweep
+        try:
+            ensure_session(config)  # the sweep of killed sessions runs now, so that the header says what it did
+        except FlakeError as exc:  # each test that uses the plugin fails with it (its fixtures try again)
+            lines.append(f"pytest-flake: {exc}")
+        swept = config.stash.get(SWEPT_KEY, None)
+        if swept is not None:
+            lines.append(f"pytest-flake: {swept}")
+    return lines
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -258,13 +278,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         flake_session.__exit__(None, None, None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers, and -k/-m
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings.flake_check:  # --flake-check: the flake's own outputs, as items
+        from .flakecheck import add_items
+
+        add_items(session, items)
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         for marker in sorted({m for f, marks in FIXTURE_MARKERS.items() if f in names for m in marks}):
             item.add_marker(marker)
-    settings = config.stash.get(SETTINGS_KEY, None)
     if config.getoption("loadgroup", False) and settings is not None and settings.flake_xdist_group:
         _xdist_groups(items)
 
@@ -364,7 +388,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failed = report.failed and report.when in ("call", "setup")
         attach_evidence(item, report, list(state.collect_evidence()) if failed else [])
     excinfo = call.excinfo
-    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError):
+    if excinfo is not None and isinstance(excinfo.value, FlakeError) and not isinstance(excinfo.value, AssertionError) \
+            and not (getattr(item, "plain_failure", False) and call.when == "call"):
         report.longrepr = describe_error(excinfo, Path(str(item.config.rootpath)))
 
 

@@ -117,6 +117,15 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport, evidence: list
 _INTERNALS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}", f"{os.sep}pytest_flake{os.sep}")
 
 
+def _below(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder``, and not in an installed package there (a virtualenv in the project)."""
+    try:
+        rest = path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in rest.parts)
+
+
 class _ErrorRepr(TerminalRepr):
     """A report's text with a ``reprcrash``: the summary line and JUnit's message show the error, not a path."""
 
@@ -132,14 +141,22 @@ class _ErrorRepr(TerminalRepr):
 def describe_error(excinfo: pytest.ExceptionInfo[BaseException], rootdir: Path | None = None) -> _ErrorRepr:
     """Our infrastructure errors: the user's own lines (a short traceback), then the message and its notes.
 
-    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user.
+    Frames of pytest, pluggy and pytest-flake are left out: they say nothing to the user, and
+    neither do the libraries between the user's code and the plugin (testinfra's ``host.run``)
+    or those the plugin called (tenacity's retries, ``concurrent.futures``, paramiko). What is
+    shown is the user's own files below ``rootdir``; without any, the frames before the first
+    one of pytest-flake.
     """
     exc = excinfo.value
     lines: list[str] = []
-    for entry in excinfo.traceback:
+    frames = list(excinfo.traceback)
+    outside = [(i, e) for i, e in enumerate(frames) if not any(part in str(e.path) for part in _INTERNALS)]
+    entries = [e for _, e in outside if rootdir is not None and _below(Path(str(e.path)), rootdir)]
+    if not entries:
+        first_ours = next((i for i, e in enumerate(frames) if _INTERNALS[-1] in str(e.path)), len(frames))
+        entries = [e for i, e in outside if i < first_ours]
+    for entry in entries:
         path = str(entry.path)
-        if any(part in path for part in _INTERNALS):
-            continue
         shown = path
         if rootdir is not None:
             with contextlib.suppress(ValueError):

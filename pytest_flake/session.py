@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import InfrastructureError, counted
+
 if TYPE_CHECKING:
     from .xdist import Run
 
@@ -69,9 +71,16 @@ class Session:
         self.run: Run | None = None  # the pytest-xdist run this session is a worker of (None: the session is the run)
 
     def __enter__(self) -> Session:
-        self.dir.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        (self.dir / "pid").write_text(f"{pid} {start_time(pid)}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "pid").write_text(f"{pid} {start_time(pid)}")
+        except OSError as exc:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise InfrastructureError(
+                f"cannot register the test session in {self.root}: {exc.strerror or exc}",
+                hint="free space there, or point PYTEST_FLAKE_STATE at a folder with room (VM images and "
+                     "containers keep their files in it)") from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,13 +121,14 @@ class Session:
         return self.root / "sessions" / session_id
 
 
-def sweep_dead_sessions(current: Session, settings: Any) -> list[str]:
+def sweep_dead_sessions(current: Session, settings: Any) -> str | None:
     """Remove what killed sessions left: their processes, containers, domains and files.
 
-    Called once per session, when a test first uses a fixture of the plugin (a run
-    that never uses it touches no daemon). Every component of the registry
+    Called once per session, before the first test that uses a fixture of the plugin (a
+    run that never uses it touches no daemon). Every component of the registry
     (:func:`pytest_flake.components.components`) sweeps, under this session's state
-    root. Returns the ids of the sessions swept.
+    root. Returns one line that names the sessions swept and what was done about what
+    each component found, or None when no session had died.
     """
     from .components import components
     from .xdist import sweep_dead_runs
@@ -126,14 +136,20 @@ def sweep_dead_sessions(current: Session, settings: Any) -> list[str]:
     sweep_dead_runs(current.root, keep=current.run.dir if current.run is not None else None)
     dead = current.dead_sessions()
     if not dead:
-        return dead
-    log.warning("pytest-flake: sweeping %d session(s) that did not end: %s", len(dead), ", ".join(dead))
+        return None
+    log.warning("pytest-flake: sweeping %d session(s) that did not end or left resources: %s", len(dead),
+                ", ".join(dead))
+    done: list[str] = []
     for component in components(settings):
         try:
-            component.sweep(dead, current.root)
+            found = component.sweep(dead, current.root)
         except Exception as exc:  # one component's trouble must not stop the others
             log.warning("pytest-flake: could not sweep %s resources of %s: %s", component.name,
                         ", ".join(dead), exc)
+            found = [f"could not sweep: {exc}"]
+        if found:
+            done.append(f"{component.name}: {', '.join(found)}")
     for session_id in dead:
         current.forget(session_id)
-    return dead
+    return (f"swept what {counted(len(dead), 'earlier session')} left ({', '.join(dead)}): "
+            + ("; ".join(done) if done else "nothing of theirs was left"))

@@ -217,6 +217,11 @@ class Container:
         self._require()
         return str(self._container.id)
 
+    @property
+    def removed(self) -> bool:
+        """Whether the container is gone from the daemon (False: never started, kept, or its removal failed)."""
+        return self._removed
+
     def _require(self) -> None:
         if self._container is None:
             raise UsageError(f"container {self.name} is not started", hint="use it as a context manager")

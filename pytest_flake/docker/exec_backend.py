@@ -23,6 +23,7 @@ import tarfile
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DockerError
+from .calls import daemon_call
 
 if TYPE_CHECKING:
     from .container import Container
@@ -103,11 +104,12 @@ def exec_backend(container: Container) -> Any:
             self._encoding = "utf-8"
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
-            if self._shell is None:
-                self._shell = container_shell(container)
             cmd = self.get_command(command, *args)
             user = self.user or ""
-            code, out, err = exec_demux(container, [*self._shell, "-c", cmd], user=user)
+            with daemon_call(container.docker, f"container {container.name}: {command!r}"):
+                if self._shell is None:
+                    self._shell = container_shell(container)
+                code, out, err = exec_demux(container, [*self._shell, "-c", cmd], user=user)
             return self.result(code, self.encode(cmd), out, err)
 
     return ExecBackend()

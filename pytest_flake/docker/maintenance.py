@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DockerError, SSHError
+from ..errors import DockerError, SSHError, counted
 from ..session import LABEL, state_dir
 from .daemon import Docker, describe_endpoint
 
@@ -37,28 +37,31 @@ class DockerComponent:
     def _docker(self, settings: Settings | None) -> Docker:
         return Docker.from_settings(settings) if settings is not None else Docker()
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
         """Remove the containers labelled with these (dead) sessions; quiet when no daemon answers."""
         if not dead_ids:
-            return
+            return []
         docker = self._docker(self.settings)
         try:
             docker.connect(timeout=5.0)
         except (DockerError, SSHError) as exc:  # SSHError: an ssh:// endpoint's host
             log.debug("docker: no sweep: %s", exc)
             docker.close()
-            return
+            return []
+        removed = 0
         try:
             for session_id in dead_ids:
                 for found in docker.containers(session_id):
                     try:
                         found.remove(force=True, v=True)
+                        removed += 1
                         log.warning("docker: removed container %s left by session %s", found.name, session_id)
                     except Exception as exc:
                         log.warning("docker: could not remove container %s of session %s: %s", found.name,
                                     session_id, exc)
         finally:
             docker.close()
+        return [counted(removed, "container") + " removed"] if removed else []
 
     def doctor(self, settings: Settings) -> list[Check]:
         """Checks for ``--flake-doctor``: the SDK, the endpoint, the daemon's version and leftovers."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import counted
 from ..session import PREFIX
 from . import cgroups, loops
 from .machine import SUBDIR
@@ -85,11 +86,13 @@ def _child_pids(pid: int) -> list[int]:
         return []
 
 
-def sweep(dead_ids: Sequence[str], state_root: Path) -> None:
+def sweep(dead_ids: Sequence[str], state_root: Path) -> list[str]:
     """Stop the containers of dead sessions, remove their copies, put the host's loop devices back."""
     ids = [sid for sid in dead_ids if sid.startswith(PREFIX)]
     if not ids:
-        return
+        return []
+    copies = 0
+    loops_before = loops.present()
     pids = _nspawn_processes([f"{sid}-" for sid in ids])
     if pids:
         log.info("nspawn sweep: stopping %d container(s) of dead sessions", len(pids))
@@ -103,11 +106,21 @@ def sweep(dead_ids: Sequence[str], state_root: Path) -> None:
         for workdir in sorted(p for p in folder.iterdir() if p.is_dir()):
             try:
                 drop_copy(workdir)
+                copies += 1
             except Exception as exc:
                 log.warning("nspawn sweep: %s", exc)
         problems = loops.LoopBook(folder / "loops.json").restore()
         if not problems:
             shutil.rmtree(folder, ignore_errors=True)
+    loops_after = loops.present()
+    done = [f"{counted(len(pids), 'container')} stopped"] if pids else []
+    if copies:
+        done.append(f"{counted(copies, 'overlay root')} unmounted and removed")
+    if loops_after - loops_before:
+        done.append(f"{counted(len(loops_after - loops_before), 'loop device')} put back")
+    if loops_before - loops_after:
+        done.append(f"{counted(len(loops_before - loops_after), 'loop device')} left by them removed")
+    return done
 
 
 def doctor(settings: Settings) -> list[tuple[bool, str]]:
@@ -148,8 +161,8 @@ class NspawnComponent:
 
     name = "nspawn"
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        sweep(dead_ids, state_root)
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        return sweep(dead_ids, state_root)
 
     def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
         return doctor(settings)

@@ -181,6 +181,10 @@ def resolve_tree(spec: str, cache: Path, invocation_dir: Path | None = None) -> 
         return Tree(str(path), path)
     if path.is_file() and path.name.endswith(TARBALL_SUFFIXES):
         return _tarball_tree(path, cache)
+    if not os.path.lexists(path):
+        raise UsageError(f"--container-image {spec!r}: {path} does not exist",
+                         hint="give an existing directory or tarball of an OS tree, or debian, debian-trixie or "
+                              "debian-sid (built locally)")
     raise UsageError(f"--container-image {spec!r} is neither {', '.join(vm.debian_names(cloud=False))}, a "
                      f"directory nor a tarball ({', '.join(TARBALL_SUFFIXES)}) of an OS tree",
                      hint="use --container-image debian (built locally from the VM image recipe)")

@@ -302,11 +302,14 @@ class PortableService:
             for unit in services:  # a failed unit leaves the image "attached", not "running"
                 if observation.units.get(unit, {}).get("ActiveState") == "failed":
                     raise GiveUp(unit)
-            if observation.attached is not None and not observation.attached.startswith("running"):
+            finished = all(_oneshot_done(observation.units.get(unit, {})) for unit in services)
+            if observation.attached is not None and not observation.attached.startswith("running") and not finished:
                 raise NotReady(f"portablectl is-attached {name}: {observation.attached}")
             for unit in services:
                 unit_state = observation.units.get(unit, {})
                 active = unit_state.get("ActiveState", "")
+                if _oneshot_done(unit_state):
+                    continue  # a oneshot that ran and exited 0 is done, not down
                 if active != "active":
                     raise NotReady(f"{unit} is {active or 'unknown'}")
                 stamp = _int(unit_state.get("ExecMainStartTimestampMonotonic"))
@@ -363,7 +366,7 @@ class PortableService:
     def journal(self, unit: str | None = None, lines: int = 200) -> str:
         """The journal of the image's units: systemd's messages and the service's output."""
         units = [unit] if unit else self.units
-        argv = ["journalctl", "--no-pager", "-o", "short-monotonic", f"--lines={lines}"]
+        argv = ["journalctl", "--no-pager", "--boot", "-o", "short-monotonic", f"--lines={lines}"]
         for u in units:
             argv += ["-u", u]
         result = self._run(argv)
@@ -371,7 +374,8 @@ class PortableService:
 
     def image_journal(self, lines: int = 200) -> str:
         """Only what this image version logged (the ``PORTABLE=`` journal field)."""
-        result = self._run(["journalctl", "--no-pager", "-o", "cat", f"--lines={lines}", f"PORTABLE={self.portable}"])
+        result = self._run(["journalctl", "--no-pager", "--boot", "-o", "cat", f"--lines={lines}",
+                            f"PORTABLE={self.portable}"])
         return str(result.stdout)
 
     def environment(self, unit: str | None = None) -> dict[str, str]:
@@ -389,6 +393,14 @@ class PortableService:
 
 
 _GUEST_WAIT_LIMIT = 30.0  # seconds the step's own command waits in the guest for the programs; then host polls
+
+
+def _oneshot_done(state: dict[str, str]) -> bool:
+    """A ``Type=oneshot`` unit that ran and exited 0: ``portablectl attach --now`` returns once its start job is
+    done, and a oneshot that then is ``inactive`` with ``Result=success`` ended well (systemd may already have
+    unloaded it, so nothing but the journal says that it ran; one that failed stays loaded, ``failed``)."""
+    return (state.get("Type") == "oneshot" and state.get("ActiveState") == "inactive"
+            and state.get("Result") == "success")
 
 
 def _poll_interval(settle: float) -> float:
@@ -445,7 +457,8 @@ def _parse_lifecycle(out: str) -> tuple[list[str], dict[str, Observation]]:
 _STATE_SCRIPT = (
     'echo "Attached=$(portablectl is-attached "$1")"; shift; '
     'for unit; do echo "Unit=$unit"; '
-    'systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic "$unit"; '
+    'systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic -p Type -p Result '
+    '"$unit"; '
     'pid=$(systemctl show -P MainPID "$unit"); '
     'if [ "${pid:-0}" -gt 0 ]; then echo "Comm=$(cat "/proc/$pid/comm" 2>/dev/null)"; fi; done'
 )
@@ -461,15 +474,18 @@ _STATE_SCRIPT = (
 # systemd-dissect runs only to explain a failed attach.
 _LIFECYCLE_SCRIPT = (
     "nl='\n'; "
-    'look() { s=$(systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic "$1"); '
+    'look() { s=$(systemctl show -p ActiveState -p MainPID -p InvocationID -p ExecMainStartTimestampMonotonic '
+    '-p Type -p Result "$1"); '
     'seen="${seen}Unit=$1$nl$s$nl"; s="$nl$s$nl"; '
     'active=${s#*"${nl}ActiveState="}; active=${active%%"$nl"*}; '
     'inv=${s#*"${nl}InvocationID="}; inv=${inv%%"$nl"*}; '
     'pid=${s#*"${nl}MainPID="}; pid=${pid%%"$nl"*}; comm=""; '
+    'done1=""; case "$active$s" in inactive*"${nl}Type=oneshot$nl"*) case "$s" in *"${nl}Result=success$nl"*) '
+    'done1=yes;; esac;; esac; '
     'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then read -r comm 2>/dev/null < "/proc/$pid/comm"; '
     'seen="${seen}Comm=$comm$nl"; fi; }; '
     'running() { seen=""; for u; do look "$u"; '
-    '[ "$active" = failed ] && return 2; [ "$active" = active ] || return 1; '
+    '[ "$active" = failed ] && return 2; [ -n "$done1" ] && continue; [ "$active" = active ] || return 1; '
     'case "$before" in *" $u=$inv "*) return 1;; esac; case "$comm" in "("*) return 1;; esac; '
     'done; return 0; }; '
     'verb=$1 image=$2 name=$3 old=$4 profile=$5 runtime=$6 settle=$7 poll=$8 limit=$9; shift 9; '

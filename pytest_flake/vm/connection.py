@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingToolError, VMError
@@ -49,6 +50,28 @@ def connect(uri: str) -> Any:
             hint="start it (systemctl start libvirtd, or scripts/setup.d/30-libvirt.sh starts virtlogd and "
             "libvirtd privately) or pass --libvirt-uri",
         ) from exc
+
+
+def alive_connection(conn: Any) -> bool:
+    """Whether a libvirt connection still reaches its daemon (a restarted libvirtd drops every client)."""
+    try:
+        return bool(conn.isAlive())
+    except Exception:
+        return False
+
+
+def current_domain(dom: Any, lookup: Callable[[], Any]) -> Any:
+    """``dom``, or the same domain looked up again (``lookup``) when the connection it came from was lost.
+
+    A libvirtd that restarts drops its clients but not its guests: the guest runs on, and a new
+    connection finds it by name. A daemon that does not answer yet raises ``libvirtError``/``VMError``.
+    """
+    libvirt = libvirt_module()
+    try:
+        dom.isActive()
+        return dom
+    except libvirt.libvirtError:
+        return lookup()
 
 
 def destroy_domain(dom: Any, *, ignore_errors: bool = False) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import shutil
 import time
@@ -157,6 +158,12 @@ def build_debian(cache: Path, *, timeout: float = 1800, variant: str = "plain", 
     return debian_image(target, variant, release)
 
 
+def debian_min_memory() -> int:
+    """The memory (MiB) a Debian image needs to boot, from its recipe (``vms/debian/limits.json``)."""
+    data = json.loads((RECIPES / "debian" / "limits.json").read_text())
+    return int(data["min_memory_mib"])
+
+
 def built_release(directory: Path) -> dict[str, str]:
     """The ``release`` file of a built image (``release=sid``, ``systemd=262.1-1``), {} when absent."""
     info: dict[str, str] = {}
@@ -186,4 +193,5 @@ def debian_image(directory: Path, variant: str = "plain", release: str = "bookwo
         cloud_init=cloud,
         skip_units=ArchRecipe.load().skip_units if cloud else (),
         release=release,
+        min_memory=debian_min_memory(),
     )

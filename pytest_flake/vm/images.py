@@ -32,6 +32,7 @@ class Image:
     cloud_init: bool = False
     skip_units: tuple[str, ...] = ()
     release: str = ""  # of a built-in Debian image: bookworm, trixie, sid
+    min_memory: int = 0  # MiB the image needs to boot (its recipe says; 0: unknown)
 
 
 def image_cache(root: Path | None = None) -> Path:
@@ -48,6 +49,7 @@ class ArchRecipe:
     disk_format: str = "qcow2"
     skip_units: tuple[str, ...] = ()
     cloud_init: bool = True
+    min_memory: int = 0
 
     @classmethod
     def load(cls, path: Path | None = None) -> ArchRecipe:
@@ -59,6 +61,7 @@ class ArchRecipe:
             disk_format=data.get("format", "qcow2"),
             skip_units=tuple(data.get("skip_units", ())),
             cloud_init=bool(data.get("cloud_init", True)),
+            min_memory=int(data.get("min_memory_mib", 0)),
         )
 
 
@@ -229,7 +232,7 @@ def fetch_arch(cache: Path, recipe: ArchRecipe | None = None) -> Image:
 
 def _arch_image(disk: Path, digest: str, recipe: ArchRecipe) -> Image:
     return Image(name="arch", disk=disk, disk_format=recipe.disk_format, key=f"arch-{digest[:16]}",
-                 cloud_init=recipe.cloud_init, skip_units=recipe.skip_units)
+                 cloud_init=recipe.cloud_init, skip_units=recipe.skip_units, min_memory=recipe.min_memory)
 
 
 def disk_info(path: Path) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from ..guest import GuestCommands
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import NETDEV_ID, log, step
-from .connection import destroy_domain, libvirt_module
+from .connection import current_domain, destroy_domain, libvirt_module
+from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
 from .domain import BootSpec, boot_xml, netdev, restore_xml
 from .images import Image, create_overlay
 from .onhost import OnAnotherHost
@@ -116,6 +117,7 @@ class VM(GuestCommands, OnAnotherHost):
         self.ready_seconds = 0.0  # start() to SSH ready, including saving a warm state
         self.boot_seconds = 0.0  # start() to the first SSH answer
         self.kept = False
+        self.left_behind: list[str] = []  # the steps of close() that failed: the next session's sweep finishes them
         self._dom: Any = None
         self._image: Image | None = None
         self._hostkeys: tuple[str, ...] = ()
@@ -160,6 +162,7 @@ class VM(GuestCommands, OnAnotherHost):
         started = time.monotonic()
         self._on_start(self)
         image = self._image = self.platform.image(self.image_spec)
+        check_floor(f"vm://{self.name}", image.name, self.memory, self.cpus, image.min_memory)
         accel = self.platform.accel(image)
         booted = False
         if accel == KVM_TRIAL:  # no kernel to probe KVM with: this boot decides
@@ -375,10 +378,25 @@ class VM(GuestCommands, OnAnotherHost):
         image = self._image
         timeout = float(self.config.timeout)
 
+        def seen() -> str:
+            return evidence(self.name, self.console_log(), self._dom, local=self.remote is None)
+
         def probe() -> paramiko.SSHClient:
+            if self._dom is not None:
+                try:  # a restarted libvirtd dropped our connection, not the guest: look it up again
+                    self._dom = current_domain(self._dom, lambda: self._conn().lookupByName(self.name))
+                except (libvirt_module().libvirtError, VMError) as exc:
+                    raise NotReady(f"libvirt does not answer: {exc}") from exc
             if self._dom is None or not self._dom.isActive():
-                raise VMError(f"vm://{self.name}: the guest stopped before SSH answered",
-                              details="console (last lines):\n" + tail(self.console_log(), 40))
+                raise VMError(f"vm://{self.name}: the guest stopped before SSH answered ({domain_state(self._dom)})",
+                              details=seen())
+            panic = panic_in(self.console_log())
+            if panic:
+                raise VMError(f"vm://{self.name}: the guest's kernel failed before SSH answered: {panic}",
+                              hint=f"the console shows why; a guest short of memory panics like this "
+                                   f"(it has {self.memory} MiB: raise --vm-memory)", details=seen())
+            if not ssh_banner(self.ssh_port):  # no paramiko transport (and its thread's logging) before sshd
+                raise NotReady("no SSH banner yet")
             if not self._hostkeys and image is not None and image.cloud_init:
                 self._hostkeys = hostkey_lines_from_console(self.console_log())
                 self.host_key_origin = "console" if self._hostkeys else ""
@@ -395,8 +413,9 @@ class VM(GuestCommands, OnAnotherHost):
             client = wait_for(
                 probe, what=f"vm://{self.name}: SSH on 127.0.0.1:{self.ssh_port}", timeout=timeout, interval=0.5,
             max_interval=2.0,
-            on_timeout=lambda: "console (last lines):\n" + tail(self.console_log(), 40),
-            hint="the guest never answered SSH; the console log says why (raise --flake-timeout under TCG)",
+            on_timeout=seen,
+            hint=f"the guest never answered SSH; the console says why (empty: the kernel printed nothing; check "
+                 f"--vm-memory, {self.memory} MiB now, or raise --flake-timeout under TCG)",
         )
         transport = client.get_transport()
         if not self._hostkeys and transport is not None:
@@ -424,6 +443,11 @@ class VM(GuestCommands, OnAnotherHost):
             assert self._client is not None
             return self._client
 
+    def _cut(self) -> None:
+        """Close the SSH connection: a command waiting on a guest that is gone returns."""
+        if self._client is not None:
+            self._client.close()
+
     @property
     def host(self) -> Host:
         """A testinfra Host on this VM (over the VM's one SSH connection)."""
@@ -437,7 +461,8 @@ class VM(GuestCommands, OnAnotherHost):
     def run(self, cmd: str | list[str]) -> CommandResult:
         """Run a shell command as root in the guest; a list is quoted for you."""
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
-        result = self.host.run(command)
+        with Watch(self.name, self.console_log, self._dom, self._cut, local=self.remote is None):
+            result = self.host.run(command)
         log.debug("vm://%s: %s -> %s", self.name, command, result.rc)
         return result
 
@@ -556,11 +581,15 @@ class VM(GuestCommands, OnAnotherHost):
 
     def _drop_domain(self) -> None:
         dom, self._dom = self._dom, None
+
+        def lookup() -> Any:
+            return self._conn().lookupByName(self.name)
+
         if dom is None:
             with contextlib.suppress(Exception):
-                dom = self._conn().lookupByName(self.name)
+                dom = lookup()
         if dom is not None:
-            destroy_domain(dom)
+            destroy_domain(current_domain(dom, lookup))  # through a new connection if libvirtd restarted
 
     def close(self) -> None:
         """Stop the guest and remove its files; idempotent, and each step's failure is only logged."""
@@ -587,4 +616,5 @@ class VM(GuestCommands, OnAnotherHost):
                 action()
             except Exception as exc:  # one failing step must not hide or stop the others
                 log.error("vm://%s: could not %s: %s", self.name, what, exc)
+                self.left_behind.append(what)
         self._on_close(self)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FlakeError
+from ..errors import FlakeError, counted
 from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, is_root, log
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 
-def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
+def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> list[str]:
     """Remove the domains (on libvirt at ``uri``), overlays and half-written warm states of dead sessions.
 
     Only ids of pytest-flake sessions count, and a domain is a session's when its name is the id
@@ -33,8 +33,10 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
     """
     ids = [sid for sid in dead_ids if sid.startswith(PREFIX)]
     if not ids:
-        return
+        return []
     base = state_root / "vms"
+    done: list[str] = []
+    domains = volumes = folders = 0
     WarmStore(image_cache(state_root) / "warm").sweep(ids)
     try:
         conn = connect(uri)
@@ -48,8 +50,10 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
                 if any(name.startswith(f"{sid}-") for sid in ids):
                     log.info("vm sweep: removing domain %s of a dead session", name)
                     destroy_domain(dom, ignore_errors=True)
+                    domains += 1
             if is_remote(uri):  # overlays, seeds, save copies on the host (not those warm states keep)
-                sweep_volumes(conn, uri, ids, keep=referenced_volumes(image_cache(state_root) / "warm", uri))
+                volumes = len(sweep_volumes(conn, uri, ids,
+                                            keep=referenced_volumes(image_cache(state_root) / "warm", uri)))
         finally:
             conn.close()
     for sid in ids:
@@ -57,8 +61,13 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> None:
         if folder.exists():
             log.info("vm sweep: removing %s", folder)
             shutil.rmtree(folder, ignore_errors=True)
+            folders += 1
     with contextlib.suppress(OSError):
         base.rmdir()
+    for n, what in ((domains, "domain"), (volumes, "volume"), (folders, "VM folder")):
+        if n:
+            done.append(f"{counted(n, what)} removed")
+    return done
 
 
 def _qemu_user_check(conn: Any, uri: str, cache: Path) -> tuple[bool, str]:
@@ -200,8 +209,8 @@ class VMComponent:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
-        sweep(dead_ids, state_root, uri=default_uri(self.settings))
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        return sweep(dead_ids, state_root, uri=default_uri(self.settings))
 
     def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
         return doctor(settings)

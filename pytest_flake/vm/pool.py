@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .accel import KVM_TRIAL, choose_accel, probe_kernel, record_probe
 from .common import is_root, log
-from .connection import connect, default_uri
+from .connection import alive_connection, connect, default_uri
 from .images import Image, image_cache, resolve_image
 from .machine import VM, VMConfig
 from .qemuuser import QemuUser, check_readable, grant_search, hand_to_qemu
@@ -85,7 +85,13 @@ class VMPool:
 
     @property
     def conn(self) -> Any:
-        """The libvirt connection (opened on first use)."""
+        """The libvirt connection (opened on first use, and again when the daemon dropped it: restarted)."""
+        if self._conn is not None and not alive_connection(self._conn):
+            log.warning("vm: the connection to libvirt at %s was lost (libvirtd restarted?); connecting again",
+                        self.uri)
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
         if self._conn is None:
             self._conn = connect(self.uri)
         return self._conn
@@ -214,6 +220,9 @@ class VMPool:
         with self._lock:
             if vm in self._vms:
                 self._vms.remove(vm)
+        if vm.left_behind:  # the session's registration stays: the next session sweeps what carries its id
+            self.session.keep = True
+            log.warning("vm://%s: could not %s; the next session will", vm.name, ", ".join(vm.left_behind))
 
     def close(self) -> None:
         """Close every VM and remove the session's VM folder (the warm states in the cache stay)."""

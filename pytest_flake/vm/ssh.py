@@ -54,10 +54,16 @@ def ssh_client(port: int, key: Path, hostkeys: tuple[str, ...], timeout: float =
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
         client.set_missing_host_key_policy(paramiko.WarningPolicy())
-    client.connect(
-        "127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False,
-        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-    )
+    try:
+        client.connect(
+            "127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False,
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+        )
+    except BaseException:
+        # ends paramiko's transport thread now: left running, it logs its own failure (a traceback at
+        # ERROR) into the test's captured log after the caller has handled the exception
+        client.close()
+        raise
     return client
 
 

@@ -178,8 +178,10 @@ def test_default_is_the_app(flake, http, flake_session):
     # what the app's program string needed was built as a GC root of this session
     toolbox = str(flake.program()).split("/bin/")[0]
     roots = subprocess.run(["nix-store", "--gc", "--print-roots"], capture_output=True, text=True, check=True)
-    mine = [line for line in roots.stdout.splitlines() if line.startswith(str(flake_session.dir))]
-    assert any(line.endswith(" -> " + toolbox) for line in mine), roots.stdout
+    # "LINK -> TARGET"; Nix 2.34 quotes the link: '"LINK" -> TARGET'
+    links = [line.rsplit(" -> ", 1) for line in roots.stdout.splitlines() if " -> " in line]
+    mine = [target for link, target in links if link.strip('"').startswith(str(flake_session.dir))]
+    assert toolbox in mine, roots.stdout
 
 
 def test_two_binaries(flake, http):

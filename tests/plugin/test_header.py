@@ -32,7 +32,13 @@ def test_header_shows_locked_revision_and_dirty_tree(pytester: pytest.Pytester) 
 
     (repo / "flake.nix").write_text((repo / "flake.nix").read_text() + "\n# changed\n")
     result = pytester.runpytest(f"--flake={repo}")
-    result.stdout.fnmatch_lines(["pytest-flake: flake locked: git (dirty tree: uncommitted changes, no revision)"])
+    metadata = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "metadata",
+                               "--json", str(repo)], check=True, capture_output=True, text=True).stdout
+    if "dirtyRevision" in metadata:  # Nix 2.17 and later name the commit the dirty tree started from
+        result.stdout.fnmatch_lines([f"pytest-flake: flake locked: git rev {rev[:12]} (dirty tree: uncommitted "
+                                     "changes)"])
+    else:
+        result.stdout.fnmatch_lines(["pytest-flake: flake locked: git (dirty tree: uncommitted changes, no revision)"])
 
     result = pytester.runpytest(f"--flake=path:{repo}")
     result.stdout.fnmatch_lines(["pytest-flake: flake locked: path sha256-* (not under version control: no revision)"])
@@ -64,3 +70,22 @@ def test_no_nix_run_when_no_selected_test_uses_nix(pytester: pytest.Pytester, tm
     result = pytester.runpytest("--flake-system=x86_64-linux", "-k", "builds")
     result.stdout.fnmatch_lines(["pytest-flake: system: x86_64-linux, nix 2.8.0"])
     assert "--version" in calls.read_text()  # the fake is the nix the header runs: the check above can fail
+
+
+@pytest.mark.parametrize(("version", "shown"), [
+    ("nix (Lix, like Nix) 2.91.1", "Lix 2.91.1"),
+    ("nix (Determinate Nix 3.4.1) 2.28.2", "Determinate Nix 3.4.1 (Nix 2.28.2)"),
+])
+def test_header_names_lix_and_determinate_nix(pytester: pytest.Pytester, tmp_path: object,
+                                              monkeypatch: pytest.MonkeyPatch, version: str, shown: str) -> None:
+    """The version lines of Lix and Determinate Nix (from their releases) are read, not cut at the last word."""
+    from pathlib import Path
+
+    fake = Path(str(tmp_path)) / "bin"
+    fake.mkdir()
+    (fake / "nix").write_text(f"#!/bin/sh\necho '{version}'\n")
+    (fake / "nix").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    pytester.makepyfile("def test_builds(flake):\n    assert flake.ref\n")
+    result = pytester.runpytest("--flake-system=x86_64-linux")
+    result.stdout.fnmatch_lines([f"pytest-flake: system: x86_64-linux, {shown}"])

@@ -83,9 +83,25 @@ def copy_distribution(name: str, site: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel-build"))
+
+
+def test_the_wheel_holds_every_module_and_recipe(wheel: Path) -> None:
+    """Every module of the package and every image recipe is in the wheel (a subpackage left out of
+    pyproject's list would install a plugin that fails on its first Docker or portable test)."""
+    wanted = {f"pytest_flake/{p.relative_to(ROOT / 'pytest_flake').as_posix()}"
+              for p in (ROOT / "pytest_flake").rglob("*.py") if "__pycache__" not in p.parts}
+    wanted |= {f"pytest_flake/vms/{p.relative_to(ROOT / 'vms').as_posix()}"
+               for p in (ROOT / "vms").rglob("*") if p.is_file()}
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert sorted(wanted - names) == []
+
+
+@pytest.fixture(scope="module")
+def clean_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(tmp)
     requirements = requirements_of(wheel)
     core = [r for r in requirements if r.marker is None or r.marker.evaluate(no_extra_environment())]
     assert "pytest-testinfra" not in {r.name for r in core}, core

@@ -59,7 +59,7 @@ def test_process_component_sweeps_under_the_state_root_it_is_given(tmp_path: Pat
         folder.mkdir(parents=True)
         (folder / f"{child.pid}.pid").write_text(start_time(child.pid))
         (process,) = components(names=("process",))
-        process.sweep(["pf-0badcafe"], tmp_path)
+        assert process.sweep(["pf-0badcafe"], tmp_path) == ["1 process group (local runs, ssh masters) killed"]
         assert child.wait(timeout=10) == -9
         assert not (folder / f"{child.pid}.pid").exists()
     finally:
@@ -74,10 +74,11 @@ class Recorder:
         self.calls = calls
         self.fail = fail
 
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> None:
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
         self.calls.append((self.name, list(dead_ids), state_root))
         if self.fail:
             raise RuntimeError("daemon gone")
+        return ["2 containers stopped"] if self.name == "nspawn" else []
 
     def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
         if self.fail:
@@ -93,7 +94,10 @@ def test_sweep_and_doctor_walk_the_same_registry(tmp_path: Path, monkeypatch: py
     dead.mkdir(parents=True)
     (dead / "pid").write_text("999999999 0")
     with Session(root=tmp_path) as current:
-        assert sweep_dead_sessions(current, None) == ["pf-deadbeef"]
+        line = sweep_dead_sessions(current, None)
+    # one line: the session, then what each component that found something did about it
+    assert line == ("swept what 1 earlier session left (pf-deadbeef): docker: could not sweep: daemon gone; "
+                    "nspawn: 2 containers stopped")
     assert [name for name, _, _ in calls] == list(NAMES)  # docker's failure stopped no other
     assert all(ids == ["pf-deadbeef"] and root == tmp_path for _, ids, root in calls)
     assert "could not sweep docker resources of pf-deadbeef: daemon gone" in caplog.text

@@ -48,6 +48,6 @@ def test_other_files_are_refused_with_what_they_are(tmp_path: Path, content: byt
     path.write_bytes(content)
     with pytest.raises(UsageError) as raised:
         check_disk_image(path)
-    seen = "qemu-img sees raw data" if shutil.which("qemu-img") else "it has no image format"
-    assert str(raised.value) == (f"--vm-image {path} is not a disk image: {seen} with no partition table or file "
+    seen = "qemu-img sees raw data with" if shutil.which("qemu-img") else "it has no image format header and"
+    assert str(raised.value) == (f"--vm-image {path} is not a disk image: {seen} no partition table or file "
                                  f"system (it is {kind}) ({HINT})")

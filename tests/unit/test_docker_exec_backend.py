@@ -108,7 +108,26 @@ class FakeSdkContainer:
 
 def fake_container(sdk: FakeSdkContainer | None = None) -> Any:
     return SimpleNamespace(id="0123abcd", name="pf-test-web-1", ref="web-server:1.0",
-                           _container=sdk or FakeSdkContainer())
+                           _container=sdk or FakeSdkContainer(),
+                           docker=SimpleNamespace(url="unix:///run/fake.sock", check_tunnel=lambda: None))
+
+
+class GoneSdkContainer(FakeSdkContainer):
+    """A daemon that stopped answering: the SDK's calls raise what requests raises then."""
+
+    def exec_run(self, *args: Any, **kwargs: Any) -> Any:
+        import requests
+
+        refused = ConnectionRefusedError(111, "Connection refused")
+        raise requests.exceptions.ConnectionError(("Connection aborted.", refused))
+
+
+def test_a_daemon_that_stopped_answering_is_one_docker_error() -> None:
+    host = testinfra_host.Host(exec_backend(fake_container(GoneSdkContainer())))
+    with pytest.raises(DockerError) as gone:
+        host.run("true")
+    assert gone.value.message == ("container pf-test-web-1: 'true': the Docker daemon at unix:///run/fake.sock "
+                                  "stopped answering (Connection refused)")
 
 
 def test_commands_run_through_exec_with_testinfra_quoting() -> None:

@@ -9,7 +9,8 @@ import pytest_flake
 from pytest_flake import fixtures, plugin
 
 PACKAGE = Path(pytest_flake.__file__).parent
-PYTEST_MODULES = {"plugin.py", "fixtures.py", "nodestate.py", "reporting.py"}  # the plugin; the rest are components
+# the plugin; the rest are components
+PYTEST_MODULES = {"plugin.py", "fixtures.py", "nodestate.py", "reporting.py", "flakecheck.py"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -26,6 +26,7 @@ class FakeNix(Nix):
 
     def __init__(self, answers: dict[str, tuple[int, str, str]] | None = None) -> None:
         super().__init__(executable="fake-nix")
+        self._caret = True  # reads DRV^out, as Nix 2.13 and later do (test_nix_output.py asks real ones)
         self.answers = answers or {}
         self.argvs: list[list[str]] = []
 
@@ -289,7 +290,7 @@ def test_build_error_has_headline_and_log_tail(flake_dir: Path) -> None:
         make_flake(flake_dir, nix).build("broken")
     exc = err.value
     assert str(exc).startswith(f"nix build path:{flake_dir}#packages.{SYSTEM}.broken failed: "
-                               "error: builder for '/nix/store/lq43-broken.drv' failed with exit code 3")
+                               "the builder of /nix/store/lq43-broken.drv failed with exit code 3")
     notes = "\n".join(getattr(exc, "__notes__", []))
     assert "broken> log line 60" in notes
     assert "broken> log line 1\n" not in notes  # only the tail
@@ -338,7 +339,7 @@ def test_nix_run_passes_features_and_reports_failure(tmp_path: Path) -> None:
     script.chmod(0o755)
     nix = Nix(str(script))
     proc = nix.run(["eval", "x"], check=False)
-    assert proc.stdout.strip() == "--extra-experimental-features nix-command flakes eval x"
+    assert proc.stdout.strip() == "--extra-experimental-features nix-command flakes eval --no-write-lock-file x"
     assert nix.calls == 1
     with pytest.raises(NixError, match="'nix eval x' failed with exit code 7") as err:
         nix.run(["eval", "x"])
@@ -378,6 +379,7 @@ class RunNix(FakeNix):
         self.drv_build_error = drv_build_error
         self.exprs: list[str] = []
         self.drv_builds: list[list[str]] = []
+        self.drv_installables: list[list[str]] = []
 
     def package_out(self, attr: str, outputs: dict[str, Path]) -> None:
         self.answers[attr] = (0, json.dumps([{"drvPath": f"/nix/store/x-{attr}.drv",
@@ -401,7 +403,8 @@ class RunNix(FakeNix):
         if args[0] == "build" and not any("#" in a for a in args):
             self.calls += 1
             self.argvs.append(args)
-            drvs = [a for a in args[1:] if a.endswith(".drv")]
+            self.drv_installables.append([a for a in args[1:] if ".drv" in a])
+            drvs = [a.split("^", 1)[0] for a in args[1:] if ".drv" in a]
             self.drv_builds.append(drvs)
             if self.drv_build_error:
                 return subprocess.CompletedProcess(args, 1, "", self.drv_build_error)
@@ -474,6 +477,17 @@ def test_package_program_is_in_the_output_nix_run_uses(flake_dir: Path, tmp_path
     assert make_flake(flake_dir, nix).program("split") == program
 
 
+def test_app_program_on_a_nix_without_drv_outputs_syntax_builds_the_bare_drv(flake_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """Nix 2.8 reads no DRV^out (its answer to the probe: test_nix_output.py); a bare DRV builds its outputs."""
+    program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
+    drv = "/nix/store/aaaa-toolbox-1.0.drv"
+    nix = RunNix(_app(f"apps.{SYSTEM}.bye", str(program), {drv: {"outputs": ["out", "man"]}}))
+    nix._caret = False
+    assert make_flake(flake_dir, nix).program("bye") == program
+    assert nix.drv_installables == [[drv]]
+
+
 def test_app_program_context_is_built_then_run(flake_dir: Path, tmp_path: Path) -> None:
     program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
     drv = "/nix/store/aaaa-toolbox-1.0.drv"
@@ -483,6 +497,7 @@ def test_app_program_context_is_built_then_run(flake_dir: Path, tmp_path: Path) 
     flake = make_flake(flake_dir, nix)
     assert flake.program("bye") == program
     assert nix.drv_builds == [[drv]]  # only derivation outputs are built; a source path is there already
+    assert nix.drv_installables == [[f"{drv}^out"]]  # the outputs, not the .drv file (Nix 2.15 and later)
     build = next(a for a in nix.argvs if a[0] == "build")
     assert build[:2] == ["build", "--json"] and "--no-link" in build
     assert not any(a for a in nix.argvs if a[0] == "build" and any("#" in x for x in a)), "built the package too"
@@ -566,7 +581,8 @@ def test_failed_build_of_app_program_is_a_build_error(flake_dir: Path, tmp_path:
                  drv_build_error="building...\nerror: builder for '/nix/store/a.drv' failed with exit code 1\n")
     with pytest.raises(BuildError) as err:
         make_flake(flake_dir, nix).program("x")
-    assert str(err.value).startswith(f"nix build of the program of apps.{SYSTEM}.x failed: error: builder for")
+    assert str(err.value).startswith(f"nix build of the program of apps.{SYSTEM}.x failed: "
+                                     "the builder of /nix/store/a.drv failed with exit code 1")
 
 
 @pytest.mark.parametrize("attr, candidates", [
@@ -605,7 +621,7 @@ def test_failed_evaluation_names_the_nix_error(flake_dir: Path) -> None:
     with pytest.raises(NixError) as err:
         make_flake(flake_dir, nix).program("x")
     assert str(err.value) == (f"cannot evaluate what 'nix run path:{flake_dir}#x' would run: "
-                              "error: undefined variable 'pkgs'")
+                              "undefined variable 'pkgs'")
 
 
 def test_program_is_decided_once_per_session(flake_dir: Path, tmp_path: Path) -> None:

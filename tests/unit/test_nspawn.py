@@ -142,9 +142,13 @@ def test_resolve_tree_takes_a_directory_in_place(tmp_path: Path) -> None:
 
 
 def test_resolve_tree_rejects_what_cannot_boot(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"--container-image 'nothing-here' is neither debian, debian-trixie, "
-                                         r"debian-sid, a directory"):
+    with pytest.raises(UsageError, match=r"--container-image 'nothing-here': .*/nothing-here does not exist"):
         trees.resolve_tree("nothing-here", tmp_path, invocation_dir=tmp_path)
+    with pytest.raises(UsageError, match=r"'/path/that/does/not/exist': /path/that/does/not/exist does not exist"):
+        trees.resolve_tree("/path/that/does/not/exist", tmp_path)
+    (tmp_path / "notes.txt").write_text("not a tree\n")
+    with pytest.raises(UsageError, match=r"'notes.txt' is neither debian, debian-trixie, debian-sid, a directory"):
+        trees.resolve_tree("notes.txt", tmp_path, invocation_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="not an OS tree"):
         trees.resolve_tree(str(tmp_path / "empty"), tmp_path)
