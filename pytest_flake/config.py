@@ -18,7 +18,14 @@ from typing import Any
 from .errors import UsageError
 
 VM_ACCELS = ("auto", "kvm", "tcg")
-BUILTIN_VM_IMAGES = ("arch", "debian", "debian-cloud")
+# the Debian images built offline (pytest_flake.vm.debian): Debian 12, 13 and unstable, plain and cloud-init
+BUILTIN_CONTAINER_IMAGES = ("debian", "debian-trixie", "debian-sid")
+BUILTIN_VM_IMAGES = ("arch", "debian", "debian-cloud", "debian-trixie", "debian-trixie-cloud", "debian-sid",
+                     "debian-sid-cloud")
+IMAGE_ABOUT = {
+    "debian": "Debian 12, systemd 252", "debian-trixie": "Debian 13, systemd 257",
+    "debian-sid": "Debian unstable, systemd 262",
+}
 PORTABLE_HOSTS = ("vm", "nspawn")
 
 
@@ -43,8 +50,10 @@ OPTIONS: tuple[Option, ...] = (
            path=True),
     Option("flake_system", "--flake-system", "Nix system of the outputs (default: the machine's, e.g. x86_64-linux)",
            env="PYTEST_FLAKE_SYSTEM", metavar="SYSTEM"),
-    Option("vm_image", "--vm-image", "VM image: 'arch' (Arch Linux cloud image, downloaded once), 'debian' (built "
-           "locally, offline), a qcow2 PATH or an http(s) URL", env="PYTEST_FLAKE_VM_IMAGE", default="arch",
+    Option("vm_image", "--vm-image", "VM image: 'arch' (Arch Linux cloud image, downloaded once), 'debian' "
+           "(Debian 12), 'debian-trixie' (13), 'debian-sid' (unstable), each built locally and offline, also with "
+           "cloud-init as debian-cloud, debian-trixie-cloud, debian-sid-cloud; a qcow2 PATH or an http(s) URL",
+           env="PYTEST_FLAKE_VM_IMAGE", default="arch",
            metavar="NAME|PATH|URL", path=True),
     Option("libvirt_uri", "--libvirt-uri", "libvirt connection URI (default: qemu:///system as root, "
            "qemu:///session otherwise)", env="LIBVIRT_DEFAULT_URI", metavar="URI"),
@@ -68,9 +77,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("flake_targets", "--flake-targets", "targets the service fixture runs each test against, comma-separated: "
            "local, docker, portable", env="PYTEST_FLAKE_TARGETS", default="local,docker,portable", kind="targets",
            metavar="LIST"),
-    Option("container_image", "--container-image", "OS tree of systemd containers: 'debian' (the Debian VM image's "
-           "root, built locally), a DIRECTORY or a TARBALL of an OS tree with systemd",
-           env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian", metavar="debian|DIR|TARBALL", path=True),
+    Option("container_image", "--container-image", "OS tree of systemd containers: 'debian', 'debian-trixie' or "
+           "'debian-sid' (the root of that Debian VM image, built locally), a DIRECTORY or a TARBALL of an OS tree "
+           "with systemd", env="PYTEST_FLAKE_CONTAINER_IMAGE", default="debian",
+           metavar="NAME|DIR|TARBALL", path=True),
     Option("flake_portable_host", "--flake-portable-host", "where the service fixture's portable target runs: a VM "
            "or a systemd container", env="PYTEST_FLAKE_PORTABLE_HOST", default="vm", choices=PORTABLE_HOSTS),
     Option("flake_xdist_group", "--flake-xdist-group", "keep the tests marked vm (nspawn) on one worker under "
@@ -162,6 +172,26 @@ def ini_relative(value: str, ini_dir: Path) -> str:
     return f"{scheme}{(ini_dir / rest).resolve()}"
 
 
+def image_about(name: str) -> str:
+    """``Debian unstable, systemd 262, cloud-init`` for a built-in Debian image name, else ``""``."""
+    cloud = name.endswith("-cloud")
+    about = IMAGE_ABOUT.get(name.removesuffix("-cloud"), "")
+    return f"{about}, cloud-init" if about and cloud else about
+
+
+def check_image_names(vm_image: str, container_image: str, invocation_dir: Path) -> None:
+    """A bare ``debian-...`` word that names no built-in image and no file is refused, listing the names."""
+    for what, value, names in (("--vm-image", vm_image, BUILTIN_VM_IMAGES),
+                               ("--container-image", container_image, BUILTIN_CONTAINER_IMAGES)):
+        if not value or value in names or not re.fullmatch(r"(arch|debian)(-[\w.-]*)?", value):
+            continue
+        if (invocation_dir / value).exists():
+            continue  # a file or folder of that name: a path
+        extra = " (cloud-init images are for VMs only)" if value in BUILTIN_VM_IMAGES else ""
+        raise UsageError(f"{what} {value!r} is no built-in image{extra}",
+                         hint=f"use one of {', '.join(names)}, or a path")
+
+
 def find_flake(start: Path) -> Path | None:
     """The directory of the ``flake.nix`` that ``nix`` would use from ``start``: it or a parent.
 
@@ -194,7 +224,7 @@ class Settings:
     invocation_dir: Path
     sources: Mapping[str, str] = field(default_factory=dict)
     flake_build_timeout: float | None = None  # None: a build takes as long as it takes
-    container_image: str = "debian"  # --container-image: debian, a directory or a tarball
+    container_image: str = "debian"  # --container-image: debian, debian-trixie, debian-sid, a directory or a tarball
     flake_portable_host: str = "vm"  # --flake-portable-host: vm or nspawn
     flake_xdist_group: bool = True  # --flake-xdist-group: vm / nspawn tests in one xdist_group each
     flake_check: bool = False  # --flake-check: items collected from the flake's own outputs
@@ -250,4 +280,5 @@ class Settings:
                 values["flake"], sources["flake"] = str(found), "flake.nix in the invocation directory"
             elif found is not None:
                 values["flake"], sources["flake"] = str(found), "flake.nix in a parent of the invocation directory"
+        check_image_names(values["vm_image"], values["container_image"], invocation_dir)
         return cls(invocation_dir=invocation_dir, sources=sources, **values)

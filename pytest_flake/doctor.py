@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .components import components
-from .config import Settings
+from .config import Settings, image_about
 from .errors import FlakeError, MissingToolError, NixError
 from .nixcmd import INSTALL_HINT, Nix
 from .nixerrors import parse_version
@@ -125,12 +125,21 @@ def header(settings: Settings) -> list[str]:
         libvirt, accel = f"{uri} (from {settings.source('libvirt_uri')}{far})", describe_accel(settings)
     except ImportError:  # the vm extra is not installed
         libvirt, accel = settings.libvirt_uri or "qemu:///system (root) / qemu:///session", settings.vm_accel
-    return [
+    lines = [
         f"flake: {flake}",
         f"docker: {_docker_endpoint(settings)}",
-        f"libvirt: {libvirt}; vm image: {settings.describe('vm_image')}; accel: {accel}",
+        f"libvirt: {libvirt}; vm image: {_image(settings, 'vm_image')}; accel: {accel}",
         f"flake check: {'on' if settings.flake_check else 'off'} (from {settings.source('flake_check')})",
     ]
+    if settings.source("container_image") != "default":
+        lines.append(f"systemd containers: {_image(settings, 'container_image')}")
+    return lines
+
+
+def _image(settings: Settings, name: str) -> str:
+    """``debian-sid (Debian unstable, systemd 262; from --vm-image)``: a built-in Debian name says what it is."""
+    about = image_about(str(getattr(settings, name)))
+    return f"{getattr(settings, name)} ({f'{about}; ' if about else ''}from {settings.source(name)})"
 
 
 def locked(metadata: dict[str, Any]) -> str:

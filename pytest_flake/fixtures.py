@@ -477,7 +477,8 @@ def systemd_container_factory(request: pytest.FixtureRequest,
                               flake_containers: ContainerPool) -> Iterator[Callable[..., SystemdContainer]]:
     """Factory: ``systemd_container_factory(image=None) -> SystemdContainer``, each booted and ready.
 
-    ``image`` is ``debian``, a directory or a tarball of an OS tree (default ``--container-image``).
+    ``image`` is ``debian``, ``debian-trixie``, ``debian-sid``, a directory or a tarball of an OS tree
+    (default ``--container-image``).
     Each container has its own network, so two can serve the same port. All are removed at
     the end of the test.
     """

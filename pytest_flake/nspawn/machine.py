@@ -31,7 +31,7 @@ from ..errors import NspawnError, UsageError, tail
 from ..guest import GuestCommands
 from ..session import start_time
 from ..waiting import NotReady, wait_for
-from . import loops
+from . import cgroups, loops
 from .relay import NetnsSockets, Relay
 from .trees import Tree, drop_copy, resolve_tree, writable_copy
 
@@ -127,6 +127,7 @@ class SystemdContainer(GuestCommands):
         self.workdir = pool.workdir / name
         self.root: Path | None = None
         self.loop_devices = False
+        self.cgroup: Path | None = None  # its own cgroup in the host's unified hierarchy (hybrid hosts)
         self._proc: subprocess.Popen[bytes] | None = None
         self._leader: int | None = None
         self._sockets: NetnsSockets | None = None
@@ -171,11 +172,13 @@ class SystemdContainer(GuestCommands):
         else:
             log.warning("nspawn://%s: no loop devices (%s); only directory portable images will attach",
                         self.name, reason)
-        argv = nspawn_argv(self.name, self.root, devices)
-        log.debug("run: %s", shlex.join(argv))
+        extra = self.pool.cgroup_env(self.tree, f"nspawn://{self.name}")
+        self.cgroup = cgroups.own_group(self.name)
+        argv = cgroups.wrap(nspawn_argv(self.name, self.root, devices), self.cgroup)
+        log.debug("run: %s%s", "".join(f"{k}={v} " for k, v in extra.items()), shlex.join(argv))
         with open(self.workdir / "console.log", "wb") as console:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True, env={**os.environ, **extra})
         pid = self._proc.pid
         (self.workdir / "nspawn.pid").write_text(f"{pid} {start_time(pid)}")
         self._leader = wait_for(self._find_leader, what=f"nspawn://{self.name}: container init", interval=0.02,
@@ -258,6 +261,8 @@ class SystemdContainer(GuestCommands):
         except Exception as exc:
             errors.append(f"stop: {exc}")
         self._leader = None
+        if not cgroups.remove_group(self.cgroup):
+            errors.append(f"cgroup {self.cgroup} still has processes")
         try:
             drop_copy(self.workdir)
         except Exception as exc:
@@ -399,6 +404,7 @@ class ContainerPool:
         self.workdir = session.dir / SUBDIR
         self.loop_book = loops.LoopBook(self.workdir / "loops.json")
         self._trees: dict[str, Tree] = {}
+        self._plans: dict[Path, cgroups.Plan] = {}
         self._running: list[SystemdContainer] = []
         self._count = 0
         self._lock = threading.Lock()
@@ -414,6 +420,15 @@ class ContainerPool:
         if spec not in self._trees:
             self._trees[spec] = resolve_tree(spec, self.cache, self.invocation_dir)
         return self._trees[spec]
+
+    def cgroup_env(self, tree: Tree, what: str) -> dict[str, str]:
+        """What systemd-nspawn's environment needs for the tree's systemd (:mod:`.cgroups`), once per tree."""
+        with self._lock:
+            plan = self._plans.get(tree.root)
+            if plan is None:
+                plan = self._plans[tree.root] = cgroups.plan(tree.root)
+                log.info("nspawn: %s: %s", tree.name, plan.why)
+        return cgroups.require(plan, what)
 
     def container(self, image: str | None = None) -> SystemdContainer:
         """A new (not yet started) container of ``image`` (default: the pool's)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import counted
 from ..session import PREFIX
-from . import loops
+from . import cgroups, loops
 from .machine import SUBDIR
 from .trees import MARKER, debian_tree_dir, drop_copy
 
@@ -97,6 +97,7 @@ def sweep(dead_ids: Sequence[str], state_root: Path) -> list[str]:
     if pids:
         log.info("nspawn sweep: stopping %d container(s) of dead sessions", len(pids))
         _kill(pids)
+    cgroups.sweep_groups([f"{sid}-" for sid in ids])
     base = state_root / "sessions"
     for sid in ids:
         folder = base / sid / SUBDIR
@@ -137,13 +138,19 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
                   + ("ok" if loop_reason is None else f"{loop_reason}; only directory images will attach")))
     if not Path("/proc/filesystems").read_text().count("overlay"):
         lines.append((True, "nspawn: no overlayfs (modprobe overlay): containers use a reflink or full copy"))
+    lines.append(cgroups.doctor_line())
     image = getattr(settings, "container_image", "debian")
-    if image == "debian":
-        from ..vm import image_cache
+    from ..vm import image_cache, parse_debian_name
 
-        folder = debian_tree_dir(image_cache())
-        state = "cached" if (folder / MARKER).is_file() else "made on first use from the Debian VM image"
-        lines.append((True, f"nspawn: container image debian: {state} ({folder})"))
+    debian = parse_debian_name(image)
+    if debian is not None:
+        folder = debian_tree_dir(image_cache(), debian.release)
+        state = "cached" if (folder / MARKER).is_file() else f"made on first use from the {image} VM image"
+        lines.append((True, f"nspawn: container image {image} ({debian.about}): {state} ({folder})"))
+        if (folder / MARKER).is_file():
+            plan = cgroups.plan(folder / "root")
+            lines.append((plan.problem is None, f"nspawn: {image}: {plan.problem or plan.why}"
+                          + (f"; {cgroups.FIX}" if plan.problem else "")))
     else:
         lines.append((True, f"nspawn: container image {image} (--container-image)"))
     return lines

@@ -1,8 +1,11 @@
-"""OS trees for systemd containers: ``debian`` (built locally), a directory, or a tarball.
+"""OS trees for systemd containers: ``debian``, ``debian-trixie``, ``debian-sid`` (built locally), a
+directory, or a tarball.
 
-``debian`` is the root file system of the Debian VM image (``vms/debian``, the same recipe,
-so the same systemd and ``portablectl``), copied out of the cached image once and cached
-beside it as ``<image cache>/nspawn-debian-<recipe hash>/root``. A tarball is unpacked once
+``debian`` (Debian 12, systemd 252), ``debian-trixie`` (Debian 13, 257) and ``debian-sid``
+(unstable, 262) are the root file systems of the Debian VM images of those releases
+(``vms/debian``, the same recipe, so the same systemd and ``portablectl``), each copied out of
+its cached image once and cached beside it as ``<image cache>/nspawn-debian-<recipe hash>-N/root``
+(``nspawn-trixie-...``, ``nspawn-sid-...``). A tarball is unpacked once
 into ``<image cache>/nspawn-tar-<key>/root``. A directory is used in place. A container
 never writes to any of them: it runs on a throwaway copy-on-write copy (:func:`writable_copy`).
 """
@@ -14,9 +17,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,41 +98,47 @@ def _extract_disk(disk: Path, dest: Path, work: Path) -> None:
         raw.unlink(missing_ok=True)
 
 
-def debian_tree_dir(cache: Path) -> Path:
-    """The cache folder of the Debian tree of the current VM image recipe (it may not exist yet)."""
+def debian_tree_dir(cache: Path, release: str = "bookworm") -> Path:
+    """The cache folder of the Debian tree of the current VM image recipe of ``release`` (it may not exist yet)."""
     from .. import vm
 
-    key = vm.debian_image_dir(cache).name.removeprefix("debian-")
-    return cache / f"nspawn-debian-{key}-{TREE_VERSION}"
+    image = vm.debian_image_dir(cache, release=release).name  # debian-HASH, debian-sid-HASH
+    # debian-HASH stays nspawn-debian-HASH; the others are nspawn-trixie-HASH, nspawn-sid-HASH, which
+    # the removal of older bookworm trees (nspawn-debian-*, in earlier versions too) never matches
+    return cache / f"nspawn-{image if release == 'bookworm' else image.removeprefix('debian-')}-{TREE_VERSION}"
 
 
-def debian_tree(cache: Path) -> Tree:
-    """The Debian tree of the current VM image recipe, built (image first, if need be) once."""
+def debian_tree(cache: Path, release: str = "bookworm") -> Tree:
+    """The Debian tree of the current VM image recipe of ``release``, built (image first, if need be) once."""
     from .. import vm
 
-    folder = debian_tree_dir(cache)
-    key = folder.name.removeprefix("nspawn-debian-").rsplit("-", 1)[0]
+    name = vm.DebianName(release).name
+    folder = debian_tree_dir(cache, release)
     root = folder / "root"
     if (folder / MARKER).is_file():
-        return Tree("debian", root)
-    image = vm.build_debian(cache)
-    with locked(cache / ".nspawn-debian.lock"):
+        return Tree(name, root)
+    image = vm.build_debian(cache, release=release)
+    with locked(cache / f".nspawn-{name}.lock"):
         if (folder / MARKER).is_file():
-            return Tree("debian", root)
-        for stale in cache.glob("nspawn-debian-*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+            return Tree(name, root)
+        # trees of older recipes of this release, once no session may use them (as with the images)
+        prefix = folder.name[: -len(f"{vm.debian_recipe_hash(release=release)}-{TREE_VERSION}")]
+        stale_name = re.compile(re.escape(prefix) + r"[0-9a-f]{16}-\d+")
+        for stale in cache.glob(f"{prefix}*"):
+            if (stale.is_dir() and stale_name.fullmatch(stale.name) and not _mounted_below(stale)
+                    and time.time() - stale.stat().st_mtime > vm.STALE_IMAGE_SECONDS):
+                _run(["rm", "-rf", "--one-file-system", str(stale)], f"remove the older tree {stale}")
         log.info("nspawn: copying the root of %s into %s", image.disk, folder)
-        with tempfile.TemporaryDirectory(prefix="nspawn-debian-", dir=cache) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"nspawn-{name}-", dir=cache) as tmp:
             work = Path(tmp)
             (work / "root").mkdir()
             _extract_disk(image.disk, work / "root", work)
             _prepare_for_containers(work / "root")
-            check_os_tree(work / "root", "debian tree")
+            check_os_tree(work / "root", f"{name} tree")
             folder.mkdir()
             (work / "root").rename(root)
-        (folder / MARKER).write_text(json.dumps({"source": str(image.disk), "recipe": key}))
-    return Tree("debian", root)
+        (folder / MARKER).write_text(json.dumps({"source": str(image.disk), "release": release}))
+    return Tree(name, root)
 
 
 def _tarball_tree(path: Path, cache: Path) -> Tree:
@@ -153,9 +164,15 @@ def _tarball_tree(path: Path, cache: Path) -> Tree:
 
 
 def resolve_tree(spec: str, cache: Path, invocation_dir: Path | None = None) -> Tree:
-    """``debian``, a directory holding an OS tree, or a tarball of one -> :class:`Tree`."""
-    if spec == "debian":
-        return debian_tree(cache)
+    """``debian``, ``debian-trixie``, ``debian-sid``, a directory holding an OS tree, or a tarball of one."""
+    from .. import vm
+
+    debian = vm.parse_debian_name(spec)
+    if debian is not None and debian.variant == "plain":
+        return debian_tree(cache, debian.release)
+    if debian is not None:
+        raise UsageError(f"--container-image {spec!r}: cloud-init images are for VMs only",
+                         hint=f"use one of {', '.join(vm.debian_names(cloud=False))}")
     path = Path(spec).expanduser()
     if not path.is_absolute() and invocation_dir is not None:
         path = invocation_dir / path
@@ -166,13 +183,25 @@ def resolve_tree(spec: str, cache: Path, invocation_dir: Path | None = None) -> 
         return _tarball_tree(path, cache)
     if not os.path.lexists(path):
         raise UsageError(f"--container-image {spec!r}: {path} does not exist",
-                         hint="give an existing directory or tarball of an OS tree, or 'debian' (built locally)")
-    raise UsageError(f"--container-image {spec!r} is neither 'debian', a directory nor a tarball "
-                     f"({', '.join(TARBALL_SUFFIXES)}) of an OS tree",
+                         hint="give an existing directory or tarball of an OS tree, or debian, debian-trixie or "
+                              "debian-sid (built locally)")
+    raise UsageError(f"--container-image {spec!r} is neither {', '.join(vm.debian_names(cloud=False))}, a "
+                     f"directory nor a tarball ({', '.join(TARBALL_SUFFIXES)}) of an OS tree",
                      hint="use --container-image debian (built locally from the VM image recipe)")
 
 
 # --------------------------------------------------------------------------- copies
+
+
+def _mounted_below(folder: Path) -> bool:
+    """Whether something is mounted below ``folder``, or an overlay (a container's copy) stands on it."""
+    top = str(folder)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 3 and (fields[1] == top or fields[1].startswith(top + "/") or top + "/" in fields[3]):
+                return True
+    return False
 
 
 def _mounted(path: Path) -> bool:

@@ -31,7 +31,8 @@ The modules, each one concern (imports only go down this list):
 ``common``                where ``vms/`` is, sizes, timed steps
 ``connection``            the libvirt URI and connection, removing a domain
 ``remote``                libvirt on another host: storage pool, volume uploads, console stream, ports
-``images``                Debian build, Arch download and checksum, ``resolve_image``, overlays
+``images``                Arch download and checksum, ``resolve_image``, overlays
+``debian``                the Debian images of every release and variant (one recipe, cached)
 ``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
 ``domain``                the one domain XML builder (cold boot and restore)
@@ -67,15 +68,22 @@ from .accel import (
 )
 from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
 from .connection import connect, default_uri, destroy_domain
+from .debian import (
+    DEBIAN_RELEASES,
+    DEBIAN_VARIANTS,
+    STALE_IMAGE_SECONDS,
+    DebianName,
+    build_debian,
+    debian_image_dir,
+    debian_names,
+    debian_recipe_hash,
+    parse_debian_name,
+)
 from .domain import BootSpec, boot_xml, netdev, restore_xml
 from .images import (
-    DEBIAN_VARIANTS,
     ArchRecipe,
     Image,
-    build_debian,
     create_overlay,
-    debian_image_dir,
-    debian_recipe_hash,
     download,
     fetch_arch,
     image_cache,
@@ -111,6 +119,7 @@ __all__ = [
     "restore_xml", "netdev", "read_save_xml", "copy_save_with_xml", "credential", "skip_dropin", "skip_units_command",
     "cloud_config", "render_user_data", "make_seed", "hostkey_lines_from_console", "ssh_client", "warm_enabled",
     "warm_key", "warm_slot", "boot_log_of", "grant_search", "hand_to_qemu", "check_readable", "acl_user_perm",
-    "DEBIAN_VARIANTS", "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",
+    "DEBIAN_VARIANTS", "DEBIAN_RELEASES", "STALE_IMAGE_SECONDS", "DebianName", "debian_names", "parse_debian_name",
+    "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",
     "KVM_TRIAL", "KVM_TRIAL_SECONDS", "KVM_PROBE_SECONDS", "HOST_KERNEL_GLOBS", "KERNEL_PROGRESS",
 ]

@@ -18,7 +18,8 @@ from .._host import locked, write_atomic
 from ..errors import tail
 from .common import log
 from .connection import default_uri
-from .images import Image, debian_image_dir, image_cache
+from .debian import debian_image_dir
+from .images import Image, image_cache
 
 if TYPE_CHECKING:
     from ..config import Settings

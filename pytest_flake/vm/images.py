@@ -1,23 +1,20 @@
-"""Base images: the Debian build (debootstrap), the Arch download and its checksum, URLs and files,
+"""Base images (the Debian builds are in :mod:`.debian`): the Arch download and its checksum, URLs and files,
 and the copy-on-write overlay each VM boots from."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._host import locked
-from ..errors import MissingToolError, UsageError, VMError
+from ..errors import UsageError, VMError
 from ..session import state_dir
-from .common import RECIPES, GiB, MiB, hash_files, is_root, log, need_space, run, step
+from .common import RECIPES, GiB, MiB, log, need_space, run, step
 
 
 @dataclass(frozen=True)
@@ -34,102 +31,13 @@ class Image:
     hostkeys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA..." lines known ahead of boot
     cloud_init: bool = False
     skip_units: tuple[str, ...] = ()
+    release: str = ""  # of a built-in Debian image: bookworm, trixie, sid
     min_memory: int = 0  # MiB the image needs to boot (its recipe says; 0: unknown)
 
 
 def image_cache(root: Path | None = None) -> Path:
     """Where base images are cached: ``<state>/images``."""
     return (root or state_dir()) / "images"
-
-
-DEBIAN_VARIANTS = ("plain", "cloud")  # build.sh OUTDIR VARIANT; "cloud" is --vm-image debian-cloud
-STALE_IMAGE_SECONDS = 24 * 3600  # an older recipe's image stays this long: running sessions may still use it
-
-
-def debian_recipe_hash(variant: str = "plain") -> str:
-    """A hash of the Debian recipe (builder and package lists): a new hash means a new image."""
-    lists = ["packages.txt"] + (["packages-cloud.txt"] if variant == "cloud" else [])
-    return hash_files(RECIPES / "debian" / "build.sh", *(RECIPES / "debian" / name for name in lists))
-
-
-def debian_min_memory() -> int:
-    """The memory (MiB) a Debian image needs to boot, from its recipe (``vms/debian/limits.json``)."""
-    data = json.loads((RECIPES / "debian" / "limits.json").read_text())
-    return int(data["min_memory_mib"])
-
-
-def _debian_prefix(variant: str) -> str:
-    return "debian-" if variant == "plain" else f"debian-{variant}-"
-
-
-def debian_image_dir(cache: Path, variant: str = "plain") -> Path:
-    """The cache folder of the Debian image of the current recipe (it may not exist yet)."""
-    return cache / f"{_debian_prefix(variant)}{debian_recipe_hash(variant)}"
-
-
-def _debian_image(directory: Path, variant: str = "plain") -> Image:
-    hostkeys = tuple(
-        " ".join(line.split()[:2]) for line in (directory / "hostkeys.pub").read_text().splitlines() if line.strip()
-    )
-    cloud = variant == "cloud"
-    return Image(
-        name="debian" if not cloud else "debian-cloud",
-        disk=directory / "disk.qcow2",
-        key=directory.name,
-        kernel=directory / "vmlinuz",
-        initrd=directory / "initrd.img",
-        cmdline=(directory / "cmdline").read_text().strip(),
-        hostkeys=hostkeys,
-        # debian-cloud boots with exactly the seed (and credentials) the Arch path sends
-        cloud_init=cloud,
-        skip_units=ArchRecipe.load().skip_units if cloud else (),
-        min_memory=debian_min_memory(),
-    )
-
-
-def _remove_stale_debian_images(cache: Path, variant: str, keep: Path) -> None:
-    """Remove this variant's interrupted builds, and images of older recipes once nobody may use them."""
-    pattern = re.compile(re.escape(_debian_prefix(variant)) + r"[0-9a-f]{16}(\.work\..*)?")
-    for stale in cache.iterdir():
-        if stale == keep or not pattern.fullmatch(stale.name):
-            continue
-        with contextlib.suppress(OSError):
-            interrupted = ".work." in stale.name  # under the build lock: its builder is dead
-            if interrupted or time.time() - stale.stat().st_mtime > STALE_IMAGE_SECONDS:
-                log.info("vm: removing %s %s", "the interrupted build" if interrupted else "the older image", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def build_debian(cache: Path, *, timeout: float = 1800, variant: str = "plain") -> Image:
-    """The Debian image of the current recipe, built with debootstrap when not cached yet.
-
-    ``variant="cloud"`` is ``debian-cloud``: Debian's cloud-init in a partitioned disk, booted with
-    the seed the Arch image gets (the offline check of that path).
-    """
-    if variant not in DEBIAN_VARIANTS:
-        raise UsageError(f"unknown debian image variant {variant!r}", hint=f"one of {', '.join(DEBIAN_VARIANTS)}")
-    target = debian_image_dir(cache, variant)
-    what = "debian" if variant == "plain" else f"debian-{variant}"
-    if (target / "disk.qcow2").is_file():
-        return _debian_image(target, variant)
-    cache.mkdir(parents=True, exist_ok=True)
-    with locked(cache / f".{what}.lock"):
-        if (target / "disk.qcow2").is_file():  # another session built it meanwhile
-            return _debian_image(target, variant)
-        if not is_root():
-            raise VMError(
-                f"the {what} image is built with debootstrap, which needs root",
-                hint="build it once as root with the same PYTEST_FLAKE_STATE, or use --vm-image arch|PATH",
-            )
-        for tool in ("debootstrap", "mkfs.ext4", "qemu-img") + (("sfdisk",) if variant == "cloud" else ()):
-            if shutil.which(tool) is None:
-                raise MissingToolError(f"building the {what} image needs {tool}", hint="run scripts/setup")
-        need_space(cache, 3 * GiB, f"the {what} image")
-        _remove_stale_debian_images(cache, variant, keep=target)
-        with step(f"building the {what} image {target.name} (debootstrap, about 1-3 min)"):
-            run(["bash", str(RECIPES / "debian" / "build.sh"), str(target), variant], what=f"{what} image build",
-                 timeout=timeout)
-    return _debian_image(target, variant)
 
 
 @dataclass(frozen=True)
@@ -355,11 +263,12 @@ def create_overlay(image: Image, overlay: Path, size: int) -> int:
 
 
 def resolve_image(spec: str, cache: Path) -> Image:
-    """``arch``, ``debian``, ``debian-cloud``, a path to a disk image or an http(s) URL of one -> :class:`Image`."""
-    if spec == "debian":
-        return build_debian(cache)
-    if spec == "debian-cloud":
-        return build_debian(cache, variant="cloud")
+    """``arch``, a Debian name (``debian``, ``debian-sid-cloud``...), a disk path or http(s) URL -> :class:`Image`."""
+    from .debian import build_debian, debian_names, parse_debian_name
+
+    debian = parse_debian_name(spec)
+    if debian is not None:
+        return build_debian(cache, variant=debian.variant, release=debian.release)
     if spec == "arch":
         return fetch_arch(cache)
     if re.match(r"^https?://", spec):
@@ -372,8 +281,8 @@ def resolve_image(spec: str, cache: Path) -> Image:
         return Image(name=disk.name, disk=disk, disk_format=disk_format_of(disk), key=f"url-{key}", cloud_init=True)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UsageError(f"--vm-image {spec!r} is neither arch, debian, debian-cloud, an existing file nor an "
-                         "http(s) URL")
+        raise UsageError(f"--vm-image {spec!r} is neither arch, {', '.join(debian_names())}, an existing file "
+                         "nor an http(s) URL")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return Image(name=path.name, disk=path.resolve(), disk_format=disk_format_of(path), key=f"file-{key}",

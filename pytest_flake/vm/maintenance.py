@@ -15,7 +15,8 @@ from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
-from .images import debian_image_dir, image_cache
+from .debian import debian_image_dir, parse_debian_name
+from .images import image_cache
 from .qemuuser import QemuUser
 from .remote import BASE_PREFIX, POOL, POOL_DIR, is_remote, referenced_volumes, sweep_volumes
 from .warm import WARM_ENV, WarmStore, warm_enabled
@@ -172,6 +173,14 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
     elif settings.vm_image == "debian-cloud":
         lines.append((False, "debian-cloud image not built yet (built on first use: 2-4 min, needs root and "
                              "debootstrap)"))
+    chosen = parse_debian_name(settings.vm_image)
+    if chosen is not None and chosen.release != "bookworm":
+        folder = debian_image_dir(cache, chosen.variant, chosen.release)
+        if (folder / "disk.qcow2").is_file():
+            lines.append((True, f"{chosen.name} image ({chosen.about}) cached in {folder}"))
+        else:
+            lines.append((False, f"{chosen.name} image ({chosen.about}) not built yet (built on first use: "
+                                 "1.5-3 min, needs root and debootstrap)"))
     arch = sorted((cache / "arch").glob("*.qcow2")) if (cache / "arch").is_dir() else []
     if arch:
         lines.append((True, f"arch image cached: {arch[-1].name}"))

@@ -138,13 +138,15 @@ SERVICE = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("image", ["debian", "debian-trixie", "debian-sid"])
 def test_service_fixture_portable_target_in_a_container(pytester: pytest.Pytester, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
-                                                        flake_containers: ContainerPool) -> None:
-    """--flake-portable-host nspawn moves the service fixture's portable target into a systemd container."""
+                                                        flake_containers: ContainerPool, image: str) -> None:
+    """--flake-portable-host nspawn moves the service fixture's portable target into a systemd container
+    (of each release: systemd 252, 257, 262)."""
     pytester.makepyfile(test_service=SERVICE)
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
-    monkeypatch.setenv("PYTEST_FLAKE_CONTAINER_IMAGE", str(flake_containers.tree().root))
+    monkeypatch.setenv("PYTEST_FLAKE_CONTAINER_IMAGE", str(flake_containers.tree(image).root))
     result = pytester.runpytest_subprocess(f"--flake={REF}", "--flake-portable-host=nspawn",
                                            "--flake-targets=portable", "-p", "no:cacheprovider", "-p", "no:randomly",
                                            "-v")

@@ -54,7 +54,8 @@ def test_header_names_system_nix_docker_and_vm_settings(pytester: pytest.Pyteste
     result = pytester.runpytest("--vm-image", "debian", "--flake-system", "aarch64-linux")
     result.stdout.fnmatch_lines([
         "pytest-flake: docker: unix:///tmp/test-docker.sock (from $DOCKER_HOST)",
-        "pytest-flake: libvirt: *; vm image: debian (from --vm-image); accel: tcg (from ini vm_accel)",
+        "pytest-flake: libvirt: *; vm image: debian (Debian 12, systemd 252; from --vm-image); "
+        "accel: tcg (from ini vm_accel)",
         "collected 1 item",
         "pytest-flake: system: aarch64-linux, nix 2.*",
     ])

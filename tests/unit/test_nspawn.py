@@ -147,7 +147,7 @@ def test_resolve_tree_rejects_what_cannot_boot(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"'/path/that/does/not/exist': /path/that/does/not/exist does not exist"):
         trees.resolve_tree("/path/that/does/not/exist", tmp_path)
     (tmp_path / "notes.txt").write_text("not a tree\n")
-    with pytest.raises(UsageError, match=r"'notes.txt' is neither 'debian', a directory nor a tarball"):
+    with pytest.raises(UsageError, match=r"'notes.txt' is neither debian, debian-trixie, debian-sid, a directory"):
         trees.resolve_tree("notes.txt", tmp_path, invocation_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="not an OS tree"):

@@ -80,4 +80,4 @@ def test_options_have_ini_twins_env_and_choices(inner: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--flake-portable-host*invalid choice*'lxc'*"])
     inner.makeini("[pytest]\ncontainer_image = debian\nflake_portable_host = nspawn\n")
     result = inner.runpytest("--help")
-    result.stdout.fnmatch_lines(["*--container-image=debian|DIR|TARBALL*", "*--flake-portable-host=*"])
+    result.stdout.fnmatch_lines(["*--container-image=NAME|DIR|TARBALL*", "*--flake-portable-host=*"])

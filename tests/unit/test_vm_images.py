@@ -212,7 +212,7 @@ def test_the_shipped_arch_recipe() -> None:
 
 def test_debian_recipe_hash_follows_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(vm.RECIPES, tmp_path / "vms")
-    monkeypatch.setattr("pytest_flake.vm.images.RECIPES", tmp_path / "vms")
+    monkeypatch.setattr("pytest_flake.vm.debian.RECIPES", tmp_path / "vms")
     before = vm.debian_recipe_hash()
     assert vm.debian_image_dir(tmp_path) == tmp_path / f"debian-{before}"
     packages = tmp_path / "vms" / "debian" / "packages.txt"

@@ -1,7 +1,11 @@
 #!/bin/bash
-# Build the pytest-flake Debian bookworm test image, offline-friendly and without mounting.
+# Build a pytest-flake Debian test image, offline-friendly and without mounting its disk.
 #
-#   build.sh OUTDIR [plain|cloud]
+#   build.sh OUTDIR [plain|cloud] [bookworm|trixie|sid]
+#
+# The release (default bookworm) picks the suite: bookworm is Debian 12 (systemd 252, "debian"),
+# trixie Debian 13 (systemd 257, "debian-trixie"), sid Debian unstable (systemd 262,
+# "debian-sid"); each image boots its own release's kernel.
 #
 # Writes into OUTDIR (which must not exist yet; the caller renames it into the cache):
 #   disk.qcow2     plain: the root file system (ext4, no partition table: root=/dev/vda), grown
@@ -12,26 +16,39 @@
 #   hostkeys.pub   the guest's SSH host public keys, so the host can check them (cloud: empty:
 #                  the image has no host keys, the plugin hands them over in the cloud-init seed)
 #   cmdline        the kernel command line to boot with
+#   release        the release it was built from, and the systemd version in it
 #
-# The cloud variant ("debian-cloud") is the nearest check of the Arch path that works offline:
-# Debian's cloud-init (packages-cloud.txt) reads the same NoCloud seed the Arch image gets, and
-# a stand-in for Arch's pacman-init.service sits in /etc/systemd/system, where `systemctl mask`
-# cannot replace it, so the seed must skip it another way.
+# The cloud variant ("debian-cloud", "debian-trixie-cloud", "debian-sid-cloud") is the nearest
+# check of the Arch path that works offline: Debian's cloud-init (packages-cloud.txt) reads the
+# same NoCloud seed the Arch image gets, and a stand-in for Arch's pacman-init.service sits in
+# /etc/systemd/system, where `systemctl mask` cannot replace it, so the seed must skip it another way.
 #
-# Everything about an image is in this file and in its package lists: pytest-flake hashes them,
-# so any change here rebuilds the image, and with it any saved state made from it.
-# Needs root (debootstrap), debootstrap, mkfs.ext4 (e2fsprogs >= 1.43 for -d), qemu-img.
+# Packages: a minbase debootstrap, then apt in a chroot installs packages.txt (every release),
+# packages-RELEASE.txt (what differs by release) and, for cloud, packages-cloud.txt. apt, because
+# `debootstrap --include` does not resolve virtual packages (sid's perl-dbdabi-94 stops it). The
+# mirror's unstable is a frozen snapshot whose Release file has expired, so apt is told not to
+# check Valid-Until (debootstrap does not check it).
+#
+# Everything about an image is in this file and in its package lists: pytest-flake hashes them
+# (with the release), so any change here rebuilds the image, and with it any saved state made from it.
+# Needs root (debootstrap, chroot, mount), debootstrap, mkfs.ext4 (e2fsprogs >= 1.43 for -d), qemu-img.
 # DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
 set -euo pipefail
 
-out=${1:?usage: build.sh OUTDIR [plain|cloud]}
+out=${1:?usage: build.sh OUTDIR [plain|cloud] [bookworm|trixie|sid]}
 variant=${2:-plain}
+suite=${3:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-suite=bookworm
+case $suite in
+    bookworm|trixie|sid) ;;
+    *) echo "build.sh: unknown release $suite (bookworm, trixie or sid)" >&2; exit 2 ;;
+esac
+lists=("$here/packages.txt")
+[ ! -f "$here/packages-$suite.txt" ] || lists+=("$here/packages-$suite.txt")
 case $variant in
-    plain) size=${DEBIAN_IMAGE_SIZE:-4G}; lists=("$here/packages.txt") ;;
-    cloud) size=${DEBIAN_IMAGE_SIZE:-2G}; lists=("$here/packages.txt" "$here/packages-cloud.txt") ;;
+    plain) size=${DEBIAN_IMAGE_SIZE:-4G} ;;
+    cloud) size=${DEBIAN_IMAGE_SIZE:-2G}; lists+=("$here/packages-cloud.txt") ;;
     *) echo "build.sh: unknown variant $variant (plain or cloud)" >&2; exit 2 ;;
 esac
 
@@ -39,17 +56,53 @@ esac
 [ ! -e "$out" ] || { echo "build.sh: $out exists" >&2; exit 2; }
 
 work=$(mktemp -d "${out}.work.XXXXXX")
-trap 'rm -rf "$work"' EXIT
 root=$work/root
 
-packages=$(cat "${lists[@]}" | grep -v '^#' | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+# What is mounted below the work folder, deepest first (a bind of /dev must never be removed through).
+unmount_all() {
+    local target
+    awk -v top="$work" '$2 == top || index($2, top "/") == 1 { print $2 }' /proc/self/mounts | sort -r |
+        while read -r target; do umount "$target" 2>/dev/null || umount -l "$target"; done
+}
+cleanup() {
+    unmount_all
+    if awk -v top="$work" '$2 == top || index($2, top "/") == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+        echo "build.sh: cannot unmount what is mounted below $work; not removing it" >&2
+        return
+    fi
+    rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
 
-echo "debootstrap $suite ($packages)" >&2
-debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+packages=$(cat "${lists[@]}" | grep -v '^#' | tr -s ' \n' ' ' | sed 's/^ //; s/ $//')
+
+echo "debootstrap $suite (minbase)" >&2
+debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
     tail -n 40 "$work/debootstrap.log" >&2
     [ -f "$root/debootstrap/debootstrap.log" ] && tail -n 40 "$root/debootstrap/debootstrap.log" >&2
     exit 1
 }
+
+echo "apt-get install ($packages)" >&2
+# dracut (sid's initramfs generator, if it is the one) must not build for this host's hardware only
+mkdir -p "$root/etc/dracut.conf.d"
+printf 'hostonly="no"\n' >"$root/etc/dracut.conf.d/10-pytest-flake.conf"
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"  # no daemon starts in the chroot
+chmod 755 "$root/usr/sbin/policy-rc.d"
+mount -t proc proc "$root/proc"
+mount --bind /dev "$root/dev"
+mount --bind /dev/pts "$root/dev/pts"
+apt=(chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Check-Valid-Until=false
+     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+# shellcheck disable=SC2086  # one word per package
+{ "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends $packages; } >"$work/apt.log" 2>&1 || {
+    tail -n 40 "$work/apt.log" >&2
+    exit 1
+}
+"${apt[@]}" clean >/dev/null 2>&1
+unmount_all
+rm -f "$root/usr/sbin/policy-rc.d"
+systemd_version=$(chroot "$root" dpkg-query -W -f '${Version}' systemd)
 
 echo "configure" >&2
 echo pf-debian >"$root/etc/hostname"
@@ -133,9 +186,11 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/
 mkdir "$work/out"
 cp "$root"/boot/vmlinuz-* "$work/out/vmlinuz"
 cp "$root"/boot/initrd.img-* "$work/out/initrd.img"
+chmod 644 "$work/out/vmlinuz" "$work/out/initrd.img"  # QEMU's user reads them (dracut writes its initrd 0600)
 mv "$work/hostkeys.pub" "$work/out/hostkeys.pub"
 rootdev=/dev/vda
 [ "$variant" = plain ] || rootdev=/dev/vda1
+printf 'release=%s\nsystemd=%s\n' "$suite" "$systemd_version" >"$work/out/release"
 echo "root=$rootdev rw console=ttyS0,115200 quiet systemd.show_status=auto net.ifnames=1" >"$work/out/cmdline"
 
 echo "mkfs.ext4 -d ($size)" >&2
