@@ -76,7 +76,7 @@ def _check(release: str, variant: str) -> None:
 def recipe_files(variant: str = "plain", release: str = "bookworm") -> list[Path]:
     """The files ``build.sh`` reads for a release and variant (the builder first)."""
     folder = RECIPES / "debian"
-    files = [folder / "build.sh", folder / "packages.txt"]
+    files = [folder / "build.sh", folder / "private-dev.sh", folder / "packages.txt"]
     if (folder / f"packages-{release}.txt").is_file():
         files.append(folder / f"packages-{release}.txt")
     if variant == "cloud":

@@ -73,6 +73,8 @@ cleanup() {
     rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
+# shellcheck source=private-dev.sh
+. "$here/private-dev.sh"
 
 packages=$(cat "${lists[@]}" | grep -v '^#' | tr -s ' \n' ' ' | sed 's/^ //; s/ $//')
 
@@ -90,8 +92,7 @@ printf 'hostonly="no"\n' >"$root/etc/dracut.conf.d/10-pytest-flake.conf"
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"  # no daemon starts in the chroot
 chmod 755 "$root/usr/sbin/policy-rc.d"
 mount -t proc proc "$root/proc"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
+private_dev "$root"  # never the host's /dev: maintainer scripts would change its nodes
 apt=(chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Check-Valid-Until=false
      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 # shellcheck disable=SC2086  # one word per package
