@@ -62,7 +62,7 @@ class PrivateDockerd:
                              start_new_session=True)
         deadline = time.monotonic() + 120
         while subprocess.run(["docker", "--host", self.url, "version"], capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, (self.base / "dockerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (self.base / "dockerd.log").read_text()[:3000]
             time.sleep(0.5)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -92,6 +92,9 @@ class PrivateDockerd:
         deadline = time.monotonic() + 30
         while self.processes() and time.monotonic() < deadline:
             time.sleep(0.2)
+        # a killed containerd may stay a zombie (its new parent may never reap it): a pid file naming it
+        # makes the new dockerd wait for a containerd that is not there
+        (self.base / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
 
     def remove(self) -> None:
         self.kill(signal.SIGTERM)
