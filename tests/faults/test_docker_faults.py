@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from .inner import inner_session
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("nix")]
 
@@ -146,22 +148,11 @@ def test_a_daemon_killed_mid_test_fails_it_in_one_line_and_is_swept_later(
     monkeypatch.setenv("DOCKER_HOST", dockerd.url)
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
     argv = [sys.executable, "-m", "pytest", f"--flake=path:{EXAMPLE}", "-p", "no:cacheprovider"]
-    inner = subprocess.Popen([*argv, "test_inner.py::test_daemon_dies"], cwd=pytester.path, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 240
-        while not (signals / "up").exists():
-            assert inner.poll() is None, inner.communicate()[0]
-            assert time.monotonic() < deadline, "the container never ran"
-            time.sleep(0.2)
-        session = (signals / "up").read_text()
+    with inner_session([*argv, "test_inner.py::test_daemon_dies"], pytester.path) as inner:
+        session = inner.wait_for(signals / "up")
         dockerd.kill()
         (signals / "killed").write_text("")
-        out, _ = inner.communicate(timeout=120)
-    finally:
-        if inner.poll() is None:
-            inner.kill()
-            inner.communicate()
+        out = inner.finish()
     assert "1 failed" in out, out
     line = next(line for line in out.splitlines() if line.startswith("DockerError: "))
     assert line.startswith(f"DockerError: container {session}-web-server-1: 'true': the Docker daemon at "

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import pytest
 from pytest_flake.session import alive
 from tests.integration.otherhost import OtherHost, OtherHostUnavailable, check_tools, other_host
 from tests.integration.test_remote_docker import REMOTE_TESTS
+
+from .inner import inner_session
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 pytestmark = [pytest.mark.docker]
@@ -75,24 +75,13 @@ def test_a_killed_ssh_master_fails_the_test_in_one_line_and_is_swept_later(
     monkeypatch.setenv("SIGNALS", str(signals))
     test_file = pytester.makepyfile(test_inner=INNER)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:randomly"]
-    inner = subprocess.Popen(oh.user_argv([*argv, f"{test_file}::test_master_killed"]), cwd=pytester.path,
-                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 600
-        while not (signals / "up").exists():
-            assert inner.poll() is None, inner.communicate()[0]
-            assert time.monotonic() < deadline, "the container never ran there"
-            time.sleep(0.2)
-        facts = json.loads((signals / "up").read_text())
+    with inner_session(oh.user_argv([*argv, f"{test_file}::test_master_killed"]), pytester.path) as inner:
+        facts = json.loads(inner.wait_for(signals / "up", seconds=600))
         assert facts["masters"], "no ssh master carried the session: this test would prove nothing"
         for pid in facts["masters"]:
             os.kill(pid, signal.SIGKILL)
         (signals / "killed").write_text("")
-        out, _ = inner.communicate(timeout=180)
-    finally:
-        if inner.poll() is None:
-            inner.kill()
-            inner.communicate()
+        out = inner.finish()
     assert "1 failed" in out, out
     line = next(line for line in out.splitlines() if line.startswith("SSHError: "))
     assert line.startswith(f"SSHError: container {facts['container']}: 'true': ssh to pf-otherhost: the master "

@@ -8,17 +8,16 @@ the host's loop devices are as they were found and no container is left.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from pytest_flake.nspawn import ContainerPool
 from pytest_flake.nspawn.maintenance import _nspawn_processes
+
+from .inner import inner_session
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 
@@ -60,17 +59,6 @@ def _argv(pytester: pytest.Pytester, test: str) -> list[str]:
             "-p", "no:randomly", f"test_sessions.py::{test}"]
 
 
-def _wait_for(path: Path, process: subprocess.Popen[str], seconds: float = 180) -> str:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if process.poll() is not None:
-            out, _ = process.communicate()
-            pytest.fail(f"the first session ended early:\n{out}")
-        assert time.monotonic() < deadline, f"{path.name} never came"
-        time.sleep(0.2)
-    return path.read_text()
-
-
 def test_a_sweep_while_another_session_runs_takes_nothing_of_it(pytester: pytest.Pytester, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 flake_containers: ContainerPool) -> None:
@@ -81,10 +69,8 @@ def test_a_sweep_while_another_session_runs_takes_nothing_of_it(pytester: pytest
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("PYTEST_FLAKE_CONTAINER_IMAGE", str(flake_containers.tree().root))
     before = host_loops()
-    first = subprocess.Popen(_argv(pytester, "test_first"), cwd=pytester.path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    try:
-        first_id = _wait_for(signals / "first", first)
+    with inner_session(_argv(pytester, "test_first"), pytester.path) as first:
+        first_id = first.wait_for(signals / "first", seconds=180)
         killed = pytester.run(*_argv(pytester, "test_killed"), timeout=240)
         assert killed.ret not in (0, 1), killed.stdout.str()  # died by SIGKILL, not by a failed test
         killed_id = (signals / "killed").read_text()
@@ -96,12 +82,9 @@ def test_a_sweep_while_another_session_runs_takes_nothing_of_it(pytester: pytest
         assert _nspawn_processes([f"{killed_id}-"]) == []
         assert _nspawn_processes([f"{first_id}-"]) != []  # ...and its container still runs
         (signals / "go").write_text("")
-        out, _ = first.communicate(timeout=240)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-    assert first.returncode == 0, out
+        out = first.finish(timeout=240)
+        returncode = first.process.returncode
+    assert returncode == 0, out
     assert "1 passed" in out, out
     assert _nspawn_processes([f"{first_id}-"]) == []
     assert host_loops() == before
