@@ -37,8 +37,8 @@ from .errors import (
     format_choices,
     tail,
 )
-from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, normalize_ref
-from .nixrun import OUTPUT_GROUPS, Programs, _link_name, _nix_string
+from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, nix_string, normalize_ref
+from .nixrun import OUTPUT_GROUPS, Programs, _link_name
 from .process import Process
 from .xdist import Run
 
@@ -269,7 +269,7 @@ class Flake(Programs):
     def _names_under(self, group: str) -> list[str]:
         key = (self.ref, "outputs" if group == "packages" else f"names|{group}")
         if key not in self._evals:
-            system = _nix_string(self.system)
+            system = nix_string(self.system)
             proc = self.nix.run(["eval", "--json", f"{self.ref}#{group}", "--apply",
                                  f"g: if g ? {system} then builtins.attrNames g.{system} else null"],
                                 check=False)

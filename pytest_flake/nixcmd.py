@@ -202,6 +202,13 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
             continue
 
 
+def nix_string(value: str) -> str:
+    """``value`` as a Nix string literal (quotes, backslashes and ``${`` escaped)."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+               .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
 def normalize_ref(ref: str, invocation_dir: Path) -> tuple[str, Path | None]:
     """Turn a user's flake ref into one Nix accepts, and the local directory if any.
 

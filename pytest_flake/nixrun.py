@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import nixerrors
 from .errors import MissingOutputError, NixError, UsageError, format_choices, tail
+from .nixcmd import nix_string
 
 if TYPE_CHECKING:
     from .nix import Build
@@ -33,13 +34,6 @@ OUTPUT_GROUPS = (
     "packages", "legacyPackages", "checks", "apps", "devShells", "nixosConfigurations",
     "defaultPackage", "defaultApp", "hydraJobs", "formatter", "overlays", "nixosModules", "lib",
 )
-
-
-def _nix_string(value: str) -> str:
-    """``value`` as a Nix string literal (quotes, backslashes and ``${`` escaped)."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-               .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
-    return f'"{escaped}"'
 
 
 # Everything `nix run` decides on, in one evaluation: the first candidate attribute that
@@ -119,8 +113,8 @@ class Programs:
         candidates = self._run_candidates(attr)
         key = (self.ref, "run|" + ",".join(candidates))
         if key not in self._evals:
-            paths = " ".join("[ " + " ".join(_nix_string(part) for part in c.split(".")) + " ]" for c in candidates)
-            expr = _RUN_FACTS.replace("@REF@", _nix_string(self.ref)).replace("@CANDIDATES@", f"[ {paths} ]")
+            paths = " ".join("[ " + " ".join(nix_string(part) for part in c.split(".")) + " ]" for c in candidates)
+            expr = _RUN_FACTS.replace("@REF@", nix_string(self.ref)).replace("@CANDIDATES@", f"[ {paths} ]")
             # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode.
             proc = self.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
             if proc.returncode != 0 and "requires lock file changes" in proc.stderr:
@@ -148,7 +142,7 @@ class Programs:
         """The facts of :data:`_RUN_FACTS`, one ``nix eval REF#candidate`` at a time, until one exists."""
         proc: subprocess.CompletedProcess[str] | None = None
         for candidate in candidates:
-            path = "[ " + " ".join(_nix_string(part) for part in candidate.split(".")) + " ]"
+            path = "[ " + " ".join(nix_string(part) for part in candidate.split(".")) + " ]"
             proc = self.nix.run(["eval", "--json", f"{self.ref}#{candidate}", "--apply",
                                  f"v: {{ found = {path}; }} // {_FACTS} {path} v"], check=False)
             if proc.returncode == 0 or "does not provide attribute" not in proc.stderr:

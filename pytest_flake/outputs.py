@@ -27,6 +27,7 @@ from typing import Any
 
 from ._host import SNIFF_BYTES, run_tool, sniff
 from .errors import CheckFailed, FlakeError, MissingToolError, NixError, UsageError, format_choices, tail
+from .nixcmd import nix_string
 from .portable.units import UNIT_DIRS, UNIT_SUFFIXES, parse_unit
 
 log = logging.getLogger("pytest_flake")
@@ -90,11 +91,6 @@ in {
 """
 
 
-def _nix_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${").replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
 @dataclass(frozen=True)
 class Output:
     """One output of the flake, as ``--flake-check`` tests it.
@@ -122,7 +118,7 @@ class Output:
 def inventory(flake: Any) -> list[Output]:
     """Every output of ``flake`` (a :class:`~pytest_flake.nix.Flake`), in one ``nix eval``; packages unbuilt."""
     system = flake.system
-    expr = _INVENTORY.replace("@REF@", _nix_string(flake.ref)).replace("@SYSTEM@", _nix_string(system))
+    expr = _INVENTORY.replace("@REF@", nix_string(flake.ref)).replace("@SYSTEM@", nix_string(system))
     # --impure: getFlake of an unlocked ref (a local directory) is refused in pure mode
     proc = flake.nix.run(["eval", "--json", "--impure", "--expr", expr], check=False)
     if proc.returncode != 0:
