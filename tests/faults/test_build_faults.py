@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from .host import processes_with
+
 FLAKE = r'''
 {
   outputs = { self }: {
@@ -49,20 +51,6 @@ INNER = textwrap.dedent("""
 """)
 
 
-def _processes_with(token: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if token.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -73,7 +61,7 @@ def _children(pid: int) -> list[int]:
 def _kill_builder_when_it_runs(token: str, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the builder and what it started (its ``sleep``), as an OOM killer takes a build's processes."""
     while not stop.wait(0.2):
-        builders = [pid for pid in _processes_with(token) if _children(pid)]  # the shell, once its sleep runs
+        builders = [pid for pid in processes_with(token) if _children(pid)]  # the shell, once its sleep runs
         if builders:
             for pid in builders:
                 children = _children(pid)
@@ -108,7 +96,7 @@ def test_a_builder_killed_mid_build_fails_the_test_with_its_log(pytester: pytest
     # one line naming the cause: the build, and the signal that ended its builder
     result.stdout.fnmatch_lines(["BuildError: nix build path:*#packages.x86_64-linux.slow failed: *signal 9*"])
     result.stdout.fnmatch_lines(["*compiling part 1 of 9*"])  # the build log's tail is attached
-    assert _processes_with(token) == []  # no builder, no nix left
+    assert processes_with(token) == []  # no builder, no nix left
     # the next session passes
     monkeypatch.setenv("ATTR", "quick")
     again = pytester.runpytest_subprocess(f"--flake=path:{flake}", "-p", "no:cacheprovider", timeout=240)

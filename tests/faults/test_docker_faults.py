@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from .host import processes_with
 from .inner import inner_session
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
@@ -78,13 +79,7 @@ class PrivateDockerd:
 
     def processes(self) -> list[int]:
         """Every process of this daemon (dockerd, its containerd, shims): their command lines name its folder."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if str(self.base).encode() in (entry / "cmdline").read_bytes():
-                        found.append(int(entry.name))
-        return found
+        return processes_with(str(self.base))
 
     def stop_the_rest(self) -> None:
         """SIGKILL what the killed daemon left running (its containerd, the shims), as systemd ends a unit's cgroup."""

@@ -18,6 +18,8 @@ import pytest
 from pytest_flake.nspawn import ContainerPool
 from pytest_flake.nspawn.maintenance import _nspawn_processes
 
+from .host import host_loops, processes_with
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 LAUNCHER = Path(__file__).with_name("nodevloop.py")
 
@@ -39,10 +41,6 @@ INNER = textwrap.dedent("""
 """)
 
 
-def host_loops() -> list[str]:
-    return sorted(p.name for p in Path("/dev").iterdir() if p.name.startswith("loop"))
-
-
 def test_no_loop_control_fails_a_raw_image_in_one_line(pytester: pytest.Pytester, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        flake_containers: ContainerPool) -> None:
@@ -61,11 +59,5 @@ def test_no_loop_control_fails_a_raw_image_in_one_line(pytester: pytest.Pytester
     assert host_loops() == before
     assert Path("/dev/loop-control").exists()
     # no container of the inner session is left (other sessions' containers may run meanwhile)
-    assert [pid for pid in _nspawn_processes(["pf-"]) if str(tmp_path) in _cmdline(pid)] == []
+    assert set(_nspawn_processes(["pf-"])) & set(processes_with(str(tmp_path))) == set()
 
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""

@@ -17,6 +17,7 @@ import pytest
 from pytest_flake.nspawn import ContainerPool
 from pytest_flake.nspawn.maintenance import _nspawn_processes
 
+from .host import host_loops
 from .inner import inner_session
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
@@ -48,10 +49,6 @@ SESSIONS = textwrap.dedent("""
     def test_sweeper(systemd_container):
         systemd_container.succeed("true")
 """)
-
-
-def host_loops() -> list[str]:
-    return sorted(p.name for p in Path("/dev").iterdir() if p.name.startswith("loop"))
 
 
 def _argv(pytester: pytest.Pytester, test: str) -> list[str]:

@@ -14,13 +14,10 @@ import pytest
 
 from pytest_flake.nspawn import ContainerPool
 from pytest_flake.nspawn.maintenance import _nspawn_processes
+from tests.faults.host import host_loops
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 REF = f"path:{EXAMPLE}"
-
-
-def host_loops() -> list[str]:
-    return sorted(p.name for p in Path("/dev").iterdir() if p.name.startswith("loop"))
 
 
 INNER = textwrap.dedent(
