@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import FlakeError, MissingToolError, NotReady, tail
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 SETUP_HINT = "run scripts/setup or install it"
 

@@ -35,7 +35,7 @@ from .nodestate import (
 from .reporting import record_fact
 from .session import Session
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 # The VMs made for a test (the vm fixture's, the service fixture's portable target's): each is destroyed at
 # the test's end, so a portable service in one needs no detach first (portablectl detach takes 2-3 s in an

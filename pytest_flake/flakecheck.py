@@ -32,7 +32,7 @@ from .nodestate import evidence, session_flake, settings_of
 from .outputs import Output
 from .reporting import record_fact
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 PARALLEL_BUILDS = 4  # packages built at once at collection
 KIND_MARKERS: dict[str, tuple[str, ...]] = {outputs.DOCKER: ("docker",), outputs.PORTABLE: ("portable",)}

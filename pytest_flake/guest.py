@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from .errors import CheckFailed, CheckTimeout, FlakeTimeout, GiveUp, tail
 from .waiting import NotReady, wait_for
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 JOURNAL_TAIL = 30  # journal lines a failure carries

@@ -23,7 +23,7 @@ import requests
 from .errors import CheckFailed, FlakeTimeout
 from .waiting import wait_for
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 BODY_PREVIEW = 1024
 _MISSING = object()

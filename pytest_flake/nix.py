@@ -42,7 +42,7 @@ from .nixrun import OUTPUT_GROUPS, Programs, _link_name
 from .process import Process
 from .xdist import Run
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
 _STORE_SOURCE = re.compile(r"/nix/store/[0-9a-z]{32}-source(/[^\s:,']*)?")

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import FlakeTimeout, MissingToolError, NixError, tail
 from .nixerrors import NixVersion, parse_version
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 INSTALL_HINT = (

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .nixcmd import Nix
     from .xdist import Run
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 build_log = logging.getLogger("pytest_flake.nix")  # every line of every build log, as it comes
 
 # Top-level flake output groups: an attribute starting with one of these is a full path.

@@ -27,7 +27,7 @@ from .reporting import BuildStatus, record_fact
 from .session import Session, sweep_dead_sessions
 from .xdist import Run
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey[Session]()

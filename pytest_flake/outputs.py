@@ -30,7 +30,7 @@ from .errors import CheckFailed, FlakeError, MissingToolError, NixError, UsageEr
 from .nixcmd import nix_string
 from .portable.units import UNIT_DIRS, UNIT_SUFFIXES, parse_unit
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 # what an output is, and so what its item does
 CHECK, PROGRAM, DATA, DOCKER, UNITS, PORTABLE, APP, OTHER, BROKEN = (

@@ -50,7 +50,7 @@ from .reporting import attach_evidence, describe_error
 from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
 from .xdist import WORKERINPUT_KEY, Run, group_for
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 # the fixtures this plugin registers (pytest finds them as names of this module)
 FIXTURES = (

@@ -24,7 +24,7 @@ from .errors import ProcessError, ProcessExited, UsageError, tail
 from .session import start_time
 from .waiting import free_port, port_open, wait_for
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 

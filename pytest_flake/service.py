@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .portable import PortableService
     from .process import Process
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 TARGETS = ("local", "docker", "portable")
 # the markers each variant of a service test carries (so -m "not vm" drops the portable one)

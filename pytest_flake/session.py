@@ -25,7 +25,7 @@ from .errors import InfrastructureError, counted
 if TYPE_CHECKING:
     from .xdist import Run
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 LABEL = "pytest-flake.session"
 PREFIX = "pf-"

@@ -35,7 +35,7 @@ from .errors import SSHError, tail
 from .session import start_time
 from .waiting import NotReady, free_port, wait_for
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 SSH = "ssh"
 # unix socket paths hold at most 107 bytes; ssh binds ``ControlPath`` plus a 17-byte random suffix first

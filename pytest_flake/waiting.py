@@ -18,7 +18,7 @@ import tenacity
 from ._host import free_port, port_answers, port_open
 from .errors import FlakeTimeout, NotReady, add_note
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

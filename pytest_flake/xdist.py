@@ -40,7 +40,7 @@ from typing import Any
 from ._host import locked, write_atomic
 from .session import alive, start_time, state_dir
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 RUNS = "runs"
 WORKERINPUT_KEY = "pytest_flake_run"  # node.workerinput[...]: what a worker needs to join the run

@@ -31,7 +31,7 @@ from typing import IO, Any
 from .._host import SNIFF_BYTES, describe_dir, describe_file, sniff
 from ..errors import DockerError, MissingToolError, UsageError, tail
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 KIND_TAR = "docker-archive"

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .daemon import Docker, Image
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 
 def _podman_hint(daemon: Any, text: str) -> str | None:

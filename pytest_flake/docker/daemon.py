@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..tunnel import SSHHost
     from ..xdist import Run
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 # the daemon's socket on the other host of a ``ssh://`` endpoint (what ``docker system dial-stdio`` dials there)

@@ -28,7 +28,7 @@ from .calls import daemon_call
 if TYPE_CHECKING:
     from .container import Container
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 
 def container_shell(container: Container) -> list[str]:

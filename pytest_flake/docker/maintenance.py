@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..components import Check
     from ..config import Settings
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 
 class DockerComponent:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._host import locked, write_atomic
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from ..session import Session
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 10.0

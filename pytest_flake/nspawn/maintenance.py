@@ -28,7 +28,7 @@ from .trees import MARKER, debian_tree_dir, drop_copy
 if TYPE_CHECKING:
     from ..config import Settings
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "apt-get install systemd-container (scripts/setup does it)"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import InfrastructureError
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 BUFFER = 65536

@@ -29,7 +29,7 @@ from .._host import locked, reflink_copy, run_tool
 from ..errors import NspawnError, UsageError
 from . import loops
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 MARKER = ".pytest-flake-tree"
 TREE_VERSION = "2"  # of what _prepare_for_containers does to the Debian tree: a change makes a new tree

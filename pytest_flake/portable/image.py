@@ -19,7 +19,7 @@ from .._host import SNIFF_BYTES, describe_file, run_tool, sniff
 from ..errors import PortableError, format_choices
 from .units import OS_RELEASE, UNIT_DIRS, UNIT_SUFFIXES, matches_prefix, parse_os_release
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 STORE_HASH = re.compile(r"^[0-9a-df-np-sv-z]{32}-")  # a Nix store path's "<hash>-" (nix base32)
 IMAGE_HINT = "pass a portableService output, a NAME_VERSION.raw file or an image directory (with os-release)"

@@ -31,7 +31,7 @@ from ..waiting import NotReady, wait_for
 from .image import PortableImage, squash_directory
 from .units import parse_environment
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 REMOTE_DIR = "/root"
 PORTABLECTL_HINT = ("install systemd-container in the guest (Debian/Ubuntu: apt-get install systemd-container; "

@@ -14,7 +14,7 @@ from pathlib import Path
 from .._host import run_tool
 from ..errors import VMError
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger("pytest_flake.vm")  # the vm package's one logger: its modules log through it
 
 
 def _recipes() -> Path:

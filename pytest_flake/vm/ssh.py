@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError, VMError
 
-log = logging.getLogger("pytest_flake")
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import paramiko
