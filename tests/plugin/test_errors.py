@@ -130,10 +130,16 @@ def test_program_exits_before_its_port_opens(pytester: pytest.Pytester, tiny_fla
 
 
 HTTP_SERVER = """
+    import logging
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import pytest
+
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # into the test's log, not onto the terminal
+            logging.getLogger("server").warning("a request from %s failed", client_address, exc_info=True)
 
 
     class Handler(BaseHTTPRequestHandler):
@@ -153,7 +159,7 @@ HTTP_SERVER = """
 
     @pytest.fixture
     def base():
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         yield f"http://127.0.0.1:{server.server_address[1]}"
         server.shutdown()

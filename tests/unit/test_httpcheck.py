@@ -8,12 +8,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from pytest_flake.errors import CheckFailed
 from pytest_flake.httpcheck import HttpChecker
+from tests.httpserver import LoggingHTTPServer, serving
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -52,12 +53,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send(201 if data else 400, b"created " + data)
 
 
-def serve(port: int = 0) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return server
-
-
 @contextlib.contextmanager
 def refusing_port() -> Iterator[int]:
     """A port held by a bound socket that never listens: connections are refused, and no other program can take it."""
@@ -68,10 +63,8 @@ def refusing_port() -> Iterator[int]:
 
 @pytest.fixture
 def base() -> Iterator[str]:
-    server = serve()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture
@@ -191,7 +184,7 @@ def test_no_retry_when_retry_for_is_zero() -> None:
 
 def test_server_starting_late_is_reached(monkeypatch: pytest.MonkeyPatch) -> None:
     # the port is ours from the start (bound, not listening: refused); it listens from the third attempt on
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    server = LoggingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.server_bind()
     port = server.server_address[1]
     checker = HttpChecker(timeout=2)

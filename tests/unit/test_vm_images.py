@@ -8,7 +8,6 @@ import http.server
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from pytest_flake import vm
 from pytest_flake.errors import UsageError, VMError
+from tests.httpserver import LoggingHTTPServer, serving
 
 IMAGE = "latest/Arch-Linux-x86_64-cloudimg.qcow2"
 
@@ -28,7 +28,7 @@ class FakeMirror:
     root: str
     files: dict[str, bytes] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
-    server: http.server.ThreadingHTTPServer | None = None
+    server: LoggingHTTPServer | None = None
     after_get: Callable[[str], None] | None = None  # called after each GET with the path served
 
     def url(self, name: str) -> str:
@@ -71,14 +71,10 @@ def mirror() -> Iterator[FakeMirror]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.server = server
-    state.root = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as server:
+        state.server = server
+        state.root = f"http://127.0.0.1:{server.server_address[1]}"
+        yield state
 
 
 FAKE = b"QFI\xfb" + os.urandom(3 * 1024 * 1024)
