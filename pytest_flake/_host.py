@@ -2,7 +2,8 @@
 
 * :func:`run_tool` runs a program (an argv list, never a shell) with a timeout; a missing
   program is always :class:`MissingToolError`, a failure an error naming the command, its
-  exit code and the tail of its output.
+  exit code and the tail of its output. :func:`run_command` is the same run for a command
+  whose exit code the caller reads itself.
 * :func:`sniff` and :func:`describe_file` say what a file is by its first bytes, for
   "PATH is not an image: it is ..." messages.
 * :func:`port_open`, :func:`port_answers` (probes for :func:`~pytest_flake.waiting.wait_for`)
@@ -37,6 +38,42 @@ SETUP_HINT = "run scripts/setup or install it"
 # --------------------------------------------------------------------------- running tools
 
 
+def run_command(
+    argv: Sequence[str],
+    *,
+    what: str,
+    timeout: float | None = None,
+    error: type[FlakeError] = FlakeError,
+    hint: str = SETUP_HINT,
+    input: str | None = None,  # noqa: A002 (subprocess.run's name)
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a host program and return it completed, whatever its exit code (the caller judges it).
+
+    For the commands whose exit code is an answer (``umount`` that may fall back, a probe); fails
+    like :func:`run_tool` otherwise: a missing program is :class:`MissingToolError` with ``hint``,
+    a run past ``timeout`` seconds or one that cannot start is ``error``.
+    """
+    args = [str(arg) for arg in argv]
+    if not args:
+        raise ValueError("run_tool: empty argv")
+    if not os.path.isabs(args[0]) and shutil.which(args[0]) is None:
+        raise MissingToolError(f"{what}: {args[0]} is not installed", hint=hint)
+    command = shlex.join(args)
+    log.debug("run: %s", command)
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False,
+                              input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                              env=dict(env) if env is not None else None, cwd=cwd)
+    except FileNotFoundError as exc:
+        raise MissingToolError(f"{what}: {args[0]} is not installed", hint=hint) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what}: {command} did not finish in {timeout:g}s") from exc
+    except OSError as exc:
+        raise error(f"{what}: cannot run {command}: {exc.strerror or exc}") from exc
+
+
 def run_tool(
     argv: Sequence[str],
     *,
@@ -55,25 +92,9 @@ def run_tool(
     non-zero, runs past ``timeout`` seconds or cannot be started raises ``error`` naming
     the command and its exit code, with the tail of its output as a note.
     """
-    args = [str(arg) for arg in argv]
-    if not args:
-        raise ValueError("run_tool: empty argv")
-    if not os.path.isabs(args[0]) and shutil.which(args[0]) is None:
-        raise MissingToolError(f"{what}: {args[0]} is not installed", hint=hint)
-    command = shlex.join(args)
-    log.debug("run: %s", command)
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              env=dict(env) if env is not None else None, cwd=cwd)
-    except FileNotFoundError as exc:
-        raise MissingToolError(f"{what}: {args[0]} is not installed", hint=hint) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise error(f"{what}: {command} did not finish in {timeout:g}s") from exc
-    except OSError as exc:
-        raise error(f"{what}: cannot run {command}: {exc.strerror or exc}") from exc
+    proc = run_command(argv, what=what, timeout=timeout, error=error, hint=hint, input=input, env=env, cwd=cwd)
     if proc.returncode != 0:
-        raise error(f"{what}: {command} exited with {proc.returncode}",
+        raise error(f"{what}: {shlex.join(proc.args)} exited with {proc.returncode}",
                     details=tail((proc.stdout or "") + (proc.stderr or ""), 30))
     return proc.stdout
 
@@ -277,5 +298,5 @@ def write_private(path: Path, data: bytes | str) -> Path:
 
 __all__ = [
     "SNIFF_BYTES", "describe_dir", "describe_file", "free_port", "locked", "port_answers", "port_open",
-    "reflink_copy", "run_tool", "sniff", "write_atomic", "write_private",
+    "reflink_copy", "run_command", "run_tool", "sniff", "write_atomic", "write_private",
 ]

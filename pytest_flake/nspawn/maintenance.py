@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._host import run_command
 from ..errors import counted
 from ..session import PREFIX
 from . import cgroups, loops
@@ -125,13 +126,11 @@ def sweep(dead_ids: Sequence[str], state_root: Path) -> list[str]:
 
 def doctor(settings: Settings) -> list[tuple[bool, str]]:
     """Pre-flight checks of systemd containers: each ``(ok, line)`` says what is fine or what to do."""
-    import subprocess
-
     reason = unavailable()
     if reason is not None:
         return [(False, f"nspawn: {reason}")]
     lines: list[tuple[bool, str]] = []
-    proc = subprocess.run(["systemd-nspawn", "--version"], capture_output=True, text=True, check=False)
+    proc = run_command(["systemd-nspawn", "--version"], what="systemd-nspawn --version", hint=INSTALL_HINT)
     lines.append((True, f"nspawn: {proc.stdout.splitlines()[0] if proc.stdout else 'systemd-nspawn'}"))
     loop_reason = loops.unavailable()
     lines.append((loop_reason is None, "nspawn: loop devices for portable .raw images: "

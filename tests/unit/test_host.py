@@ -59,6 +59,33 @@ def test_run_tool_error_is_a_flake_error_by_default() -> None:
     assert type(raised.value) is FlakeError and "exited with 3" in str(raised.value)
 
 
+def test_run_command_returns_a_failed_run_for_the_caller_to_judge(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import os, sys; print(os.getcwd(), os.environ['PF_X'], sys.stdin.read());"
+            " sys.exit('no such mount')"]
+    done = _host.run_command(argv, what="umount", input="in", env={"PF_X": "x"}, cwd=tmp_path, error=VMError)
+    assert (done.returncode, done.stdout, done.stderr) == (1, f"{tmp_path} x in\n", "no such mount\n")
+    assert done.args == argv
+
+
+@pytest.mark.parametrize(("argv", "raised", "match"), [
+    pytest.param(["no-such-tool-pf"], MissingToolError, r"^probe: no-such-tool-pf is not installed \(apt-get it\)$",
+                 id="missing"),
+    pytest.param([sys.executable, "-c", "import time; time.sleep(30)"], VMError, "did not finish in 0.2s",
+                 id="timeout"),
+])
+def test_run_command_fails_like_run_tool_when_it_cannot_run(argv: list[str], raised: type[FlakeError],
+                                                            match: str) -> None:
+    with pytest.raises(raised, match=match):
+        _host.run_command(argv, what="probe", hint="apt-get it", timeout=0.2, error=VMError)
+
+
+def test_run_command_cannot_start_is_the_given_error(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(VMError, match=r"^probe: cannot run .*not-executable: Permission denied$"):
+        _host.run_command([str(script)], what="probe", error=VMError)
+
+
 # --------------------------------------------------------------------------- sniffing
 @pytest.mark.parametrize(("head", "kind"), [
     (b"\x7fELF\x02\x01\x01" + b"\0" * 60, "elf"),

@@ -266,6 +266,22 @@ def test_unavailable_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lines == [(False, f"nspawn: {reason}")]
 
 
+@pytest.mark.parametrize(("script", "line"), [
+    pytest.param('echo "systemd 999 (999.1-test)"; echo "+PAM +AUDIT"', "nspawn: systemd 999 (999.1-test)",
+                 id="version"),
+    pytest.param("exit 1", "nspawn: systemd-nspawn", id="silent"),
+])
+def test_doctor_names_the_systemd_nspawn_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str,
+                                                 line: str) -> None:
+    (tmp_path / "systemd-nspawn").write_text(f"#!/bin/sh\n{script}\n")
+    (tmp_path / "systemd-nspawn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(maintenance, "unavailable", lambda: None)
+    settings = type("Settings", (), {"container_image": str(tmp_path / "no-such-tree")})()
+    lines = maintenance.doctor(settings)
+    assert lines[0] == (True, line)
+
+
 def test_sweep_removes_a_dead_sessions_copies_and_restores_its_loops(tmp_path: Path, fake: FakeLoops,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "state"
