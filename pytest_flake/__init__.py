@@ -13,6 +13,7 @@ from .errors import (
     BuildError,
     CheckFailed,
     CheckTimeout,
+    CommandLineError,
     DockerError,
     EvalError,
     FlakeError,
@@ -40,9 +41,9 @@ from .process import Process
 __version__ = "0.1.0"
 
 __all__ = [
-    "Build", "BuildCancelled", "BuildError", "CheckFailed", "CheckTimeout", "DockerError", "EvalError", "Flake",
-    "FlakeError", "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands", "HttpChecker",
-    "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "NotReady", "NspawnError",
-    "PortableError", "Process", "ProcessError", "ProcessExited", "Response", "SSHError", "UsageError", "VMError",
-    "__version__",
+    "Build", "BuildCancelled", "BuildError", "CheckFailed", "CheckTimeout", "CommandLineError", "DockerError",
+    "EvalError", "Flake", "FlakeError", "FlakeTimeout", "FlakeWarning", "GiveUp", "Guest", "GuestCommands",
+    "HttpChecker", "InfrastructureError", "MissingOutputError", "MissingToolError", "NixError", "NotReady",
+    "NspawnError", "PortableError", "Process", "ProcessError", "ProcessExited", "Response", "SSHError",
+    "UsageError", "VMError", "__version__",
 ]

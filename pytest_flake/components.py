@@ -5,11 +5,12 @@ killed session may leave behind, and has things a pre-flight check should look a
 is a :class:`Component`: ``sweep(dead_ids, state_root)`` removes what the dead sessions
 ``dead_ids`` left (every resource carries its session's id) and says what it did, one short
 phrase per kind of resource (``2 containers stopped``), ``doctor(settings)`` returns
-``(ok, line)`` checks. The plugin's sweep (:func:`pytest_flake.session.sweep_dead_sessions`)
+``(ok, line)`` checks. The plugin's sweep (:func:`pytest_flake.sweep.sweep_dead_sessions`)
 and the doctor (:mod:`pytest_flake.doctor`) both walk :func:`components`, in the order of
 :data:`NAMES`.
 
-Each component lives in ``<package>.maintenance`` and provides ``component(settings) ->
+Each component lives with what it sweeps (``<package>.maintenance``; ``process`` and ``ssh`` in
+:mod:`pytest_flake.process` and :mod:`pytest_flake.tunnel`) and provides ``component(settings) ->
 Component``. The registry imports it only when a method is called, so a run that never
 sweeps nor asks the doctor imports no Docker SDK and no libvirt; an ``ImportError`` (an
 extra that is not installed) reaches the caller, which says which extra to install.
@@ -21,8 +22,6 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-from .errors import counted
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -46,41 +45,13 @@ class Component(Protocol):
 
 # name -> the module whose ``component(settings)`` makes it, in sweep and doctor order
 REGISTRY: tuple[tuple[str, str], ...] = (
-    ("process", "pytest_flake.components"),
+    ("process", "pytest_flake.process"),
+    ("ssh", "pytest_flake.tunnel"),
     ("docker", "pytest_flake.docker.maintenance"),
     ("vm", "pytest_flake.vm.maintenance"),
     ("nspawn", "pytest_flake.nspawn.maintenance"),
 )
 NAMES: tuple[str, ...] = tuple(name for name, _ in REGISTRY)
-
-
-class ProcessComponent:
-    """Local runs (``flake.run()``): the process groups a killed session recorded."""
-
-    name = "process"
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings
-
-    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
-        """Kill the process groups recorded under each dead session's directory (ssh masters among them)."""
-        from .process import sweep
-        from .tunnel import remove_sockets
-
-        killed = 0
-        for session_id in dead_ids:
-            killed += sweep(state_root / "sessions" / session_id)
-            remove_sockets(state_root / "sessions" / session_id)  # of a long session path: in the temp dir
-        return [counted(killed, "process group") + " (local runs, ssh masters) killed"] if killed else []
-
-    def doctor(self, settings: Settings) -> list[Check]:
-        """No checks of its own: a local run needs only Nix, which the doctor checks first."""
-        return []
-
-
-def component(settings: Settings | None = None) -> Component:
-    """The ``process`` component (local runs need no package of their own)."""
-    return ProcessComponent(settings)
 
 
 def _load(name: str, module_name: str, settings: Settings | None) -> Component:
@@ -128,5 +99,4 @@ def components(settings: Settings | None = None, names: Sequence[str] | None = N
     return [LazyComponent(name, module, settings) for name, module in REGISTRY if name in wanted]
 
 
-__all__ = ["NAMES", "REGISTRY", "Check", "Component", "LazyComponent", "ProcessComponent", "component",
-           "components"]
+__all__ = ["NAMES", "REGISTRY", "Check", "Component", "LazyComponent", "components"]

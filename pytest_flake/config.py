@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import CommandLineError, UsageError, format_choices
 
 VM_ACCELS = ("auto", "kvm", "tcg")
 # the Debian images built offline (pytest_flake.vm.debian): Debian 12, 13 and unstable, plain and cloud-init
@@ -27,6 +27,7 @@ IMAGE_ABOUT = {
     "debian-sid": "Debian unstable, systemd 262",
 }
 PORTABLE_HOSTS = ("vm", "nspawn")
+TARGETS = ("local", "docker", "portable")  # the forms of the service fixture (pytest_flake.service)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def parse_size(text: str) -> int:
 
 def _convert(opt: Option, raw: Any, source: str) -> Any:
     where = f"{opt.flag}" if source == "option" else (f"${opt.env}" if source == "env" else f"ini '{opt.name}'")
+    bad = CommandLineError if source == "option" else UsageError  # typed on the command line: fails at once
     if opt.kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -120,36 +122,49 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise UsageError(f"{where}={raw!r} is not a boolean", hint="use one of: 1, 0, true, false, yes, no")
+        raise bad(f"{where}={raw!r} is not a boolean", hint="use one of: 1, 0, true, false, yes, no")
     if opt.kind == "size":
         try:
             return parse_size(str(raw))
         except ValueError:
-            raise UsageError(f"{where}={raw!r} is not a size", hint="give a number with a unit: 8G, 12GiB, 10240M") \
+            raise bad(f"{where}={raw!r} is not a size", hint="give a number with a unit: 8G, 12GiB, 10240M") \
                 from None
     if opt.kind in ("int", "float"):
         try:
             number: float = int(raw) if opt.kind == "int" else float(raw)
         except (TypeError, ValueError):
-            raise UsageError(f"{where}={raw!r} is not a number", hint=f"{opt.help}") from None
+            raise bad(f"{where}={raw!r} is not a number", hint=f"{opt.help}") from None
         if not math.isfinite(number):
-            raise UsageError(f"{where}={raw!r} is not a finite number", hint=f"give seconds or a count: {opt.help}")
+            raise bad(f"{where}={raw!r} is not a finite number", hint=f"give seconds or a count: {opt.help}")
         if number <= 0:
-            raise UsageError(f"{where}={raw!r} must be greater than 0")
+            raise bad(f"{where}={raw!r} must be greater than 0")
         return number
     if opt.kind == "targets":
-        from .service import parse_targets
-
         try:
             return ",".join(parse_targets(str(raw)))
         except UsageError as exc:
-            raise UsageError(f"{where}={raw!r}: {exc}") from None
+            raise bad(f"{where}={raw!r}: {exc}") from None
     text = str(raw).strip()
     if opt.choices and text not in opt.choices:
-        raise UsageError(f"{where}={raw!r} is not valid", hint=f"valid values: {', '.join(opt.choices)}")
+        raise bad(f"{where}={raw!r} is not valid", hint=f"valid values: {', '.join(opt.choices)}")
     if not text:
-        raise UsageError(f"{where} is empty", hint=opt.help)
+        raise bad(f"{where} is empty", hint=opt.help)
     return text
+
+
+def parse_targets(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"local,docker"`` -> ``("local", "docker")``, in the order given; unknown names are an error."""
+    if text is None:
+        return TARGETS
+    items = text.replace(" ", ",").split(",") if isinstance(text, str) else list(text)
+    names = [t.strip() for t in items if t.strip()]
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown:
+        raise UsageError(f"--flake-targets: unknown target {', '.join(map(repr, unknown))}",
+                         hint=f"valid targets: {format_choices(TARGETS)}, separated by commas")
+    if not names:
+        raise UsageError("--flake-targets is empty", hint=f"name at least one of: {format_choices(TARGETS)}")
+    return tuple(dict.fromkeys(names))
 
 
 _LOCAL_SCHEMES = ("path:", "git+file://", "git+file:")
@@ -188,7 +203,7 @@ def check_image_names(vm_image: str, container_image: str, invocation_dir: Path)
         if (invocation_dir / value).exists():
             continue  # a file or folder of that name: a path
         extra = " (cloud-init images are for VMs only)" if value in BUILTIN_VM_IMAGES else ""
-        raise UsageError(f"{what} {value!r} is no built-in image{extra}",
+        raise CommandLineError(f"{what} {value!r} is no built-in image{extra}",
                          hint=f"use one of {', '.join(names)}, or a path")
 
 
@@ -251,7 +266,9 @@ class Settings:
 
         ``option(name)`` returns the command-line value or None (False for a ``--no-`` form,
         which wins over env and ini); ``ini(name)`` the ini value or None/empty, relative
-        paths in it taken from ``ini_dir``. Raises :class:`UsageError` naming the bad value.
+        paths in it taken from ``ini_dir``. Raises :class:`UsageError` naming the bad value: a
+        :class:`CommandLineError` for a value typed on the command line, and for an image name that
+        names no built-in image (both fail the run at once).
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

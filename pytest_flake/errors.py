@@ -36,6 +36,11 @@ class UsageError(FlakeError):
     """Bad configuration or arguments from the user: a bad option value, a missing flake."""
 
 
+class CommandLineError(UsageError):
+    """A bad value typed on the command line: the run stops at once (from the environment or an ini file, only a
+    run that uses the plugin fails)."""
+
+
 class MissingToolError(FlakeError):
     """A program pytest-flake needs is not installed (nix, ssh-keygen, mksquashfs...)."""
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .config import Settings
+from .config import TARGETS, Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
@@ -29,6 +29,7 @@ from .nodestate import (
     evidence,
     keep_if_failed,
     leave_for_next_session,
+    run_of,
     session_flake,
     settings_of,
 )
@@ -91,7 +92,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def flake_docker(flake_settings: Settings, flake_session: Session) -> Iterator[Docker]:
+def flake_docker(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[Docker]:
     """The Docker daemon of this session (``--docker-host``, else ``DOCKER_HOST``).
 
     Connects on first use; an unreachable daemon is an error that names the endpoint.
@@ -99,7 +100,7 @@ def flake_docker(flake_settings: Settings, flake_session: Session) -> Iterator[D
     """
     from .docker import Docker
 
-    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=flake_session.run,
+    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=run_of(request.config),
                                   control_dir=flake_session.dir)
     yield docker
     docker.close()
@@ -370,7 +371,7 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     carries its markers (``nix``; ``docker``; ``vm`` and ``portable``). A failed variant's report
     carries that target's evidence.
     """
-    from .service import TARGETS, DockerService, LocalService, PortableTarget, ServiceSpec
+    from .service import DockerService, LocalService, PortableTarget, ServiceSpec
 
     node = request.node
     target = getattr(request, "param", None)

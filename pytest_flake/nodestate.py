@@ -24,7 +24,9 @@ from .errors import UsageError
 from .nix import Binding, Flake
 from .process import Process
 from .reporting import BuildStatus, record_fact
-from .session import Session, sweep_dead_sessions
+from .session import Session
+from .sweep import sweep_dead_sessions
+from .tunnel import close_all
 from .xdist import Run
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,27 @@ def ensure_session(config: pytest.Config) -> Session:
     if session is None:
         settings = settings_of(config)
         session = Session()
-        session.run = config.stash.get(RUN_KEY, None)  # set on pytest-xdist workers only
         session.__enter__()
         config.stash[SESSION_KEY] = session
-        swept = sweep_dead_sessions(session, settings)
+        swept = sweep_dead_sessions(session, settings, run_of(config))
         if swept is not None:
             config.stash[SWEPT_KEY] = swept  # the report header's line (plugin.pytest_report_collectionfinish)
             log.warning("pytest-flake: %s", swept)
     return session
+
+
+def run_of(config: pytest.Config) -> Run | None:
+    """The pytest-xdist run this process is a worker of (None: no xdist, or the session is the run)."""
+    return config.stash.get(RUN_KEY, None)
+
+
+def end_session(config: pytest.Config) -> None:
+    """At the end of the run: the session's ssh masters (remote Docker, libvirt) and their forwards are
+    closed, then its directory goes (unless something was kept for the next session to sweep)."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        close_all(session.dir)
+        session.__exit__(None, None, None)
 
 
 class TestState:
@@ -226,7 +241,7 @@ def session_flake(config: pytest.Config) -> Flake:
         made = Flake(settings.flake or "", invocation_dir=settings.invocation_dir, system=settings.flake_system,
                      ref_for=lambda: _default_ref(settings), log_dir=session.dir, timeout=settings.flake_timeout,
                      gcroot_dir=session.dir / "gcroots", build_timeout=settings.flake_build_timeout,
-                     on_build=BuildStatus(config), bindings=bindings(config), run=session.run)
+                     on_build=BuildStatus(config), bindings=bindings(config), run=run_of(config))
         config.stash[FLAKE_KEY] = made
     return made
 

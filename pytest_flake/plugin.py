@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from . import doctor
-from .config import OPTIONS, Settings
-from .errors import FlakeError
+from .config import OPTIONS, TARGETS, Settings, parse_targets
+from .errors import CommandLineError, FlakeError
 from .fixtures import (
     docker_container,
     docker_image,
@@ -37,18 +37,17 @@ from .fixtures import (
 )
 from .nodestate import (
     RUN_KEY,
-    SESSION_KEY,
     SETTINGS_ERROR,
     SETTINGS_KEY,
     SWEPT_KEY,
     TEST_STATE,
     TestState,
+    end_session,
     ensure_session,
     flake_binding,
 )
 from .reporting import attach_evidence, describe_error
-from .session import sweep_dead_sessions  # noqa: F401  (re-exported)
-from .xdist import WORKERINPUT_KEY, Run, group_for
+from .xdist import WORKERINPUT_KEY, Run
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,8 @@ FLAKE_FACT = pytest.StashKey[str]()  # "REF (locked: git rev ...)", a property o
 CONTROLLER_RUN = pytest.StashKey[Run]()  # the pytest-xdist run this process controls (its workers share it)
 NIX_FACTS = pytest.StashKey[list[str]]()  # the controller's nix facts, found once
 FACT_KEY = "pytest_flake_fact"  # node.workerinput[...]: the controller's FLAKE_FACT
+# marker -> the xdist_group the plugin gives its tests under --dist loadgroup, in this order
+XDIST_GROUPS = {"vm": "pytest-flake-vm", "nspawn": "pytest-flake-nspawn"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -116,14 +117,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="check Nix, Docker, libvirt, KVM and the VM image cache, print what to fix, and exit")
 
 
+def _settings(config: pytest.Config) -> Settings:
+    """The settings of this run; a bad value is a :class:`~pytest_flake.errors.UsageError`."""
+    return Settings.resolve(
+        option=lambda name: config.getoption(name, default=None),
+        ini=lambda name: config.getini(name),
+        invocation_dir=Path(config.invocation_params.dir),
+        ini_dir=Path(config.inipath).parent if config.inipath else None,
+    )
+
+
 def _resolve_settings(config: pytest.Config) -> Settings:
     try:
-        return Settings.resolve(
-            option=lambda name: config.getoption(name, default=None),
-            ini=lambda name: config.getini(name),
-            invocation_dir=Path(config.invocation_params.dir),
-            ini_dir=Path(config.inipath).parent if config.inipath else None,
-        )
+        return _settings(config)
     except FlakeError as exc:
         raise pytest.UsageError(f"pytest-flake: {exc}") from None
 
@@ -140,11 +146,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     try:
-        config.stash[SETTINGS_KEY] = _resolve_settings(config)
-    except pytest.UsageError as exc:
-        if str(exc).startswith("pytest-flake: --"):
-            raise  # a bad value typed on the command line fails at once
-        config.stash[SETTINGS_ERROR] = str(exc)  # from env or ini: only a run that uses the plugin fails
+        config.stash[SETTINGS_KEY] = _settings(config)
+    except CommandLineError as exc:  # a bad value typed on the command line fails at once
+        raise pytest.UsageError(f"pytest-flake: {exc}") from None
+    except FlakeError as exc:  # from env or ini: only a run that uses the plugin fails
+        config.stash[SETTINGS_ERROR] = f"pytest-flake: {exc}"
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # a pytest-xdist worker: the run of its controller, and the facts it found
         run = Run.from_workerinput(workerinput)
@@ -273,9 +279,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    flake_session = session.config.stash.get(SESSION_KEY, None)
-    if flake_session is not None:
-        flake_session.__exit__(None, None, None)
+    end_session(session.config)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group markers, and -k/-m
@@ -306,6 +310,14 @@ def _xdist_groups(items: list[pytest.Item]) -> None:
         group = group_for({m.name for m in item.iter_markers()})
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def group_for(markers: set[str]) -> str | None:
+    """The ``xdist_group`` the plugin gives a test with these markers: VMs first, then systemd containers."""
+    for marker, group in XDIST_GROUPS.items():
+        if marker in markers:
+            return group
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before the terminal reporter asks for pytest_report_collectionfinish
@@ -397,11 +409,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that uses ``service`` runs once per target of ``--flake-targets``, each with its markers."""
     if "service" not in metafunc.fixturenames:
         return
-    from .service import TARGETS, parse_targets, target_markers
+    from .service import target_markers
 
     settings = metafunc.config.stash.get(SETTINGS_KEY, None)
     targets = parse_targets(settings.flake_targets) if settings is not None else TARGETS
-    host = str(getattr(settings, "flake_portable_host", None) or "vm")
+    host = settings.flake_portable_host if settings is not None else "vm"
     params = [pytest.param(t, id=t, marks=[getattr(pytest.mark, m) for m in target_markers(t, host)])
               for t in targets]
     metafunc.parametrize("service", params, indirect=True)

@@ -4,7 +4,8 @@ A :class:`Process` runs in a session (process group) of its own, so ``stop()`` r
 every child it forked. Its output goes to a file, readable with :meth:`Process.logs` at
 any time. The child is asked to die with its parent (``PR_SET_PDEATHSIG``), and its
 pid is recorded under the session directory, so a test run killed with SIGKILL leaves
-nothing running for long: the next session kills what is recorded (see :func:`sweep`).
+nothing running for long: the next session kills what is recorded (:func:`sweep`, the ``process``
+component).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from .errors import ProcessError, ProcessExited, UsageError, tail
+from .errors import ProcessError, ProcessExited, UsageError, counted, tail
 from .session import start_time
 from .waiting import free_port, port_open, wait_for
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -212,4 +217,27 @@ def sweep(directory: Path) -> int:
     return killed
 
 
-__all__ = ["Process", "ProcessError", "ProcessExited", "sweep"]
+class ProcessComponent:
+    """Local runs (``flake.run()``) and ssh masters: the process groups a killed session recorded."""
+
+    name = "process"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        """Kill the process groups recorded under each dead session's directory (ssh masters among them)."""
+        killed = sum(sweep(state_root / "sessions" / session_id) for session_id in dead_ids)
+        return [counted(killed, "process group") + " (local runs, ssh masters) killed"] if killed else []
+
+    def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
+        """No checks of its own: a local run needs only Nix, which the doctor checks first."""
+        return []
+
+
+def component(settings: Settings | None = None) -> ProcessComponent:
+    """The ``process`` component of the registry (:mod:`pytest_flake.components`)."""
+    return ProcessComponent(settings)
+
+
+__all__ = ["Process", "ProcessComponent", "ProcessError", "ProcessExited", "component", "sweep"]

@@ -30,7 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError, format_choices, tail
+from .config import TARGETS
+from .errors import UsageError, tail
 
 if TYPE_CHECKING:
     from .docker import Container, Docker, Image
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("local", "docker", "portable")
 # the markers each variant of a service test carries (so -m "not vm" drops the portable one)
 TARGET_MARKERS: dict[str, tuple[str, ...]] = {
     "local": ("nix",),
@@ -59,21 +59,6 @@ def target_markers(target: str, portable_host: str = "vm") -> tuple[str, ...]:
 
 MARKER_SIGNATURE = 'flake_service(port, local="default", docker="docker", portable="portable", env=None)'
 ENV_DROPIN = "50-pytest-flake-env.conf"
-
-
-def parse_targets(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"local,docker"`` -> ``("local", "docker")``, in the order given; unknown names are an error."""
-    if text is None:
-        return TARGETS
-    items = text.replace(" ", ",").split(",") if isinstance(text, str) else list(text)
-    names = [t.strip() for t in items if t.strip()]
-    unknown = [t for t in names if t not in TARGETS]
-    if unknown:
-        raise UsageError(f"--flake-targets: unknown target {', '.join(map(repr, unknown))}",
-                         hint=f"valid targets: {format_choices(TARGETS)}, separated by commas")
-    if not names:
-        raise UsageError("--flake-targets is empty", hint=f"name at least one of: {format_choices(TARGETS)}")
-    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)

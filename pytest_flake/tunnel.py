@@ -9,7 +9,8 @@ the same host share one master (:func:`ssh_host`).
 
 The master runs in the foreground in a process group of its own; its pid is recorded in the
 session directory as ``<pid>.pid`` (the records of :mod:`pytest_flake.process`), so the
-``process`` component's sweep ends the masters of a session that was killed. When ``ssh``
+``process`` component's sweep ends the masters of a session that was killed; the ``ssh`` component
+(:class:`SSHComponent`) then removes the control sockets they left. When ``ssh``
 fails, :class:`~pytest_flake.errors.SSHError` names the host and the fix (host key unknown,
 authentication refused, host unreachable). Never imports pytest.
 """
@@ -29,11 +30,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import SSHError, tail
 from .session import start_time
 from .waiting import NotReady, free_port, wait_for
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -435,4 +440,29 @@ def close_all(control_dir: Path) -> None:
         _HOSTS.pop(key).close()
 
 
-__all__ = ["SSHHost", "classify", "close_all", "parse_target", "remove_sockets", "short_socket_path", "ssh_host"]
+class SSHComponent:
+    """The control sockets of a killed session's ssh masters (the ``process`` component ends the masters)."""
+
+    name = "ssh"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def sweep(self, dead_ids: Sequence[str], state_root: Path) -> list[str]:
+        """Remove the short socket folders (in the temp dir) of each dead session's long session path."""
+        for session_id in dead_ids:
+            remove_sockets(state_root / "sessions" / session_id)
+        return []
+
+    def doctor(self, settings: Settings) -> list[tuple[bool, str]]:
+        """No checks of its own: ``ssh`` is needed only for another host, and says so when it fails."""
+        return []
+
+
+def component(settings: Settings | None = None) -> SSHComponent:
+    """The ``ssh`` component of the registry (:mod:`pytest_flake.components`)."""
+    return SSHComponent(settings)
+
+
+__all__ = ["SSHComponent", "SSHHost", "classify", "close_all", "component", "parse_target", "remove_sockets",
+           "short_socket_path", "ssh_host"]

@@ -6,8 +6,9 @@ to make: a flake output is built once per run, an image loaded once per run. The
 the run's directory ``<state>/runs/<testrun_uid>/``:
 
 - ``pid``: the controller's pid and start time (like a session's registration); a later
-  session removes the directory of a run whose controller is gone (:func:`sweep_dead_runs`),
-  and never the one of a live controller, whose workers may still be using it;
+  session removes the directory of a run whose controller is gone
+  (:func:`pytest_flake.sweep.sweep_dead_runs`), and never the one of a live controller, whose
+  workers may still be using it;
 - ``builds/<key>.json``: a build's store paths, written by the worker that built it;
 - ``gcroots/``: that build's out-link, so the store paths stay rooted until the whole run
   ends (not only until the worker that built them does);
@@ -32,19 +33,17 @@ import os
 import re
 import shutil
 import socket
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ._host import locked, write_atomic
-from .session import alive, start_time, state_dir
+from .session import start_time, state_dir
 
 log = logging.getLogger(__name__)
 
 RUNS = "runs"
 WORKERINPUT_KEY = "pytest_flake_run"  # node.workerinput[...]: what a worker needs to join the run
-GROUPS = {"vm": "pytest-flake-vm", "nspawn": "pytest-flake-nspawn"}  # marker -> xdist_group the plugin sets
 
 
 def _safe(name: str) -> str:
@@ -164,61 +163,4 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-# -- the sweep ---------------------------------------------------------------------------------
-def _controller_of(directory: Path) -> tuple[int, str] | None:
-    """``(pid, start time)`` registered in a run's directory, None when there is none yet."""
-    try:
-        pid_text, _, started = (directory / "pid").read_text().strip().partition(" ")
-        return int(pid_text), started
-    except (OSError, ValueError):
-        return None
-
-
-# a run directory without a registration this old was left by a crash between mkdir and the write
-_UNREGISTERED_GRACE = 3600.0
-
-
-def dead_runs(root: Path | None = None, *, keep: Path | None = None) -> list[Path]:
-    """Run directories whose controller is gone (a run killed with SIGKILL, a lost machine).
-
-    A live controller's run is never listed (its workers may be using it), nor ``keep`` (the
-    run of the caller).
-    """
-    base = (root or state_dir()) / RUNS
-    dead: list[Path] = []
-    if not base.is_dir():
-        return dead
-    for entry in sorted(base.iterdir()):
-        if not entry.is_dir() or (keep is not None and entry == keep):
-            continue
-        controller = _controller_of(entry)
-        if controller is None:
-            with contextlib.suppress(OSError):
-                if time.time() - entry.stat().st_mtime > _UNREGISTERED_GRACE:
-                    dead.append(entry)
-            continue
-        pid, started = controller
-        if pid <= 0 or not alive(pid, started or None):
-            dead.append(entry)
-    return dead
-
-
-def sweep_dead_runs(root: Path | None = None, *, keep: Path | None = None) -> list[str]:
-    """Remove the directories of runs whose controller died (their GC roots, caches and locks)."""
-    swept: list[str] = []
-    for entry in dead_runs(root, keep=keep):
-        log.info("pytest-flake: removing the directory of the xdist run %s, whose controller is gone", entry.name)
-        shutil.rmtree(entry, ignore_errors=True)
-        swept.append(entry.name)
-    return swept
-
-
-def group_for(markers: set[str]) -> str | None:
-    """The ``xdist_group`` the plugin gives a test with these markers: VMs first, then systemd containers."""
-    for marker, group in GROUPS.items():
-        if marker in markers:
-            return group
-    return None
-
-
-__all__ = ["GROUPS", "RUNS", "WORKERINPUT_KEY", "Run", "dead_runs", "group_for", "read_json", "sweep_dead_runs"]
+__all__ = ["RUNS", "WORKERINPUT_KEY", "Run", "read_json"]

@@ -20,10 +20,11 @@ from ..session import LABEL, state_dir
 from .daemon import Docker, describe_endpoint
 
 if TYPE_CHECKING:
-    from ..components import Check
     from ..config import Settings
 
 log = logging.getLogger(__name__)
+
+Check = tuple[bool, str]  # one doctor line: (ok, what was found or what to do)
 
 
 class DockerComponent:

@@ -274,7 +274,8 @@ def test_without_xdist_the_session_is_the_run(pytester: pytest.Pytester, tmp_pat
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``-n 0`` and ``-p no:xdist``: no run directory, and the nix facts printed once, after collection."""
     monkeypatch.setenv("PYTEST_FLAKE_STATE", str(tmp_path / "state"))
-    pytester.makepyfile("def test_uses(flake_session, flake):\n    assert flake_session.run is None\n")
+    pytester.makepyfile("from pytest_flake.nodestate import run_of\n\n\n"
+                        "def test_uses(request, flake_session, flake):\n    assert run_of(request.config) is None\n")
     for args in (("-n", "0", "-p", "xdist"), ("-p", "no:xdist")):
         result = pytester.runpytest_subprocess(f"--flake={REF}", "-p", "no:cacheprovider", *args)
         result.assert_outcomes(passed=1)

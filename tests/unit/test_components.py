@@ -15,11 +15,12 @@ from pytest_flake import components as registry
 from pytest_flake import doctor
 from pytest_flake.components import NAMES, Component, components
 from pytest_flake.config import Settings
-from pytest_flake.session import Session, sweep_dead_sessions
+from pytest_flake.session import Session
+from pytest_flake.sweep import sweep_dead_sessions
 
 
 def test_names_and_order() -> None:
-    assert NAMES == ("process", "docker", "vm", "nspawn")
+    assert NAMES == ("process", "ssh", "docker", "vm", "nspawn")
     assert [c.name for c in components()] == list(NAMES)
     assert [c.name for c in components(names=("nspawn", "docker"))] == ["docker", "nspawn"]
     with pytest.raises(ValueError, match="no such component: podman"):
@@ -103,8 +104,8 @@ def test_sweep_and_doctor_walk_the_same_registry(tmp_path: Path, monkeypatch: py
     assert "could not sweep docker resources of pf-deadbeef: daemon gone" in caplog.text
     assert not dead.exists()
     lines = doctor.component_checks(None)  # type: ignore[arg-type]
-    assert lines == [(True, "process: fine"), (False, "docker: check failed: daemon gone"), (True, "vm: fine"),
-                     (True, "nspawn: fine")]
+    assert lines == [(True, "process: fine"), (True, "ssh: fine"), (False, "docker: check failed: daemon gone"),
+                     (True, "vm: fine"), (True, "nspawn: fine")]
 
 
 def test_doctor_names_the_extra_when_a_component_cannot_be_imported(monkeypatch: pytest.MonkeyPatch) -> None:

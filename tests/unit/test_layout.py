@@ -184,10 +184,11 @@ def unit_of(module: str, units: Iterable[Unit]) -> Unit | None:
 
 
 def describe(found: Import, units: list[Unit], root: Path, why: str) -> str:
-    importer, imported = unit_of(found.module, units), unit_of(found.target, units)
-    place = (lambda name, unit: f"{name or '__init__'}" + (f" (layer {unit.layer}, {unit.label})" if unit else ""))
-    return (f"{found.where(root)}: {place(found.module, importer)} imports {place(found.target, imported)}, "
-            f"{why}: {found.statement}")
+    def place(module: str) -> str:
+        unit = unit_of(module, units)
+        return (module or "__init__") + (f" (layer {unit.layer}, {unit.label})" if unit else "")
+
+    return f"{found.where(root)}: {place(found.module)} imports {place(found.target)}, {why}: {found.statement}"
 
 
 def violations(found: list[Import], units: list[Unit], root: Path) -> dict[str, list[str]]:
@@ -203,7 +204,8 @@ def violations(found: list[Import], units: list[Unit], root: Path) -> dict[str, 
         if importer is None or imported is None or importer == imported:
             continue  # unplaced modules fail test_every_module_has_a_place
         if imported.layer < importer.layer:
-            out["upward"].append(describe(each, units, root, f"a higher layer ({imported.layer} above {importer.layer})"))
+            why = f"a higher layer ({imported.layer} above {importer.layer})"
+            out["upward"].append(describe(each, units, root, why))
         elif imported.layer == importer.layer:
             out["sibling"].append(describe(each, units, root, f"a sibling unit of layer {importer.layer}"))
     return out
@@ -259,7 +261,7 @@ def cycles(found: list[Import]) -> list[list[Import]]:
                 while path[-1] != start:
                     path.append(previous[path[-1]])
                 nodes = [*reversed(path), start]
-                found_cycles.append([graph[a][b] for a, b in zip(nodes, nodes[1:])])
+                found_cycles.append([graph[a][b] for a, b in zip(nodes, nodes[1:], strict=False)])
                 break
             for nxt in sorted(graph.get(node, {})):
                 if nxt in part and nxt not in previous and nxt != start:

@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
+from pytest_flake.config import TARGETS, parse_targets
 from pytest_flake.errors import UsageError
 from pytest_flake.service import (
-    TARGETS,
     ServiceSpec,
     _ChunkReader,
     _systemd_quote,
     container_shell,
-    parse_targets,
     target_markers,
 )
 

@@ -1,4 +1,4 @@
-"""Session registration, detection of dead sessions (incl. recycled pids), forget, keep."""
+"""A session's identity: its id, state directory and registration, keep, start times and liveness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_flake.session import PREFIX, Session, alive, start_time, state_dir
+from pytest_flake.session import PREFIX, Session, alive, registration, start_time, state_dir
 
 
 def register(root: Path, session_id: str, text: str) -> Path:
@@ -53,6 +53,13 @@ def test_keep_leaves_the_registration(tmp_path: Path) -> None:
     assert (s.dir / "pid").exists()
 
 
+def test_registration_reads_a_session_or_a_run(tmp_path: Path) -> None:
+    assert registration(register(tmp_path, f"{PREFIX}a", "123 456")) == (123, "456")
+    assert registration(register(tmp_path, f"{PREFIX}b", "123")) == (123, "")  # no start time recorded
+    assert registration(register(tmp_path, f"{PREFIX}c", "not a pid")) is None
+    assert registration(tmp_path / "missing") is None
+
+
 def test_start_time_and_alive() -> None:
     me = os.getpid()
     assert start_time(me).isdigit()
@@ -62,33 +69,3 @@ def test_start_time_and_alive() -> None:
     dead = finished_pid()
     assert start_time(dead) == ""
     assert not alive(dead)
-
-
-def test_dead_sessions(tmp_path: Path) -> None:
-    me = os.getpid()
-    register(tmp_path, f"{PREFIX}alive", f"{me} {start_time(me)}")
-    register(tmp_path, f"{PREFIX}oldfmt", f"{me}")  # no start time recorded: pid alone decides
-    register(tmp_path, f"{PREFIX}gone", f"{finished_pid()} 12345")
-    register(tmp_path, f"{PREFIX}recycled", f"{me} 1")  # our pid now, but not the process that registered
-    register(tmp_path, f"{PREFIX}garbage", "not a pid")
-    (tmp_path / "sessions" / f"{PREFIX}nopid").mkdir()
-    register(tmp_path, "other-dir", f"{finished_pid()} 1")  # not ours: ignored
-    with Session(root=tmp_path) as current:
-        dead = current.dead_sessions()
-        assert dead == sorted([f"{PREFIX}gone", f"{PREFIX}recycled", f"{PREFIX}garbage", f"{PREFIX}nopid"])
-        assert current.id not in dead
-
-
-def test_dead_sessions_without_registry(tmp_path: Path) -> None:
-    assert Session(root=tmp_path / "empty").dead_sessions() == []
-
-
-def test_forget(tmp_path: Path) -> None:
-    d = register(tmp_path, f"{PREFIX}gone", f"{finished_pid()} 1")
-    (d / "123.pid").write_text("1")
-    with Session(root=tmp_path) as current:
-        assert current.dead_sessions() == [f"{PREFIX}gone"]
-        current.forget(f"{PREFIX}gone")
-        assert not d.exists()
-        assert current.dead_sessions() == []
-        current.forget(f"{PREFIX}gone")  # idempotent

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_flake import SSHError
-from pytest_flake.components import ProcessComponent
+from pytest_flake.components import components
 from pytest_flake.process import sweep
 from pytest_flake.session import alive
 from pytest_flake.tunnel import SSHHost, classify, close_all, parse_target, short_socket_path, ssh_host
@@ -156,7 +156,8 @@ def test_sweep_ends_a_killed_sessions_master(fake_ssh: Path, tmp_path: Path) -> 
     host = SSHHost("box", control_dir=tmp_path / "sessions" / session_id, timeout=5).open()
     assert host._proc is not None and host.control_path.parent != host.control_dir
     pid = host._proc.pid
-    ProcessComponent().sweep([session_id], tmp_path)  # the process component's records of a dead session
+    for component in components(names=("process", "ssh")):  # the masters' records, then their sockets
+        component.sweep([session_id], tmp_path)
     deadline = time.monotonic() + 5
     while host._proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

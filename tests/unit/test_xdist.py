@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_flake import xdist
+from pytest_flake import plugin, xdist
 from pytest_flake.docker.archive import Archive
 from pytest_flake.docker.daemon import Docker
 from pytest_flake.nix import Build, Flake
@@ -22,7 +22,8 @@ from pytest_flake.session import Session, start_time
 from pytest_flake.vm import VM, Image, VMConfig
 from pytest_flake.vm.seed import KeyPair
 from pytest_flake.vm.warm import WarmStore
-from pytest_flake.xdist import Run, dead_runs, sweep_dead_runs
+from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
+from pytest_flake.xdist import Run
 
 SYSTEM = "x86_64-linux"
 
@@ -188,12 +189,8 @@ def test_a_worker_never_sweeps_the_run_of_its_live_controller(tmp_path: Path) ->
     controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         run = Run(tmp_path / "runs" / "uid", (controller.pid, start_time(controller.pid))).ensure()
-        session = Session(root=tmp_path)
-        session.run = run
-        with session:
-            from pytest_flake.session import sweep_dead_sessions
-
-            sweep_dead_sessions(session, None)
+        with Session(root=tmp_path) as session:
+            sweep_dead_sessions(session, None, run)
             assert run.dir.is_dir()
         controller.kill()
         controller.wait()
@@ -224,10 +221,10 @@ def test_sibling_workers_are_live_sessions_that_no_sweep_touches(tmp_path: Path)
         assert sibling.stdout is not None and sibling.stdout.readline().strip() == "ready"
         with Session(root=tmp_path, session_id="pf-worker00") as worker:
             assert (tmp_path / "sessions" / "pf-sibling1" / "pid").is_file()
-            assert worker.dead_sessions() == []
+            assert dead_sessions(worker) == []
             sibling.kill()
             sibling.wait()
-            assert worker.dead_sessions() == ["pf-sibling1"]
+            assert dead_sessions(worker) == ["pf-sibling1"]
     finally:
         sibling.kill()
         sibling.wait()
@@ -235,10 +232,10 @@ def test_sibling_workers_are_live_sessions_that_no_sweep_touches(tmp_path: Path)
 
 # --- the xdist group ------------------------------------------------------------------------
 def test_group_for_markers() -> None:
-    assert xdist.group_for({"vm", "portable", "nix"}) == "pytest-flake-vm"
-    assert xdist.group_for({"nspawn", "portable"}) == "pytest-flake-nspawn"
-    assert xdist.group_for({"vm", "nspawn"}) == "pytest-flake-vm"
-    assert xdist.group_for({"docker", "nix"}) is None
+    assert plugin.group_for({"vm", "portable", "nix"}) == "pytest-flake-vm"
+    assert plugin.group_for({"nspawn", "portable"}) == "pytest-flake-nspawn"
+    assert plugin.group_for({"vm", "nspawn"}) == "pytest-flake-vm"
+    assert plugin.group_for({"docker", "nix"}) is None
 
 
 # --- one cold boot per warm-state key -------------------------------------------------------
