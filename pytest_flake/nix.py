@@ -15,13 +15,11 @@ import contextlib
 import json
 import logging
 import re
-import shutil
-import subprocess
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,18 @@ from .errors import (
     format_choices,
     tail,
 )
-from .nixcmd import INSTALL_HINT, NIX_FEATURES, Nix, _git_untracked, nix_string, normalize_ref
-from .nixrun import OUTPUT_GROUPS, Programs, _link_name
+from .nixcmd import (
+    INSTALL_HINT,
+    NIX_FEATURES,
+    Build,
+    Nix,
+    git_toplevel,
+    git_untracked,
+    link_name,
+    nix_string,
+    normalize_ref,
+)
+from .nixrun import OUTPUT_GROUPS, Programs
 from .process import Process
 from .xdist import Run
 
@@ -52,33 +60,6 @@ def _without_download_noise(log_text: str) -> str:
     """A build log without the retries of an unreachable binary cache."""
     return "\n".join(line for line in log_text.splitlines()
                      if not (line.startswith("warning:") and "unable to download" in line))
-
-
-@dataclass(frozen=True)
-class Build:
-    """A built flake output: its attribute, its store paths and its derivation."""
-
-    attr: str
-    out: Path
-    outputs: dict[str, Path]
-    drv: Path
-    seconds: float = field(default=0.0, compare=False)
-    # built by a sibling worker of the same pytest-xdist run (this process only read its result)
-    shared: bool = field(default=False, compare=False)
-
-    def __fspath__(self) -> str:
-        return str(self.out)
-
-    def to_json(self) -> dict[str, Any]:
-        """The build as JSON (a run's shared build cache)."""
-        return {"attr": self.attr, "out": str(self.out), "outputs": {k: str(v) for k, v in self.outputs.items()},
-                "drv": str(self.drv), "seconds": self.seconds}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], *, shared: bool = False) -> Build:
-        return cls(attr=str(data["attr"]), out=Path(data["out"]),
-                   outputs={str(k): Path(v) for k, v in data["outputs"].items()}, drv=Path(data["drv"]),
-                   seconds=float(data.get("seconds", 0.0)), shared=shared)
 
 
 class Prefetch:
@@ -232,7 +213,7 @@ class Flake(Programs):
         if not (directory / "flake.nix").is_file():
             raise UsageError(f"{directory} has no flake.nix", hint="pass --flake with a directory that has a flake.nix")
         if not ref.startswith("path:"):
-            untracked = _git_untracked(directory)
+            untracked = git_untracked(directory)
             if untracked:
                 shown = ", ".join(untracked[:5]) + (" ..." if len(untracked) > 5 else "")
                 warnings.warn(FlakeWarning(
@@ -334,7 +315,7 @@ class Flake(Programs):
                 outputs = data.get("outputs")
                 return isinstance(outputs, dict) and bool(outputs) and all(Path(p).exists() for p in outputs.values())
 
-            data, shared = run.once(_link_name(self.ref, path),
+            data, shared = run.once(link_name(self.ref, path),
                                     lambda: self._nix_build(attr, path, installable, run.gcroots).to_json(), valid)
             build = Build.from_json(data, shared=shared)
             if shared:
@@ -356,7 +337,7 @@ class Flake(Programs):
         args = ["build", "--json"]
         if gcroot_dir is not None:
             gcroot_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--out-link", str(gcroot_dir / _link_name(self.ref, path))]
+            args += ["--out-link", str(gcroot_dir / link_name(self.ref, path))]
         else:
             args.append("--no-link")
         args.append("--print-build-logs")
@@ -411,14 +392,8 @@ class Flake(Programs):
         _, directory = normalize_ref(self.ref, self._invocation_dir)
         if directory is None:
             return text
-        bases = [directory]
-        git = shutil.which("git")
-        if git:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
-                                     capture_output=True, text=True, timeout=30)
-                if top.returncode == 0 and top.stdout.strip():
-                    bases.append(Path(top.stdout.strip()))
+        top = git_toplevel(directory)
+        bases = [directory] if top is None else [directory, top]
 
         def local(match: re.Match[str]) -> str:
             rest = (match.group(1) or "").lstrip("/")

@@ -2,21 +2,26 @@
 
 :class:`Nix` runs ``nix`` (with the flake features switched on) and streams build logs;
 :func:`normalize_ref` turns what a user typed (``.``, ``path:../x``, ``github:o/r``) into
-a reference Nix accepts and the local directory behind it. What a flake *is* (its outputs,
-builds, programs) is :mod:`pytest_flake.nix`. Never imports pytest.
+a reference Nix accepts and the local directory behind it; :func:`git_toplevel` and
+:func:`git_untracked` say what Nix sees of a git checkout. :class:`Build` is what ``nix build``
+made (its out-link named by :func:`link_name`). What a flake *is* (its outputs, builds,
+programs) is :mod:`pytest_flake.nix`, which exports :class:`Build` too. Never imports pytest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,40 @@ INSTALL_HINT = (
 )
 _REMOTE_SCHEMES = ("github:", "gitlab:", "sourcehut:", "git+http", "git+ssh", "http:", "https:", "tarball+",
                    "file+", "flake:", "indirect:", "hg+")
+
+
+@dataclass(frozen=True)
+class Build:
+    """A built flake output: its attribute, its store paths and its derivation."""
+
+    attr: str
+    out: Path
+    outputs: dict[str, Path]
+    drv: Path
+    seconds: float = field(default=0.0, compare=False)
+    # built by a sibling worker of the same pytest-xdist run (this process only read its result)
+    shared: bool = field(default=False, compare=False)
+
+    def __fspath__(self) -> str:
+        return str(self.out)
+
+    def to_json(self) -> dict[str, Any]:
+        """The build as JSON (a run's shared build cache)."""
+        return {"attr": self.attr, "out": str(self.out), "outputs": {k: str(v) for k, v in self.outputs.items()},
+                "drv": str(self.drv), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, shared: bool = False) -> Build:
+        return cls(attr=str(data["attr"]), out=Path(data["out"]),
+                   outputs={str(k): Path(v) for k, v in data["outputs"].items()}, drv=Path(data["drv"]),
+                   seconds=float(data.get("seconds", 0.0)), shared=shared)
+
+
+def link_name(ref: str, attr: str) -> str:
+    """A file name for the out-link of one build: the attribute, and a hash of the ref it came from."""
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
+    return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
+
 
 
 class Nix:
@@ -236,18 +275,28 @@ def _flake_dir(path: Path) -> Path:
     return path.parent if path.name == "flake.nix" and path.is_file() else path
 
 
-def _git_untracked(directory: Path) -> list[str]:
-    """Untracked, not ignored files below ``directory`` when it is in a git checkout."""
+def git_toplevel(directory: Path) -> Path | None:
+    """The top of the git checkout ``directory`` is in (``git rev-parse --show-toplevel``), None outside one
+    or without git."""
     git = shutil.which("git")
     if not git:
-        return []
+        return None
     try:
         top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
                              capture_output=True, text=True, timeout=30)
-        if top.returncode != 0:
-            return []
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else None
+
+
+def git_untracked(directory: Path) -> list[str]:
+    """Untracked, not ignored files below ``directory`` when it is in a git checkout (Nix does not see them)."""
+    git = shutil.which("git")
+    if not git or git_toplevel(directory) is None:
+        return []
+    try:
         proc = subprocess.run([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
                               capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.SubprocessError):
         return []
     return [line for line in proc.stdout.splitlines() if line]

@@ -8,22 +8,19 @@ see :meth:`~pytest_flake.nixcmd.Nix.drv_outputs`), else the package's ``bin/`` a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import nixerrors
 from .errors import MissingOutputError, NixError, UsageError, format_choices, tail
-from .nixcmd import nix_string
+from .nixcmd import link_name, nix_string
 
 if TYPE_CHECKING:
-    from .nix import Build
-    from .nixcmd import Nix
+    from .nixcmd import Build, Nix
     from .xdist import Run
 
 log = logging.getLogger(__name__)
@@ -68,12 +65,6 @@ in
 if found == [ ] then { found = null; }
 else { found = builtins.head found; } // facts (builtins.head found) (lookup (builtins.head found))
 """.replace("@FACTS@", _FACTS)
-
-
-def _link_name(ref: str, attr: str) -> str:
-    """A file name for the out-link of one build: the attribute, and a hash of the ref it came from."""
-    digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
-    return f"{digest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', attr)}"
 
 
 class Programs:
@@ -187,7 +178,7 @@ class Programs:
         if drvs and run is None:
             self._build_context(found, drvs, self._gcroot_dir)
         elif drvs and run is not None:  # under pytest-xdist, once per run (rooted until the run ends)
-            link = _link_name(self.ref, found) + "+program"
+            link = link_name(self.ref, found) + "+program"
             _, shared = run.once(link, lambda: self._build_context(found, drvs, run.gcroots),
                                  valid=lambda data: data.get("drvs") == sorted(drvs) and Path(program).is_file())
             if shared:
@@ -210,7 +201,7 @@ class Programs:
         args = ["build", "--json", "--print-build-logs"]
         if gcroot_dir is not None:  # rooted like the session's builds: out-links LINK, LINK-1, LINK-tools
             gcroot_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + "+program"))]
+            args += ["--out-link", str(gcroot_dir / (link_name(self.ref, found) + "+program"))]
         else:
             args.append("--no-link")
         # DRV^out where this Nix reads it; a bare DRV is the .drv file itself since Nix 2.15
@@ -229,7 +220,7 @@ class Programs:
         args = ["build", "--json", "--print-build-logs"]
         if gcroot_dir is not None:
             gcroot_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--out-link", str(gcroot_dir / (_link_name(self.ref, found) + f"+{output}"))]
+            args += ["--out-link", str(gcroot_dir / (link_name(self.ref, found) + f"+{output}"))]
         else:
             args.append("--no-link")
         proc = self.nix.stream([*args, f"{self.ref}#{found}^{output}"], timeout=self._build_timeout,

@@ -6,7 +6,8 @@ The seed workflow ``nix build .#docker && docker load < result && docker run -p
 * :mod:`.archive`: what an image archive (every ``dockerTools`` shape) holds, read without
   a daemon (:func:`inspect_archive`).
 * :mod:`.daemon`: finding and connecting to the daemon (:func:`endpoint`), loading images
-  only when it does not hold them (:class:`Docker`, :class:`Image`).
+  only when it does not hold them (:class:`Docker`).
+* :mod:`.image`: an image the daemon holds (:class:`Image`) and the build it came from (:class:`Built`).
 * :mod:`.container`: a container on 127.0.0.1 ports, removed on exit (:class:`Container`).
 * :mod:`.exec_backend`: the testinfra adapter behind ``Container.host``.
 * :mod:`.maintenance`: the sweep of what killed sessions left, and the doctor's checks.
@@ -24,17 +25,17 @@ from .daemon import (
     DEFAULT_ENDPOINT,
     START_HINT,
     Docker,
-    Image,
     describe_endpoint,
     endpoint,
     tls_config,
 )
 from .exec_backend import container_shell, exec_backend
+from .image import Built, Image
 from .maintenance import DockerComponent, component, doctor, sweep
 
 __all__ = [
     "CONTEXT_SOURCE", "DEFAULT_ENDPOINT", "KIND_SCRIPT", "KIND_TAR", "START_HINT", "ZSTD_HINT", "Archive",
-    "Container", "Docker", "DockerComponent", "Image", "component", "container_shell", "describe_endpoint",
+    "Built", "Container", "Docker", "DockerComponent", "Image", "component", "container_shell", "describe_endpoint",
     "doctor", "endpoint", "exec_backend", "forget_inspections", "inspect_archive", "port_answers", "port_key",
     "sweep", "tls_config",
 ]

@@ -15,24 +15,40 @@ import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import port_answers
 from ..errors import DockerError, UsageError, tail
 from ..waiting import NotReady, wait_for
+from .calls import Endpoint
 from .exec_backend import exec_backend
 
 if TYPE_CHECKING:
     from testinfra.host import Host
 
-    from .daemon import Docker, Image
+    from .image import Image
 
 log = logging.getLogger(__name__)
 
 
-def _podman_hint(daemon: Any, text: str) -> str | None:
+class Daemon(Endpoint, Protocol):
+    """What a container needs of its daemon (a :class:`~pytest_flake.docker.Docker` is one)."""
+
+    podman: bool  # Podman's Docker-compatible service, which fails in places where Docker does not
+
+    @property
+    def client(self) -> Any: ...  # the SDK's DockerClient
+
+    def has_image(self, ref: str) -> dict[str, Any] | None: ...
+
+    def reach(self, port: int) -> int: ...
+
+    def release(self, port: int) -> None: ...
+
+
+def _podman_hint(daemon: Daemon, text: str) -> str | None:
     """What to do about the errors a Podman service gives where Docker would not, and why."""
-    if not getattr(daemon, "podman", False):
+    if not daemon.podman:
         return None
     if "rlimit" in text:
         return ("Podman gives containers ulimits (nofile 1048576 for root) above this machine's hard limits; set "
@@ -63,7 +79,7 @@ class Container:
     that, as PID 1, would ignore SIGTERM, and exited children are reaped.
     """
 
-    def __init__(self, docker: Docker, ref: str, *, ports: Sequence[int | str] = (),
+    def __init__(self, docker: Daemon, ref: str, *, ports: Sequence[int | str] = (),
                  env: Mapping[str, str] | None = None, command: Sequence[str] | str | None = None,
                  name: str, labels: Mapping[str, str] | None = None, timeout: float = 120.0,
                  image: Image | None = None, host_ports: Mapping[int | str, int] | None = None) -> None:

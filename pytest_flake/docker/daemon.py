@@ -27,7 +27,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +34,10 @@ from ..errors import DockerError, FlakeError
 from ..session import LABEL, state_dir
 from .archive import KIND_TAR, OPENERS, Archive, inspect_archive, plain_tar
 from .container import Container
+from .image import Built, Image
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..nix import Build
     from ..tunnel import SSHHost
     from ..xdist import Run
 
@@ -134,33 +133,6 @@ def describe_endpoint(settings: Settings | None = None) -> str:
     return f"{url} (from {source})"
 
 
-# --- images -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Image:
-    """An image the daemon holds: ``.tag`` (``web-server:1.0``), ``.id`` (``sha256:...``), ``.build``.
-
-    ``loaded`` says whether this call loaded it (False: the daemon already had it);
-    ``new_layers`` how many of its ``layers`` the daemon did not have before.
-    """
-
-    tag: str
-    id: str
-    build: Build | None
-    archive: Archive | None = field(default=None, compare=False)
-    loaded: bool = False
-    layers: int = 0
-    new_layers: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ref(self) -> str:
-        """What to run: the tag, else the id."""
-        return self.tag or self.id
-
-    def __str__(self) -> str:
-        return self.ref
-
-
 # --- the daemon -------------------------------------------------------------------------------------------
 class Docker:
     """A connection to one Docker daemon; loads images and starts containers.
@@ -194,6 +166,8 @@ class Docker:
         self._images: dict[str, Image] = {}
         self._count = 0
         self.version: str = ""
+        self.podman = False  # the daemon is Podman's Docker-compatible service (connect() asks)
+        self._tls: Any = None  # the SDK's TLS settings of a local endpoint (connect() reads them)
 
     @classmethod
     def from_settings(cls, settings: Settings, session_id: str | None = None, run: Run | None = None,
@@ -333,7 +307,7 @@ class Docker:
                 known.update((api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or ())
         return known
 
-    def image(self, source: Build | Path | str, *, build: Build | None = None) -> Image:
+    def image(self, source: Built | Path | str, *, build: Built | None = None) -> Image:
         """The image of a built output, loaded unless the daemon already holds its id.
 
         ``source`` is a :class:`~pytest_flake.nix.Build` or a path to a docker-archive or a
@@ -355,7 +329,7 @@ class Docker:
         self._images[archive.id] = image
         return image
 
-    def _ensure(self, archive: Archive, build: Build | None) -> Image:
+    def _ensure(self, archive: Archive, build: Built | None) -> Image:
         tag = archive.tags[0] if archive.tags else ""
         layers = len(set(archive.diff_ids))
         held = self.has_image(archive.id)
@@ -392,9 +366,9 @@ class Docker:
 
         if self._loader is None:  # a client without a read timeout: a large image loads for long
             self._loader = docker.APIClient(base_url=self.api_url, timeout=None, version="auto",
-                                            tls=getattr(self, "_tls", None))
+                                            tls=self._tls)
         messages: list[str] = []
-        plain = getattr(self, "podman", False) and archive.kind == KIND_TAR and archive.compression in OPENERS
+        plain = self.podman and archive.kind == KIND_TAR and archive.compression in OPENERS
         # Podman 4's /images/load takes only a plain tar: it cannot read a gzip-compressed docker-archive
         with (plain_tar(archive.path, archive.compression) if plain else archive.stream()) as data:
             try:

@@ -36,9 +36,17 @@ MAX_LINES = 550
 PYTEST_SIDE = 1  # the only layer that may import pytest
 
 # Imports that break the rule in parts other work is rearranging now; one entry per edge.
-KNOWN: frozenset[str] = frozenset()
+KNOWN: frozenset[str] = frozenset({
+    "docker.exec_backend -> docker.container",  # a cycle: the container's shell, twice (service targets)
+    "vm.images -> vm.debian",  # a cycle (the one image store)
+    "vm.connection -> vm.remote",  # a cycle (how a VM starts, here or on another host)
+    "vm.onhost -> vm.machine",  # a cycle (how a VM starts, here or on another host)
+    "nspawn.machine -> vm",  # siblings: the image cache (the one image store)
+    "nspawn.maintenance -> vm",  # siblings: the image cache (the one image store)
+    "nspawn.trees -> vm",  # siblings: the image cache (the one image store)
+})
 # Modules still over MAX_LINES.
-KNOWN_LONG: frozenset[str] = frozenset()
+KNOWN_LONG: frozenset[str] = frozenset({"vm.machine", "vm.remote"})
 
 
 # --- the table --------------------------------------------------------------------------------------------
@@ -118,6 +126,17 @@ def _join(*parts: str) -> str:
     return ".".join(part for part in parts if part)
 
 
+def _statement(node: ast.AST, lines: list[str]) -> str:
+    """The import as one line, naming what it imports (a parenthesised import spans lines in the source)."""
+    names = ", ".join(alias.name + (f" as {alias.asname}" if alias.asname else "")
+                      for alias in getattr(node, "names", ()))
+    if isinstance(node, ast.ImportFrom):
+        return f"from {'.' * node.level}{node.module or ''} import {names}"
+    if isinstance(node, ast.Import):
+        return f"import {names}"
+    return lines[getattr(node, "lineno", 1) - 1].strip()
+
+
 def imports(package: Path) -> list[Import]:
     """Every import of a module of ``package`` by a module of ``package``, wherever it is written."""
     modules = module_names(package)
@@ -156,7 +175,7 @@ def imports(package: Path) -> list[Import]:
                     targets.append(name)
             for target in dict.fromkeys(targets):
                 if target != module and target in modules:
-                    found.append(Import(module, target, path, node.lineno, lines[node.lineno - 1].strip()))
+                    found.append(Import(module, target, path, node.lineno, _statement(node, lines)))
     return sorted(found, key=lambda i: (i.module, i.line, i.target))
 
 
