@@ -350,7 +350,7 @@ PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, contextlib.ExitStack]
 def portable_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
     """The guest of the service fixture's portable target, on ``--flake-portable-host`` (``vm`` by default)."""
     settings: Settings = request.getfixturevalue("flake_settings")
-    host = str(getattr(settings, "flake_portable_host", None) or "vm")
+    host = settings.flake_portable_host
     make = PORTABLE_HOSTS.get(host)
     if make is None:
         raise UsageError(f"--flake-portable-host={host} is not available",

@@ -26,6 +26,7 @@ from .exec_backend import exec_backend
 if TYPE_CHECKING:
     from testinfra.host import Host
 
+    from ..tunnel import SSHHost
     from .image import Image
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Daemon(Endpoint, Protocol):
     """What a container needs of its daemon (a :class:`~pytest_flake.docker.Docker` is one)."""
 
     podman: bool  # Podman's Docker-compatible service, which fails in places where Docker does not
+    remote: SSHHost | None  # the ssh master to the daemon's host (None: the daemon runs here)
 
     @property
     def client(self) -> Any: ...  # the SDK's DockerClient
@@ -381,7 +383,7 @@ class Container:
         with contextlib.suppress(Exception):  # a stopped container has no host ports
             self._container.reload()
             urls = ", ".join(f"{p} at 127.0.0.1:{self._host_port(p)}" for p in self._published if p.endswith("/tcp"))
-            remote = getattr(self.docker, "remote", None)
+            remote = self.docker.remote
             if urls and remote is not None:
                 urls += f" on {remote.host} (reach them with `ssh -L PORT:127.0.0.1:PORT {remote.target}`)"
         return (f"docker --host {self.docker.url} exec -it {self.name} sh"

@@ -138,7 +138,7 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
     if not Path("/proc/filesystems").read_text().count("overlay"):
         lines.append((True, "nspawn: no overlayfs (modprobe overlay): containers use a reflink or full copy"))
     lines.append(cgroups.doctor_line())
-    image = getattr(settings, "container_image", "debian")
+    image = settings.container_image
     from ..vm import image_cache, parse_debian_name
 
     debian = parse_debian_name(image)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pytest_flake.config import OPTIONS, Settings
-from pytest_flake.errors import UsageError
+from pytest_flake.errors import CommandLineError, UsageError
 
 
 def resolve(tmp_path: Path, options: dict[str, Any] | None = None, ini: dict[str, Any] | None = None,
@@ -105,6 +105,28 @@ def test_bad_float_and_non_positive(tmp_path: Path) -> None:
         resolve(tmp_path, options={"vm_cpus": "0"})
     with pytest.raises(UsageError, match=r"must be greater than 0"):
         resolve(tmp_path, env={"PYTEST_FLAKE_TIMEOUT": "-1"})
+
+
+@pytest.mark.parametrize(("given", "fails_at_once"), [
+    ({"options": {"flake_timeout": "soon"}}, True),
+    ({"options": {"flake_targets": "podman"}}, True),
+    ({"env": {"PYTEST_FLAKE_TIMEOUT": "soon"}}, False),
+    ({"env": {"PYTEST_FLAKE_TARGETS": "podman"}}, False),
+    ({"ini": {"flake_timeout": "soon"}}, False),
+])
+def test_a_bad_value_typed_on_the_command_line_is_a_command_line_error(tmp_path: Path, given: dict[str, Any],
+                                                                       fails_at_once: bool) -> None:
+    """The plugin stops the run at once on a CommandLineError; any other UsageError fails only a run that uses it."""
+    with pytest.raises(UsageError) as err:
+        resolve(tmp_path, **given)
+    assert isinstance(err.value, CommandLineError) is fails_at_once
+
+
+def test_an_image_name_no_image_has_fails_at_once_wherever_it_was_set(tmp_path: Path) -> None:
+    given: dict[str, Any]
+    for given in ({"options": {"vm_image": "debian-bullseye"}}, {"env": {"PYTEST_FLAKE_VM_IMAGE": "debian-bullseye"}}):
+        with pytest.raises(CommandLineError, match="--vm-image 'debian-bullseye' is no built-in image"):
+            resolve(tmp_path, **given)
 
 
 def test_bad_choice_lists_valid_ones(tmp_path: Path) -> None:

@@ -14,13 +14,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pytest_flake import SSHError
 from pytest_flake.components import components
+from pytest_flake.nodestate import SESSION_KEY, end_session
 from pytest_flake.process import sweep
-from pytest_flake.session import alive
+from pytest_flake.session import Session, alive
 from pytest_flake.tunnel import SSHHost, classify, close_all, parse_target, short_socket_path, ssh_host
 
 FAKE_SSH = r'''
@@ -164,6 +166,18 @@ def test_sweep_ends_a_killed_sessions_master(fake_ssh: Path, tmp_path: Path) -> 
     assert not alive(pid)
     assert not host.control_path.parent.exists()
     host.close()
+
+
+def test_the_end_of_the_run_closes_the_sessions_masters(fake_ssh: Path, tmp_path: Path) -> None:
+    """The pytest side ends a session: its ssh masters (remote Docker, libvirt) first, then its directory."""
+    config = SimpleNamespace(stash=pytest.Stash())
+    session = Session(root=tmp_path).__enter__()
+    config.stash[SESSION_KEY] = session
+    host = ssh_host("ssh://root@box", control_dir=session.dir).open()
+    pid = host._proc.pid if host._proc is not None else 0
+    end_session(config)  # type: ignore[arg-type]
+    assert not host.is_open and not alive(pid)
+    assert not session.dir.exists()
 
 
 def test_the_process_records_are_the_masters(fake_ssh: Path, tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from pytest_flake.docker.archive import Archive
 from pytest_flake.docker.daemon import Docker
 from pytest_flake.nix import Build, Flake
 from pytest_flake.session import Session, start_time
+from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
 from pytest_flake.vm import VM, Image, VMConfig
 from pytest_flake.vm.seed import KeyPair
 from pytest_flake.vm.warm import WarmStore
-from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
 from pytest_flake.xdist import Run
 
 SYSTEM = "x86_64-linux"
