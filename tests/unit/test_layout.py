@@ -126,15 +126,14 @@ def _join(*parts: str) -> str:
     return ".".join(part for part in parts if part)
 
 
-def _statement(node: ast.AST, lines: list[str]) -> str:
+def _statement(node: ast.Import | ast.ImportFrom | ast.Call, lines: list[str]) -> str:
     """The import as one line, naming what it imports (a parenthesised import spans lines in the source)."""
-    names = ", ".join(alias.name + (f" as {alias.asname}" if alias.asname else "")
-                      for alias in getattr(node, "names", ()))
+    if isinstance(node, ast.Call):
+        return lines[node.lineno - 1].strip()
+    names = ", ".join(alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names)
     if isinstance(node, ast.ImportFrom):
         return f"from {'.' * node.level}{node.module or ''} import {names}"
-    if isinstance(node, ast.Import):
-        return f"import {names}"
-    return lines[getattr(node, "lineno", 1) - 1].strip()
+    return f"import {names}"
 
 
 def imports(package: Path) -> list[Import]:
@@ -147,6 +146,8 @@ def imports(package: Path) -> list[Import]:
         is_init = path.name == "__init__.py"
         lines = source.splitlines()
         for node in ast.walk(ast.parse(source, str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Call)):
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 for alias in node.names:
@@ -186,8 +187,10 @@ def imports_pytest(package: Path) -> list[tuple[str, Path, int, str]]:
         source = path.read_text()
         lines = source.splitlines()
         for node in ast.walk(ast.parse(source, str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                     else [node.module or ""] if not node.level else [])
             if any(name.split(".")[0] in ("pytest", "_pytest") for name in names):
                 found.append((module, path, node.lineno, lines[node.lineno - 1].strip()))
     return found
