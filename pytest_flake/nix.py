@@ -121,55 +121,56 @@ class Binding:
     on_fact: Callable[[str, str], None] | None = None
 
 
+@dataclass(frozen=True)
+class FlakeOptions:
+    """How a session uses a :class:`Flake` (the plugin fills it in; a script needs none of it)."""
+
+    ref_for: Callable[[], str | None] | None = None  # the ref in force when no binding names one (None: ``ref``)
+    on_run: Callable[[Process], None] | None = None  # takes what ``run()`` started when no binding does
+    log_dir: Path | None = None  # the output of each local run (None: a temporary file)
+    timeout: float = 120.0  # ``run()`` waits this long for a port unless told otherwise
+    # builds are GC roots while gcroot_dir exists (out-links in it; remove it to drop them)
+    gcroot_dir: Path | None = None
+    build_timeout: float | None = None  # a nix build is stopped after this long (None: no limit)
+    # on_build(installable, seconds, None) while a build runs (about once a second), then with the Build
+    on_build: Callable[[str, float, Build | None], None] | None = None
+    bindings: list[Binding] | None = None  # shared with whoever binds (see Flake.bound)
+    run: Run | None = None  # the pytest-xdist run of this session: its workers build each output once for all
+
+
 class Flake(Programs):
     """A flake under test: lists its outputs, builds them once per session, runs them.
 
     ``ref`` may change per test (the ``flake(ref)`` marker): whoever runs the code that uses
     the flake says so with :meth:`bound` (the pytest plugin does, from the marker of the test
-    or fixture being run), or passes ``ref_for``, a callable returning the ref in force.
-    Builds are cached per (ref, attribute).
+    or fixture being run), or passes ``options.ref_for``, a callable returning the ref in force.
+    Builds are cached per (ref, attribute). ``options`` (:class:`FlakeOptions`) says how a
+    session uses it: where its runs log and its builds are rooted, its hooks and timeouts.
     """
 
-    def __init__(
-        self,
-        ref: str,
-        *,
-        invocation_dir: Path | None = None,
-        system: str | None = None,
-        nix: Nix | None = None,
-        ref_for: Callable[[], str | None] | None = None,
-        on_run: Callable[[Any], None] | None = None,
-        log_dir: Path | None = None,
-        timeout: float = 120.0,
-        gcroot_dir: Path | None = None,
-        build_timeout: float | None = None,
-        on_build: Callable[[str, float, Build | None], None] | None = None,
-        bindings: list[Binding] | None = None,
-        run: Run | None = None,
-    ) -> None:
+    def __init__(self, ref: str, *, invocation_dir: Path | None = None, system: str | None = None,
+                 nix: Nix | None = None, options: FlakeOptions | None = None) -> None:
+        options = options or FlakeOptions()
         self._invocation_dir = invocation_dir or Path.cwd()
         self._default_ref = ref
-        self._ref_for = ref_for
+        self._ref_for = options.ref_for
         self._system = system
         self.nix = nix or Nix()
         self._builds: dict[tuple[str, str], Build] = {}
         self._evals: dict[tuple[str, str], Any] = {}
         self._checked: set[str] = set()
-        self._on_run = on_run
-        self._log_dir = log_dir
-        # builds are GC roots while gcroot_dir exists (out-links in it; remove it to drop them)
-        self._gcroot_dir = gcroot_dir
-        self._build_timeout = build_timeout
-        # on_build(installable, seconds, None) while a build runs (about once a second), then with the Build
-        self._on_build = on_build
-        self.timeout = timeout  # flake.run() waits this long for a port unless told otherwise
+        self._on_run = options.on_run
+        self._log_dir = options.log_dir
+        self._gcroot_dir = options.gcroot_dir
+        self._build_timeout = options.build_timeout
+        self._on_build = options.on_build
+        self.timeout = options.timeout  # flake.run() waits this long for a port unless told otherwise
         self._programs: dict[tuple[str, str], Path] = {}
         # shared with whoever binds it (the plugin binds before the flake exists): see bound()
-        self._bindings: list[Binding] = bindings if bindings is not None else []
+        self._bindings: list[Binding] = options.bindings if options.bindings is not None else []
         # a background build's thread sees the bindings of when it started (see prefetch())
         self._thread = threading.local()
-        # the pytest-xdist run this session is a worker of: its siblings build each output once for all
-        self._run = run
+        self._run = options.run
 
     @contextlib.contextmanager
     def bound(self, binding: Binding) -> Iterator[Binding]:
@@ -436,5 +437,5 @@ class Flake(Programs):
         return process
 
 
-__all__ = ["INSTALL_HINT", "NIX_FEATURES", "Binding", "Build", "Flake", "FlakeWarning", "Nix", "Prefetch",
-           "normalize_ref"]
+__all__ = ["INSTALL_HINT", "NIX_FEATURES", "Binding", "Build", "Flake", "FlakeOptions", "FlakeWarning", "Nix",
+           "Prefetch", "normalize_ref"]

@@ -21,7 +21,7 @@ import pytest
 
 from .config import Settings
 from .errors import UsageError
-from .nix import Binding, Flake
+from .nix import Binding, Flake, FlakeOptions
 from .process import Process
 from .reporting import BuildStatus, record_fact
 from .session import Session
@@ -238,10 +238,12 @@ def session_flake(config: pytest.Config) -> Flake:
     if made is None:
         settings = settings_of(config)
         session = ensure_session(config)
+        options = FlakeOptions(ref_for=lambda: _default_ref(settings), log_dir=session.dir,
+                               timeout=settings.flake_timeout, gcroot_dir=session.dir / "gcroots",
+                               build_timeout=settings.flake_build_timeout, on_build=BuildStatus(config),
+                               bindings=bindings(config), run=run_of(config))
         made = Flake(settings.flake or "", invocation_dir=settings.invocation_dir, system=settings.flake_system,
-                     ref_for=lambda: _default_ref(settings), log_dir=session.dir, timeout=settings.flake_timeout,
-                     gcroot_dir=session.dir / "gcroots", build_timeout=settings.flake_build_timeout,
-                     on_build=BuildStatus(config), bindings=bindings(config), run=run_of(config))
+                     options=options)
         config.stash[FLAKE_KEY] = made
     return made
 

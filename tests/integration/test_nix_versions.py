@@ -15,7 +15,7 @@ import pytest
 
 from pytest_flake import doctor
 from pytest_flake.errors import BuildError, EvalError
-from pytest_flake.nix import Flake
+from pytest_flake.nix import Flake, FlakeOptions
 from pytest_flake.nixcmd import Nix
 
 pytestmark = pytest.mark.usefixtures("nix")
@@ -73,7 +73,7 @@ def test_app_program_built_under_a_gc_root(tmp_path: Path) -> None:
     """The out-link made for the program points at its output, not at its .drv file."""
     write(tmp_path / "f")
     roots = tmp_path / "roots"
-    flake = Flake(f"path:{tmp_path / 'f'}", system=SYSTEM, gcroot_dir=roots)
+    flake = Flake(f"path:{tmp_path / 'f'}", system=SYSTEM, options=FlakeOptions(gcroot_dir=roots))
     program = flake.program("greet")
     links = sorted(roots.iterdir())
     assert links, "no out-link for the program"
@@ -233,6 +233,6 @@ def test_package_program_is_in_the_output_nix_run_uses_though_nix_build_makes_an
                            "--no-write-lock-file", f"{ref}#tool"], capture_output=True, text=True, timeout=300)
     assert real.returncode == 0, real.stderr
     assert real.stdout == "from out\n"
-    flake = Flake(ref, system=SYSTEM, gcroot_dir=tmp_path / "roots")
+    flake = Flake(ref, system=SYSTEM, options=FlakeOptions(gcroot_dir=tmp_path / "roots"))
     program = flake.program("tool")
     assert subprocess.run([str(program)], capture_output=True, text=True, check=True).stdout == real.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_flake.errors import BuildCancelled, BuildError, MissingOutputError, MissingToolError, NixError, UsageError
-from pytest_flake.nix import Binding, Build, Flake, Nix, normalize_ref
+from pytest_flake.nix import Binding, Build, Flake, FlakeOptions, Nix, normalize_ref
 
 SYSTEM = "x86_64-linux"
 OUT = "/nix/store/ccgslx07wb873cq4n54f4bqmikliw1m5-web-server-1.0"
@@ -184,7 +184,8 @@ def test_cache_is_per_ref(tmp_path: Path) -> None:
         dirs.append(d)
     current = {"ref": f"path:{dirs[0]}"}
     nix = FakeNix()
-    flake = Flake("unused", invocation_dir=tmp_path, system=SYSTEM, nix=nix, ref_for=lambda: current["ref"])
+    flake = Flake("unused", invocation_dir=tmp_path, system=SYSTEM, nix=nix,
+                  options=FlakeOptions(ref_for=lambda: current["ref"]))
     flake.build()
     current["ref"] = f"path:{dirs[1]}"
     flake.build()
@@ -513,7 +514,8 @@ def test_under_xdist_an_apps_program_is_built_once_per_run(flake_dir: Path, tmp_
     run = Run.for_uid("r-app", tmp_path / "state")
     first, second = RunNix(facts), RunNix(facts)
     for nix in (first, second):  # two workers of one run
-        worker = Flake(f"path:{flake_dir}", invocation_dir=flake_dir.parent, system=SYSTEM, nix=nix, run=run)
+        worker = Flake(f"path:{flake_dir}", invocation_dir=flake_dir.parent, system=SYSTEM, nix=nix,
+                       options=FlakeOptions(run=run))
         assert worker.program("bye") == program
     assert first.drv_builds == [[drv]] and second.drv_builds == []
     build = next(a for a in first.argvs if a[0] == "build")
@@ -523,7 +525,7 @@ def test_app_program_is_a_gc_root_like_the_builds(flake_dir: Path, tmp_path: Pat
     program = _executable(tmp_path / "store" / "toolbox" / "bin" / "bye")
     nix = RunNix(_app(f"apps.{SYSTEM}.bye", str(program), {"/nix/store/aaaa-toolbox-1.0.drv": {"outputs": ["out"]}}))
     roots = tmp_path / "session" / "gcroots"
-    flake = Flake(f"path:{flake_dir}", system=SYSTEM, nix=nix, gcroot_dir=roots)
+    flake = Flake(f"path:{flake_dir}", system=SYSTEM, nix=nix, options=FlakeOptions(gcroot_dir=roots))
     assert flake.program("bye") == program
     build = next(a for a in nix.argvs if a[0] == "build")
     assert "--no-link" not in build
@@ -679,4 +681,4 @@ def test_run_timeout_defaults_to_the_flake_timeout(flake_dir: Path, tmp_path: Pa
 
 
 def test_flake_timeout_is_passed_in() -> None:
-    assert Flake("path:/x", system=SYSTEM, nix=FakeNix(), timeout=42.0).timeout == 42.0
+    assert Flake("path:/x", system=SYSTEM, nix=FakeNix(), options=FlakeOptions(timeout=42.0)).timeout == 42.0

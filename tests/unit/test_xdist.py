@@ -17,7 +17,7 @@ import pytest
 from pytest_flake import plugin, xdist
 from pytest_flake.docker.archive import Archive
 from pytest_flake.docker.daemon import Docker
-from pytest_flake.nix import Build, Flake
+from pytest_flake.nix import Binding, Build, Flake, FlakeOptions
 from pytest_flake.session import Session, start_time
 from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
 from pytest_flake.vm import VM, Image, VMConfig
@@ -122,13 +122,12 @@ class RecordingNix:
 
 
 def worker_flake(tmp_path: Path, run: Run, nix: RecordingNix, facts: list[tuple[str, str]]) -> Flake:
-    from pytest_flake.nix import Binding
-
     flake_dir = tmp_path / "flake"
     flake_dir.mkdir(exist_ok=True)
     (flake_dir / "flake.nix").write_text("{ outputs = _: { }; }\n")
-    return Flake(f"path:{flake_dir}", nix=nix, system=SYSTEM, run=run,  # type: ignore[arg-type]
-                 bindings=[Binding(on_fact=lambda name, value: facts.append((name, value)))])
+    return Flake(f"path:{flake_dir}", nix=nix, system=SYSTEM,  # type: ignore[arg-type]
+                 options=FlakeOptions(
+                     run=run, bindings=[Binding(on_fact=lambda name, value: facts.append((name, value)))]))
 
 
 def test_the_second_worker_reads_the_build_and_does_not_call_nix(tmp_path: Path) -> None:
