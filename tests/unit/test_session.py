@@ -1,4 +1,5 @@
-"""A session's identity: its id, state directory and registration, keep, start times and liveness."""
+"""A session's identity (id, state directory, registration, keep, start times, liveness), and the sweep's
+side of it: which registrations are dead (recycled pids included), forgetting them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_flake.session import PREFIX, Session, alive, registration, start_time, state_dir
+from pytest_flake.sweep import dead_sessions, forget
 
 
 def register(root: Path, session_id: str, text: str) -> Path:
@@ -69,3 +71,34 @@ def test_start_time_and_alive() -> None:
     dead = finished_pid()
     assert start_time(dead) == ""
     assert not alive(dead)
+
+
+# --- the sweep's side: which registrations are dead, and forgetting them -------------------
+def test_dead_sessions(tmp_path: Path) -> None:
+    me = os.getpid()
+    register(tmp_path, f"{PREFIX}alive", f"{me} {start_time(me)}")
+    register(tmp_path, f"{PREFIX}oldfmt", f"{me}")  # no start time recorded: pid alone decides
+    register(tmp_path, f"{PREFIX}gone", f"{finished_pid()} 12345")
+    register(tmp_path, f"{PREFIX}recycled", f"{me} 1")  # our pid now, but not the process that registered
+    register(tmp_path, f"{PREFIX}garbage", "not a pid")
+    (tmp_path / "sessions" / f"{PREFIX}nopid").mkdir()
+    register(tmp_path, "other-dir", f"{finished_pid()} 1")  # not ours: ignored
+    with Session(root=tmp_path) as current:
+        dead = dead_sessions(current)
+        assert dead == sorted([f"{PREFIX}gone", f"{PREFIX}recycled", f"{PREFIX}garbage", f"{PREFIX}nopid"])
+        assert current.id not in dead
+
+
+def test_dead_sessions_without_registry(tmp_path: Path) -> None:
+    assert dead_sessions(Session(root=tmp_path / "empty")) == []
+
+
+def test_forget(tmp_path: Path) -> None:
+    d = register(tmp_path, f"{PREFIX}gone", f"{finished_pid()} 1")
+    (d / "123.pid").write_text("1")
+    with Session(root=tmp_path) as current:
+        assert dead_sessions(current) == [f"{PREFIX}gone"]
+        forget(current, f"{PREFIX}gone")
+        assert not d.exists()
+        assert dead_sessions(current) == []
+        forget(current, f"{PREFIX}gone")  # idempotent
