@@ -11,7 +11,8 @@ The checks (each failure names the file, the line and the import statement):
 - no import cycle, not even inside one unit (the failure prints the cycle's path);
 - no import upward, none between sibling units of one layer;
 - every module of the package has a place in the table, and every place in the table exists;
-- no module over :data:`MAX_LINES` lines; layers below the pytest side never import pytest.
+- no module over :data:`MAX_LINES` lines; layers below the pytest side never import pytest;
+- the heavy libraries (:data:`HEAVY`: libvirt, the Docker SDK...) are imported only where they are used.
 
 :data:`KNOWN` lists the imports that still break the rule in parts being reworked, one entry per
 edge (``importer -> imported``); :data:`KNOWN_LONG` the modules still too long. Each entry must
@@ -34,6 +35,7 @@ PACKAGE = ROOT / "pytest_flake"
 ARCHITECTURE = ROOT / "ARCHITECTURE.md"
 MAX_LINES = 550
 PYTEST_SIDE = 1  # the only layer that may import pytest
+HEAVY = ("libvirt", "libvirt_qemu", "docker", "paramiko", "testinfra", "cryptography")  # imported when used
 
 # Imports that break the rule in parts other work is rearranging now; one entry per edge.
 KNOWN: frozenset[str] = frozenset({
@@ -194,6 +196,28 @@ def imports_pytest(package: Path) -> list[tuple[str, Path, int, str]]:
             if any(name.split(".")[0] in ("pytest", "_pytest") for name in names):
                 found.append((module, path, node.lineno, lines[node.lineno - 1].strip()))
     return found
+
+
+def module_level_imports(source: str) -> list[tuple[int, str]]:
+    """``(line, top-level name)`` of the absolute imports that run when the module is imported (not those in
+    functions, nor under ``if TYPE_CHECKING``)."""
+    found: list[tuple[int, str]] = []
+    todo: list[ast.stmt] = list(ast.parse(source).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.append((node.lineno, (node.module or "").split(".")[0]))
+        elif isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                todo += node.body
+            todo += node.orelse
+        elif isinstance(node, (ast.Try, ast.With)):
+            todo += node.body
+            todo += [stmt for handler in getattr(node, "handlers", ()) for stmt in handler.body]
+            todo += getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+    return sorted(found)
 
 
 # --- the rule ---------------------------------------------------------------------------------------------
@@ -384,6 +408,13 @@ def test_plugin_registers_every_fixture_by_name() -> None:
     assert "import *" not in Path(plugin.__file__).read_text()
 
 
+def test_heavy_imports_wait_until_a_component_is_used() -> None:
+    eager = [f"{path.relative_to(ROOT)}:{line}: imports {name} when the module is imported"
+             for path in module_names(PACKAGE).values()
+             for line, name in module_level_imports(path.read_text()) if name in HEAVY]
+    assert not eager, "import these inside the functions that use them:\n" + "\n".join(eager)
+
+
 def test_every_known_entry_is_still_needed(found: list[Import], units: list[Unit]) -> None:
     """A KNOWN edge that is no longer imported, or no longer breaks the rule, must go."""
     edges = {edge(each) for each in found}
@@ -472,6 +503,12 @@ def test_the_checker_reports_a_cycle_inside_a_function_with_its_path(tmp_path: P
     (cycle,) = cycles(imports(package))
     assert [(each.module, each.target, each.line, each.statement) for each in cycle] == [
         ("b", "b2", 1, "from .b2 import y"), ("b2", "base", 2, "from . import base"), ("base", "b", 5, "import pkg.b")]
+
+
+def test_the_checker_sees_a_heavy_import_at_module_level_only() -> None:
+    source = ("from typing import TYPE_CHECKING\nimport docker.errors\nif TYPE_CHECKING:\n    import libvirt\n"
+              "try:\n    import paramiko\nexcept ImportError:\n    pass\n\n\ndef f():\n    import testinfra\n")
+    assert module_level_imports(source) == [(1, "typing"), (2, "docker"), (6, "paramiko")]
 
 
 def test_the_checker_reads_from_dot_import_of_a_name_as_the_packages_init(tmp_path: Path) -> None:
