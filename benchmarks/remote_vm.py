@@ -35,7 +35,7 @@ def measure(uri: str) -> dict[str, Any]:
     settings = Settings.resolve(lambda n: opts.get(n), lambda n: None, Path.cwd(), environ={})
     with tempfile.TemporaryDirectory(prefix="pf-bench-warm-") as warm, Session() as session, \
             VMPool(settings, session) as pool:
-        pool.store = WarmStore(Path(warm), forget=pool._forget_remote_state)  # no state of an earlier run
+        pool.store = WarmStore(Path(warm), forget=pool.forget_remote_state)  # no state of an earlier run
         pool.image("debian")  # built or cached before the clock starts
         started = time.monotonic()
         with pool.vm() as cold:
@@ -50,7 +50,7 @@ def measure(uri: str) -> dict[str, Any]:
         pool.store.prune()
         for folder in Path(warm).iterdir():  # its volumes there go with it
             if folder.is_dir() and not folder.name.startswith("."):
-                pool._forget_remote_state(folder)
+                pool.forget_remote_state(folder)
     return {"upload": upload, "upload_bytes": size, "cold_boot": boot - upload, "save": cold_total - boot,
             "warm": warm_total}
 

@@ -117,8 +117,7 @@ def header(settings: Settings) -> list[str]:
     """The report header: flake, Docker and libvirt endpoints, VM image. Runs no subprocess."""
     flake = settings.describe("flake") if settings.flake else "none (pass --flake DIR)"
     try:
-        from .vm import default_uri, describe_accel
-        from .vm.remote import is_remote
+        from .vm import default_uri, describe_accel, is_remote
 
         uri = default_uri(settings)
         far = "; another host: images uploaded as volumes, guest ports through an ssh tunnel" if is_remote(uri) else ""

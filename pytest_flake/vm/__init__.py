@@ -25,24 +25,33 @@ Every domain and file carries the session id, so :func:`sweep` can remove what a
 killed session left behind. This package never imports pytest; libvirt and paramiko
 are imported when first needed.
 
+How a VM starts is passed in: :class:`VMPool` chooses, once and from the libvirt URI, a kind of
+:class:`~pytest_flake.vm.launch.Launcher` (this machine's libvirt, or another host's) and hands
+each VM its own; the VM never asks which. ``VMPool(..., edit_domain=f)`` has ``f(name, root)``
+edit each VM's domain XML in place as the last step before it is defined.
+
 The modules, each one concern (imports only go down this list):
 
 ========================  ===============================================================
 ``common``                where ``vms/`` is, sizes, timed steps
-``connection``            the libvirt URI and connection, removing a domain
-``remote``                libvirt on another host: storage pool, volume uploads, console stream, ports
+``connection``            the libvirt URI (here or another host) and connection, removing a domain
+``streams``               libvirt streams: sparse uploads, bytes in and out, the console reader
+``volumes``               the storage pool on another host: pool and volume XML, content ids, the volume sweep
+``remotehost``            another host: the pool, base images uploaded once, overlays, ports free there
 ``images``                Arch download and checksum, ``resolve_image``, overlays
 ``debian``                the Debian images of every release and variant (one recipe, cached)
 ``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
-``domain``                the one domain XML builder (cold boot and restore)
+``domain``                the one domain XML builder and editor (cold boot, restore, a pty console, edits)
 ``savefile``              libvirt's save-file header: read and rewrite the XML in it
-``warm``                  warm states: key, slot, store
+``warm``                  warm states: key, slot, store, the record of one kept on another host
+``launch``                :class:`VMConfig` and the :class:`Launcher` protocol: how a VM starts
+``local``                 :class:`LocalLauncher`: libvirt here, the VM's files in the session's folder
+``remote``                :class:`RemoteLauncher`: libvirt on another host, volumes, console stream, tunnels
 ``ssh``                   the paramiko client, the testinfra backend adapter
 ``qemuuser``              QEMU's unprivileged user and the files it reads, writes, reaches
-``onhost``                the VM's steps on another host: volumes, console, tunnels, warm states there
 ``machine``               :class:`VM`
-``pool``                  :class:`VMPool`
+``pool``                  :class:`VMPool`, and which launcher a URI calls for
 ``maintenance``           the sweep and the doctor
 ========================  ===============================================================
 """
@@ -67,7 +76,7 @@ from .accel import (
     watch_kvm_first_boot,
 )
 from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
-from .connection import connect, default_uri, destroy_domain
+from .connection import connect, default_uri, destroy_domain, is_remote, ssh_url
 from .debian import (
     DEBIAN_RELEASES,
     DEBIAN_VARIANTS,
@@ -79,7 +88,7 @@ from .debian import (
     debian_recipe_hash,
     parse_debian_name,
 )
-from .domain import BootSpec, boot_xml, netdev, restore_xml
+from .domain import BootSpec, DomainEdit, boot_xml, netdev, restore_xml
 from .images import (
     ArchRecipe,
     Image,
@@ -90,10 +99,13 @@ from .images import (
     parse_sha256_file,
     resolve_image,
 )
-from .machine import VM, Platform, VMConfig
+from .launch import Disks, Launcher, VMConfig
+from .local import LocalLauncher
+from .machine import VM, Platform
 from .maintenance import VMComponent, component, doctor, sweep
-from .pool import VMPool
+from .pool import VMPool, launcher_type
 from .qemuuser import QemuUser, acl_user_perm, check_readable, grant_search, hand_to_qemu
+from .remote import RemoteLauncher
 from .savefile import copy_save_with_xml, read_save_xml
 from .seed import (
     SKIP_DROPIN,
@@ -111,7 +123,8 @@ from .warm import WARM_ENV, Hypervisor, WarmState, WarmStore, boot_log_of, warm_
 
 __all__ = [
     "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey",
-    "QemuUser", "Hypervisor",
+    "QemuUser", "Hypervisor", "Launcher", "LocalLauncher", "RemoteLauncher", "launcher_type", "Disks", "DomainEdit",
+    "is_remote", "ssh_url",
     "WarmStore", "WarmState", "BootSpec", "sweep", "doctor", "resolve_image", "fetch_arch", "build_debian",
     "download", "parse_sha256_file", "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
     "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",

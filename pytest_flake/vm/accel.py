@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .._host import locked, write_atomic
 from ..errors import tail
 from .common import log
-from .connection import default_uri
+from .connection import default_uri, is_remote
 from .debian import debian_image_dir
 from .images import Image, image_cache
 
@@ -165,10 +165,8 @@ def choose_accel(settings: Settings, kernel: Path | None, cache: Path, *, kernel
     """
     if settings.vm_accel in ("kvm", "tcg"):
         return str(settings.vm_accel)
-    from .remote import is_remote
-
     uri = default_uri(settings)
-    if is_remote(uri):  # VMPool asks the host's capabilities (remote.remote_accel); a local probe says nothing
+    if is_remote(uri):  # VMPool asks the host's capabilities (remotehost.remote_accel); a local probe says nothing
         log.info("vm: libvirt %s is not local; using TCG (pass --vm-accel kvm to insist)", uri)
         return "tcg"
     cached = cached_probe(cache)
@@ -204,8 +202,6 @@ def describe_accel(settings: Settings, cache: Path | None = None) -> str:
     """The accelerator for the report header, from the setting or the cached probe (never probes)."""
     if settings.vm_accel in ("kvm", "tcg"):
         return f"{settings.vm_accel} (from {settings.source('vm_accel')})"
-    from .remote import is_remote
-
     uri = default_uri(settings)
     if is_remote(uri):
         return f"auto (KVM if the capabilities of {uri} list it, else TCG)"

@@ -1,10 +1,12 @@
-"""The libvirt connection: the URI, the lazily imported module, and removing a domain."""
+"""The libvirt connection: the URI (this host's daemon or another host's), the lazily imported module,
+and removing a domain."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..errors import MissingToolError, VMError
 from .common import is_root
@@ -12,10 +14,41 @@ from .common import is_root
 if TYPE_CHECKING:
     from ..config import Settings
 
+LOCAL_TRANSPORTS = ("", "unix")
+
+
 def default_uri(settings: Settings | None) -> str:
     """The libvirt URI: the setting, else ``qemu:///system`` as root and ``qemu:///session`` otherwise."""
     explicit = settings.libvirt_uri if settings is not None else None
     return explicit or ("qemu:///system" if is_root() else "qemu:///session")
+
+
+def is_remote(uri: str) -> bool:
+    """Whether libvirt at ``uri`` runs on another host (it cannot see this machine's files).
+
+    ``qemu:///system``, ``qemu+unix:///session`` and ``test:///default`` are local; a transport
+    (``+ssh``, ``+tcp``, ``+tls``, ``+libssh``...) other than ``unix``, or a host name, is remote.
+    """
+    parts = urlsplit(uri)
+    _, _, transport = parts.scheme.partition("+")
+    if transport not in LOCAL_TRANSPORTS:
+        return True
+    return bool(parts.netloc) and transport != "unix"
+
+
+def ssh_url(uri: str) -> str:
+    """The ssh URL of the host behind a remote libvirt URI (for the port tunnels).
+
+    ``qemu+ssh://`` URIs are kept (user, port and ``keyfile`` are ssh's); for ``+tcp`` and ``+tls``
+    the port is libvirt's, so only ``ssh://[user@]host`` remains.
+    """
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        raise VMError(f"the libvirt URI {uri} names no host", hint="write qemu+ssh://root@HOST/system")
+    if parts.scheme.endswith("+ssh"):
+        return uri
+    user = f"{parts.username}@" if parts.username else ""
+    return f"ssh://{user}{parts.hostname}"
 
 
 def libvirt_module() -> Any:
@@ -36,8 +69,6 @@ def connect(uri: str) -> Any:
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        from .remote import is_remote
-
         if is_remote(uri):
             raise VMError(
                 f"libvirt at {uri} is unreachable: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",

@@ -4,20 +4,29 @@ A cold boot starts from the base document ``vms/domain.xml``; a restore starts f
 stored in a saved state. Both then get this VM's name, a new UUID, the session, the overlay,
 the console and the user network with its forwards through :func:`_place`. Every value is an
 element's text or an attribute, so ElementTree escapes all of it.
+
+A user's :data:`DomainEdit` (``edit_domain`` of :class:`~pytest_flake.vm.VMPool`) gets the cold
+boot's document last, just before it is defined (:func:`edited`); :func:`edit_fingerprint` says
+what it does to a reference document, so a warm state is only restored into a VM edited the same way.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import VMError
 from ..session import PREFIX
 from .common import NETDEV_ID, QEMU_NS, RECIPES
-from .remote import console_to_pty, drop_backing_chain
+
+# edits a domain in place before it is defined: (the VM's name, the root <domain> element)
+DomainEdit = Callable[[str, ET.Element], None]
 
 
 def netdev(ssh_port: int, forwards: dict[int, int] | None = None) -> str:
@@ -60,6 +69,36 @@ def _need(root: ET.Element, path: str, what: str) -> ET.Element:
     if element is None:
         raise VMError(f"{what} has no {path}")
     return element
+
+
+def console_to_pty(root: ET.Element) -> None:
+    """Make a domain's serial port a pty with a ``<console>`` on it (read through libvirt, not a file)."""
+    devices = root.find("devices")
+    serial = root.find("devices/serial")
+    if devices is None or serial is None:
+        raise VMError("the domain has no serial port")
+    serial.set("type", "pty")
+    serial.attrib.pop("tty", None)
+    for child in serial.findall("source") + serial.findall("log"):
+        serial.remove(child)
+    consoles = devices.findall("console")
+    for console in consoles:  # a saved domain's console keeps its alias; the pty it had is gone
+        console.set("type", "pty")
+        console.attrib.pop("tty", None)
+        for child in console.findall("source") + console.findall("log"):
+            console.remove(child)
+    if not consoles:
+        console = ET.Element("console", {"type": "pty"})
+        _sub(console, "target", type="serial", port="0")
+        devices.insert(list(devices).index(serial) + 1, console)
+
+
+def drop_backing_chain(root: ET.Element) -> None:
+    """Remove the ``<backingStore>`` of the main disk: libvirt probes the new overlay's chain instead."""
+    disk = root.find("./devices/disk[@device='disk']")
+    if disk is not None:
+        for store in disk.findall("backingStore"):
+            disk.remove(store)
 
 
 def _place(root: ET.Element, *, name: str, overlay: Path, console: Path | None, netdev: str, session: str | None,
@@ -166,3 +205,45 @@ def restore_xml(saved: str, *, name: str, overlay: Path, console: Path | None, n
         xml = ET.tostring(root, encoding="unicode")
     return xml
 
+
+
+def edited(xml: str, name: str, edit: DomainEdit | None) -> str:
+    """``xml`` after ``edit(name, root)`` changed it in place (the last step before the domain is defined)."""
+    if edit is None:
+        return xml
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(xml)
+    edit(name, root)
+    return ET.tostring(root, encoding="unicode")
+
+
+_REFERENCE_UUID = "00000000-0000-4000-8000-000000000000"
+
+
+def edit_fingerprint(spec: BootSpec, edit: DomainEdit | None) -> str:
+    """What ``edit`` does to the cold-boot document of ``spec`` (fixed session, paths and ports): ``""`` when
+    nothing.
+
+    A warm state is the guest of an edited domain: its key carries this, so a VM whose edit differs
+    (or a VM without one) never restores it. The document's name and UUID do not count; ``spec``'s
+    OEM strings should not hold a session's key.
+    """
+    if edit is None:
+        return ""
+    fixed = Path("/pf-reference")
+    reference = replace(spec, session=f"{PREFIX}00000000", overlay=fixed / "overlay.qcow2", netdev=netdev(0),
+                        console=fixed / "console.log" if spec.console is not None else None,
+                        seed=fixed / "seed.img" if spec.seed is not None else None)
+    root = ET.fromstring(boot_xml(reference))
+    untouched = copy.deepcopy(root)
+    edit(spec.name, root)
+    texts = []
+    for document in (untouched, root):
+        for tag, value in (("name", "pf-reference"), ("uuid", _REFERENCE_UUID)):
+            element = document.find(tag)
+            if element is not None:
+                element.text = value
+        texts.append(ET.tostring(document, encoding="unicode"))
+    if texts[0] == texts[1]:
+        return ""
+    return hashlib.sha256(texts[1].encode()).hexdigest()[:16]

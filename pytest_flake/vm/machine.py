@@ -1,7 +1,8 @@
 """One guest: :class:`VM`, a context manager that boots (or restores) a domain and reaches it over SSH.
 
-A VM is handed narrow collaborators, never the pool: the libvirt connection, the warm store,
-the session's key pair and a :class:`Platform` (images, the accelerator, QEMU's files).
+A VM is handed narrow collaborators, never the pool: its :class:`~pytest_flake.vm.launch.Launcher`
+(how its domain starts, here or on another host), the warm store, the session's key pair and a
+:class:`Platform` (images, the accelerator, the warm-state key).
 """
 
 from __future__ import annotations
@@ -15,23 +16,20 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._host import free_port, locked, reflink_copy, write_private
+from .._host import locked, write_private
 from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, VMError, tail
 from ..guest import GuestCommands
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
-from .common import NETDEV_ID, log, step
-from .connection import current_domain, destroy_domain, libvirt_module
+from .common import log, step
+from .connection import libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
-from .domain import BootSpec, boot_xml, netdev, restore_xml
-from .images import Image, create_overlay
-from .onhost import OnAnotherHost
-from .remote import ConsoleReader, RemoteHost, hostfwd_failed
-from .savefile import copy_save_with_xml, read_save_xml
+from .domain import BootSpec, DomainEdit, boot_xml, edit_fingerprint, edited
+from .images import Image
+from .launch import Disks, Launcher, VMConfig
 from .seed import HostKey, KeyPair, cloud_config, credential, make_seed, render_user_data, skip_dropin
 from .ssh import (
     QuietParamiko,
@@ -49,7 +47,6 @@ if TYPE_CHECKING:
     from testinfra.backend.base import CommandResult
     from testinfra.host import Host
 
-
 class Platform(Protocol):
     """What a VM asks of its session besides the connection, the store and the keys (a VMPool is one)."""
 
@@ -61,42 +58,26 @@ class Platform(Protocol):
 
     def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]: ...
 
-    def prepare_files(self, image: Image | None, *own: Path) -> None: ...
 
-    def seclabel(self) -> str | None: ...
-
-    def remote_host(self) -> RemoteHost | None: ...
-
-
-@dataclass(frozen=True)
-class VMConfig:
-    """One VM's name, folder and sizes, and the session it belongs to."""
-
-    name: str
-    dir: Path
-    session_id: str
-    image: str
-    memory: int  # MiB
-    cpus: int
-    disk_size: int  # bytes; the overlay's virtual size
-    timeout: float  # --flake-timeout: SSH readiness, wait_until_succeeds...
-
-
-class VM(GuestCommands, OnAnotherHost):
+class VM(GuestCommands):
     """One libvirt guest reachable over SSH; a context manager.
 
     ``vm.run("cmd")`` and ``vm.host`` (a testinfra Host) share one SSH connection;
     ``vm.forward(port)`` publishes a guest port on 127.0.0.1; ``vm.console_log()`` is the
     serial console. Entering starts it (cleaning up if the start fails); leaving removes
     the domain, its overlay and its console log. ``close()`` may be called more than once.
+
+    ``launcher`` starts the domain, here or on another host; ``edit_domain(name, root)`` edits the
+    cold boot's domain XML in place, as the last step before it is defined.
     """
 
-    def __init__(self, config: VMConfig, *, conn: Callable[[], Any], store: WarmStore | None,
-                 keys: Callable[[], KeyPair], platform: Platform,
+    def __init__(self, config: VMConfig, *, launcher: Launcher, store: WarmStore | None,
+                 keys: Callable[[], KeyPair], platform: Platform, edit_domain: DomainEdit | None = None,
                  on_start: Callable[[VM], None] = lambda vm: None, on_ready: Callable[[VM], None] = lambda vm: None,
                  on_close: Callable[[VM], None] = lambda vm: None) -> None:
         self.config = config
-        self._conn = conn  # the session's libvirt connection (opened on first use)
+        self.launcher = launcher
+        self.edit_domain = edit_domain
         self.store = store  # None: warm starts are off
         self._session_keys = keys  # the session's key pair (made on first use)
         self.platform = platform
@@ -107,8 +88,8 @@ class VM(GuestCommands, OnAnotherHost):
         self.disk_size = int(config.disk_size)
         self.name = config.name
         self.dir = config.dir
-        self.overlay = self.dir / f"{self.name}.qcow2"
-        self.console = self.dir / f"{self.name}.console.log"
+        self.overlay = config.overlay  # this machine's copy-on-write disk (another host's is a volume there)
+        self.console = config.console
         self.seed: Path | None = None
         self.ssh_port = 0
         self.warm = False  # restored from a saved state (of this session or an earlier one)
@@ -118,7 +99,6 @@ class VM(GuestCommands, OnAnotherHost):
         self.boot_seconds = 0.0  # start() to the first SSH answer
         self.kept = False
         self.left_behind: list[str] = []  # the steps of close() that failed: the next session's sweep finishes them
-        self._dom: Any = None
         self._image: Image | None = None
         self._hostkeys: tuple[str, ...] = ()
         # where the host key checked on SSH comes from: "seed" (made here, handed over by cloud-init),
@@ -126,13 +106,7 @@ class VM(GuestCommands, OnAnotherHost):
         self.host_key_origin = ""
         self._client: paramiko.SSHClient | None = None
         self._host: Host | None = None
-        self._forwards: dict[int, int] = {}
-        # libvirt on another host (None: this machine): volumes, console stream, ports there
-        self.remote = platform.remote_host()
-        self._hostfwd_port = 0  # the SSH forward in QEMU's netdev (on the host's 127.0.0.1)
-        self._remote_forwards: dict[int, int] = {}  # guest port -> port on the host's 127.0.0.1
-        self._volumes: list[str] = []  # volumes of this VM on the host (its teardown deletes them)
-        self._console_reader: ConsoleReader | None = None
+        self._forwards: dict[int, int] = {}  # guest port -> 127.0.0.1 port here
         self._lock = threading.Lock()
         self._closed = False
 
@@ -173,6 +147,9 @@ class VM(GuestCommands, OnAnotherHost):
         if store is not None:
             try:
                 key = self.platform.warm_key(image, self.memory, self.cpus, accel, self.disk_size)
+                edit = edit_fingerprint(self._reference_spec(image, accel), self.edit_domain)
+                if edit:  # the guest of an edited domain: only a VM edited the same way restores it
+                    key["domain_edit"] = edit
             except Exception as exc:  # warm starts are an optimisation: never an error
                 log.warning("vm://%s: no warm starts (%s)", self.name, exc)
         state = store.load(key) if store is not None and key is not None and not booted else None
@@ -190,7 +167,7 @@ class VM(GuestCommands, OnAnotherHost):
                     self.warm_from = state.created_by
                 except FlakeError as exc:
                     log.warning("vm://%s: warm start failed, booting cold: %s", self.name, exc)
-                    self._drop_domain()
+                    self.launcher.destroy()
                     self.overlay.unlink(missing_ok=True)
                     with contextlib.suppress(OSError):
                         store.drop(state)
@@ -208,71 +185,54 @@ class VM(GuestCommands, OnAnotherHost):
                  self.ready_seconds, "warm start" if self.warm else "cold boot")
         return self
 
-    def _netdev(self, extra: dict[int, int] | None = None) -> str:
-        return netdev(self._hostfwd_port, extra)
+    def _oem_strings(self, image: Image, public_key: str | None) -> tuple[str, ...]:
+        """SMBIOS credentials: root's authorized key, and a drop-in for each unit the image skips."""
+        oem = [credential("ssh.authorized_keys.root", public_key)] if public_key is not None else []
+        for unit in image.skip_units:
+            oem.append(credential(f"systemd.unit-dropin.{unit}", skip_dropin(unit)))
+        return tuple(oem)
 
-    def _pick_hostfwd_port(self) -> None:
-        """The SSH forward's port: free here, or (another host) free at its 127.0.0.1."""
-        if self.remote is None:
-            self.ssh_port = self._hostfwd_port = free_port()
-            return
-        if self._hostfwd_port:
-            self.remote.release_port(self._hostfwd_port)
-        self._hostfwd_port = self.remote.pick_port()
+    def _boot_spec(self, image: Image, accel: str, disks: Disks, public_key: str | None) -> BootSpec:
+        return BootSpec(
+            name=self.name, session=self.config.session_id, image_key=image.key, accel=accel,
+            memory=self.memory, cpus=self.cpus, overlay=disks.overlay, console=self.launcher.console_target(),
+            netdev=self.launcher.netdev(), kernel=disks.kernel, initrd=disks.initrd, cmdline=image.cmdline,
+            oem_strings=self._oem_strings(image, public_key), seed=disks.seed, seclabel=self.launcher.seclabel,
+        )
+
+    def _reference_spec(self, image: Image, accel: str) -> BootSpec:
+        """The cold boot's document before its disks exist and without the session's key (what an edit does)."""
+        disks = Disks(overlay=self.overlay, kernel=image.kernel, initrd=image.initrd,
+                      seed=self.config.seed if image.cloud_init else None, size=self.disk_size)
+        return self._boot_spec(image, accel, disks, None)
 
     def _cold_boot(self, image: Image, accel: str, *, trial: bool = False) -> bool:
         """Boot ``image`` and wait for SSH; True. With ``trial`` (under KVM), first watch the console
         for kernel progress: without it, record that KVM hangs, remove the domain and return False."""
-        conn = self._conn()
-        self._pick_hostfwd_port()
-        if self.remote is None:
-            self.disk_size = create_overlay(image, self.overlay, self.disk_size)
+        launcher = self.launcher
+        launcher.pick_ports()
         self.console.write_text("")
-        self.keys = self._session_keys()
-        oem = [credential("ssh.authorized_keys.root", self.keys.public)]
-        for unit in image.skip_units:
-            oem.append(credential(f"systemd.unit-dropin.{unit}", skip_dropin(unit)))
+        keys = self.keys = self._session_keys()
         hostkeys, origin = image.hostkeys, "image"
         if image.cloud_init:
             host_key = HostKey.generate()
             hostkeys, origin = (" ".join(host_key.public.split()[:2]),), "seed"  # the first connection is checked
-            user_data = render_user_data(cloud_config(self.keys.public, host_key, image.skip_units))
-            self.seed = make_seed(self.dir / f"{self.name}.seed.img", user_data, self.name)
-        overlay, kernel, initrd, seed = self.overlay, image.kernel, image.initrd, self.seed
-        if self.remote is not None:  # nothing of this machine's files is seen there: volumes
-            overlay, kernel, initrd, seed = self._remote_disk(self.remote, image)
-        self.platform.prepare_files(image, self.overlay, self.console, *([self.seed] if self.seed else []))
+            user_data = render_user_data(cloud_config(keys.public, host_key, image.skip_units))
+            self.seed = make_seed(self.config.seed, user_data, self.name)
+        disks = launcher.disks(image, self.seed, self.disk_size)
+        self.disk_size = disks.size
         with step(f"vm://{self.name}: cold boot of {image.name} ({accel}, {self.memory} MiB, {self.cpus} CPU)"):
-            libvirt = libvirt_module()
-            for attempt in range(3):
-                xml = boot_xml(BootSpec(
-                    name=self.name, session=self.config.session_id, image_key=image.key, accel=accel,
-                    memory=self.memory, cpus=self.cpus, overlay=overlay,
-                    console=self.console if self.remote is None else None, netdev=self._netdev(),
-                    kernel=kernel, initrd=initrd, cmdline=image.cmdline, oem_strings=tuple(oem),
-                    seed=seed, seclabel=self.platform.seclabel(),
-                ))
-                try:
-                    paused = libvirt.VIR_DOMAIN_START_PAUSED if self.remote is not None else 0
-                    self._dom = conn.createXML(xml, paused)
-                    break
-                except libvirt.libvirtError as exc:
-                    if self.remote is not None and hostfwd_failed(str(exc)) and attempt < 2:
-                        log.info("vm://%s: port %d is taken on the host; another one", self.name, self._hostfwd_port)
-                        self._pick_hostfwd_port()
-                        continue
-                    raise VMError(f"vm://{self.name}: libvirt refused to start the domain: {exc}",
-                                  details=f"domain XML:\n{xml}") from exc
-            self._attach_console()
-            self._tunnel_ssh()
+            launcher.boot(lambda: edited(boot_xml(self._boot_spec(image, accel, disks, keys.public)), self.name,
+                                         self.edit_domain))
+            self.ssh_port = launcher.ssh_port
             self._hostkeys, self.host_key_origin = hostkeys, origin if hostkeys else ""
             if trial:
-                works, why = watch_kvm_first_boot(self.console_log, self._dom.isActive,
+                works, why = watch_kvm_first_boot(self.console_log, launcher.dom.isActive,
                                                   answered=lambda: ssh_banner(self.ssh_port))
                 self.platform.kvm_trial_result(works, why)
                 if not works:
                     log.warning("vm://%s: %s; booting again under TCG", self.name, why)
-                    self._drop_domain()
+                    launcher.destroy()
                     return False
             self._wait_ssh()
         return True
@@ -280,14 +240,13 @@ class VM(GuestCommands, OnAnotherHost):
     def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
         """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
 
-        Here the save file and a copy of the overlay go into the state's folder; on another host
-        they stay there as volumes (:meth:`_save_guest_there`). Failing to save is only a warning
-        (the next VM boots cold too); losing the guest is an error.
+        The launcher saves the guest into the state's folder (here; on another host the save file
+        and the overlay stay there as volumes). Failing to save is only a warning (the next VM boots
+        cold too); losing the guest is an error.
         """
         libvirt = libvirt_module()
-        store, keys, remote = self.store, self.keys, self.remote
-        assert store is not None and keys is not None
-        kept: tuple[str, ...] = ()  # volumes on the host that became the warm state's
+        store, keys, launcher, image = self.store, self.keys, self.launcher, self._image
+        assert store is not None and keys is not None and image is not None
         published = False
         try:
             with store.create(key, self.config.session_id) as tmp:
@@ -295,14 +254,10 @@ class VM(GuestCommands, OnAnotherHost):
                     return  # another session saved one meanwhile
                 self._disconnect()
                 try:
-                    with step(f"vm://{self.name}: saving the booted guest{' on the host' if remote else ''} "
-                              f"for warm starts"):
-                        if remote is None:
-                            self._save_guest_here(tmp)
-                        else:
-                            kept = self._save_guest_there(remote, tmp)
+                    with step(f"vm://{self.name}: saving the booted guest{launcher.where} for warm starts"):
+                        launcher.save(tmp, image)
                 except (libvirt.libvirtError, VMError, OSError) as exc:
-                    if self._dom is None:
+                    if launcher.dom is None:
                         raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
                     raise
                 shutil.copyfile(keys.private, tmp / "id_ed25519")
@@ -316,79 +271,46 @@ class VM(GuestCommands, OnAnotherHost):
             raise
         except (libvirt.libvirtError, OSError) as exc:
             log.warning("vm://%s: could not save a warm state: %s", self.name, exc)
-            if self._dom is None:
+            if launcher.dom is None:
                 raise VMError(f"vm://{self.name}: lost the guest while saving it: {exc}") from exc
         if published:
-            self._disown(*kept)  # the warm state's now: they stay on the host
+            launcher.saved()
         if self._client is None:
             self._wait_ssh()
 
-    def _save_guest_here(self, tmp: Path) -> None:
-        """Save the guest into ``tmp`` with a copy of its overlay, then let it run on from that save."""
-        libvirt = libvirt_module()
-        self._dom.save(str(tmp / "state.save"))
-        self._dom = None
-        reflink_copy(self.overlay, tmp / "overlay.qcow2", error=VMError,
-                     what=f"vm://{self.name}: copying the overlay of the saved guest")
-        self.platform.prepare_files(self._image, self.overlay, self.console, *([self.seed] if self.seed else []))
-        self._conn().restoreFlags(str(tmp / "state.save"), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-        self._dom = self._conn().lookupByName(self.name)
-
     def _restore(self, state: WarmState) -> None:
         libvirt = libvirt_module()
-        private = self.dir / f"{self.name}.id_ed25519"
-        if self.remote is not None:
-            with step(f"vm://{self.name}: warm start on the host from {state.dir.name}"
-                      + (f" (saved by {state.created_by})" if state.created_by else "")):
-                try:
-                    write_private(private, state.private_key.read_bytes())
-                    self.keys = KeyPair(private=private, public=state.public_key)
-                    self._restore_on_host(self.remote, state)
-                except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
-                    raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
-                self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
-                self._wait_ssh()
-            return
-        self._pick_hostfwd_port()
-        copy = self.dir / f"{self.name}.save"
-        with step(f"vm://{self.name}: warm start from {state.dir.name}"
-                   + (f" (saved by {state.created_by})" if state.created_by else "")):
+        image = self._image
+        assert image is not None
+        with step(f"vm://{self.name}: warm start{self.launcher.where} from {state.dir.name}"
+                  + (f" (saved by {state.created_by})" if state.created_by else "")):
             try:
-                reflink_copy(state.overlay, self.overlay, error=VMError,
-                             what=f"vm://{self.name}: restore failed: copying the saved overlay")
-                write_private(private, state.private_key.read_bytes())
-                self.keys = KeyPair(private=private, public=state.public_key)
+                write_private(self.config.key_copy, state.private_key.read_bytes())
+                self.keys = KeyPair(private=self.config.key_copy, public=state.public_key)
                 self.console.write_text(boot_log_of(state))
-                xml = restore_xml(read_save_xml(state.save), name=self.name, overlay=self.overlay,
-                                  console=self.console, netdev=self._netdev(), session=self.config.session_id)
-                copy_save_with_xml(state.save, copy, xml)
-                self.platform.prepare_files(self._image, self.overlay, self.console)
-                self._conn().restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-                self._dom = self._conn().lookupByName(self.name)
+                self.disk_size = self.launcher.restore(state, image, self.disk_size)
             except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
-            finally:
-                copy.unlink(missing_ok=True)
+            self.ssh_port = self.launcher.ssh_port
             self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
             self._wait_ssh()
 
     def _wait_ssh(self) -> None:
         import paramiko
 
-        image = self._image
+        image, launcher = self._image, self.launcher
         timeout = float(self.config.timeout)
 
         def seen() -> str:
-            return evidence(self.name, self.console_log(), self._dom, local=self.remote is None)
+            return evidence(self.name, self.console_log(), launcher.dom, local=launcher.logs_here)
 
         def probe() -> paramiko.SSHClient:
-            if self._dom is not None:
-                try:  # a restarted libvirtd dropped our connection, not the guest: look it up again
-                    self._dom = current_domain(self._dom, lambda: self._conn().lookupByName(self.name))
-                except (libvirt_module().libvirtError, VMError) as exc:
-                    raise NotReady(f"libvirt does not answer: {exc}") from exc
-            if self._dom is None or not self._dom.isActive():
-                raise VMError(f"vm://{self.name}: the guest stopped before SSH answered ({domain_state(self._dom)})",
+            try:  # a restarted libvirtd dropped our connection, not the guest: look it up again
+                launcher.refresh()
+            except (libvirt_module().libvirtError, VMError) as exc:
+                raise NotReady(f"libvirt does not answer: {exc}") from exc
+            if launcher.dom is None or not launcher.dom.isActive():
+                raise VMError(f"vm://{self.name}: the guest stopped before SSH answered ({domain_state(launcher.dom)})",
                               details=seen())
             panic = panic_in(self.console_log())
             if panic:
@@ -461,7 +383,7 @@ class VM(GuestCommands, OnAnotherHost):
     def run(self, cmd: str | list[str]) -> CommandResult:
         """Run a shell command as root in the guest; a list is quoted for you."""
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
-        with Watch(self.name, self.console_log, self._dom, self._cut, local=self.remote is None):
+        with Watch(self.name, self.console_log, self.launcher.dom, self._cut, local=self.launcher.logs_here):
             result = self.host.run(command)
         log.debug("vm://%s: %s -> %s", self.name, command, result.rc)
         return result
@@ -470,29 +392,9 @@ class VM(GuestCommands, OnAnotherHost):
         """Publish ``guest_port`` on a 127.0.0.1 port of the host (added to the running guest)."""
         if guest_port in self._forwards:
             return self._forwards[guest_port]
-        import libvirt_qemu
-
-        libvirt = libvirt_module()
-        last = ""
-        for _ in range(5):
-            port = free_port() if self.remote is None else self.remote.pick_port()  # there: on its 127.0.0.1
-            command = f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{port}-:{int(guest_port)}"
-            try:
-                out = libvirt_qemu.qemuMonitorCommand(self._dom, command,
-                                                      libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-            except libvirt.libvirtError as exc:
-                raise VMError(f"vm://{self.name}: {command} failed: {exc}") from exc
-            if not out.strip():
-                if self.remote is not None:
-                    self._remote_forwards[guest_port] = port
-                    port = self.remote.ssh.forward(port)
-                self._forwards[guest_port] = port
-                log.info("vm://%s: guest port %d on 127.0.0.1:%d", self.name, guest_port, port)
-                return int(port)
-            if self.remote is not None:
-                self.remote.release_port(port)
-            last = out.strip()
-        raise VMError(f"vm://{self.name}: could not forward guest port {guest_port}: {last}")
+        port = self._forwards[guest_port] = self.launcher.forward(guest_port)
+        log.info("vm://%s: guest port %d on 127.0.0.1:%d", self.name, guest_port, port)
+        return port
 
     def url(self, guest_port: int, path: str = "/") -> str:
         """``http://127.0.0.1:PORT/path`` for a guest port (forwarded on first use)."""
@@ -547,7 +449,7 @@ class VM(GuestCommands, OnAnotherHost):
     @property
     def known_hosts(self) -> Path:
         """The known_hosts file :meth:`ssh_command` pins the guest's host key with."""
-        return self.dir / f"{self.name}.known_hosts"
+        return self.config.known_hosts
 
     def ssh_command(self) -> str:
         """How a person reaches this VM from a shell (for --flake-keep).
@@ -556,8 +458,8 @@ class VM(GuestCommands, OnAnotherHost):
         as it does for every guest it checked on connecting; only a guest whose key was taken on
         first use gets a command that accepts whatever key answers.
         """
-        jump = f"-J {shlex.quote(self.remote.ssh.target)} " if self.remote is not None else ""
-        port = self._hostfwd_port if self.remote is not None else self.ssh_port  # there: jump through the host
+        through, port = self.launcher.ssh_route()
+        jump = f"-J {shlex.quote(through)} " if through is not None else ""
         if self._hostkeys:
             write_private(self.known_hosts, "".join(f"[127.0.0.1]:{port} {key}\n" for key in self._hostkeys))
             checks = f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={shlex.quote(str(self.known_hosts))}"
@@ -579,18 +481,6 @@ class VM(GuestCommands, OnAnotherHost):
             with contextlib.suppress(Exception):
                 client.close()
 
-    def _drop_domain(self) -> None:
-        dom, self._dom = self._dom, None
-
-        def lookup() -> Any:
-            return self._conn().lookupByName(self.name)
-
-        if dom is None:
-            with contextlib.suppress(Exception):
-                dom = lookup()
-        if dom is not None:
-            destroy_domain(current_domain(dom, lookup))  # through a new connection if libvirtd restarted
-
     def close(self) -> None:
         """Stop the guest and remove its files; idempotent, and each step's failure is only logged."""
         if self._closed:
@@ -601,14 +491,10 @@ class VM(GuestCommands, OnAnotherHost):
             return
         steps: list[tuple[str, Callable[[], None]]] = [
             ("close SSH", self._disconnect),
-            ("destroy the domain", self._drop_domain),
-            ("stop reading the console", self._stop_console),
-            ("close the tunnels", self._close_tunnels),
-            ("remove the volumes on the host", self._delete_volumes),
-            ("remove the overlay", lambda: self.overlay.unlink(missing_ok=True)),
+            *self.launcher.teardown(),
             ("remove the seed", lambda: self.seed.unlink(missing_ok=True) if self.seed else None),
             ("remove the console log", lambda: self.console.unlink(missing_ok=True)),
-            ("remove the key copy", lambda: (self.dir / f"{self.name}.id_ed25519").unlink(missing_ok=True)),
+            ("remove the key copy", lambda: self.config.key_copy.unlink(missing_ok=True)),
             ("remove the known hosts file", lambda: self.known_hosts.unlink(missing_ok=True)),
         ]
         for what, action in steps:

@@ -8,17 +8,16 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import FlakeError, counted
 from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
-from .common import GiB, MiB, is_root, log
-from .connection import connect, default_uri, destroy_domain, libvirt_module
+from .common import GiB, MiB, log
+from .connection import connect, default_uri, destroy_domain, is_remote, libvirt_module
 from .debian import debian_image_dir, parse_debian_name
 from .images import image_cache
-from .qemuuser import QemuUser
-from .remote import BASE_PREFIX, POOL, POOL_DIR, is_remote, referenced_volumes, sweep_volumes
+from .pool import launcher_type
 from .warm import WARM_ENV, WarmStore, warm_enabled
 
 if TYPE_CHECKING:
@@ -51,9 +50,8 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> list[str]:
                     log.info("vm sweep: removing domain %s of a dead session", name)
                     destroy_domain(dom, ignore_errors=True)
                     domains += 1
-            if is_remote(uri):  # overlays, seeds, save copies on the host (not those warm states keep)
-                volumes = len(sweep_volumes(conn, uri, ids,
-                                            keep=referenced_volumes(image_cache(state_root) / "warm", uri)))
+            # another host: the overlays, seeds, save copies there (not those warm states keep)
+            volumes = launcher_type(uri).sweep_host(conn, uri, ids, image_cache(state_root) / "warm")
         finally:
             conn.close()
     for sid in ids:
@@ -68,35 +66,6 @@ def sweep(dead_ids: Sequence[str], state_root: Path, *, uri: str) -> list[str]:
         if n:
             done.append(f"{counted(n, what)} removed")
     return done
-
-
-def _qemu_user_check(conn: Any, uri: str, cache: Path) -> tuple[bool, str]:
-    """Who QEMU runs as, and whether it can reach the image cache."""
-    if not (is_root() and uri.startswith("qemu:///system")):
-        return True, f"QEMU runs as {os.environ.get('USER') or os.geteuid()} (a session daemon runs it as the caller)"
-    try:
-        user = QemuUser.of(conn.getCapabilities())
-    except FlakeError as exc:
-        return False, str(exc)
-    if user.uid == 0:
-        return False, "QEMU runs as root: set user and group in /etc/libvirt/qemu.conf to libvirt's qemu user"
-    closed = [folder for folder in reversed(cache.resolve().parents) if folder.exists() and not user.can_search(folder)]
-    reach = ("it can reach the image cache" if not closed else
-             f"the first VM lets it pass through {', '.join(map(str, closed))} (ACL u:{user.name}:x, search only)")
-    return True, f"QEMU runs as {user.name} (uid {user.uid}, gid {user.gid}), not root; {reach}"
-
-
-def _remote_pool_check(conn: Any, uri: str) -> tuple[bool, str]:
-    """The storage pool on another host: there with its volumes, or made by the first VM."""
-    libvirt = libvirt_module()
-    try:
-        pool = conn.storagePoolLookupByName(POOL)
-        names = [str(n) for n in pool.listVolumes()] if pool.isActive() else []
-    except libvirt.libvirtError:
-        return True, f"another host: the storage pool {POOL} is made in {POOL_DIR} there by the first VM"
-    bases = sum(1 for n in names if n.startswith(BASE_PREFIX))
-    return True, (f"another host: storage pool {POOL} holds {len(names)} volume(s), {bases} of base images "
-                  "(uploaded once, reused)")
 
 
 def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str]]:
@@ -115,10 +84,7 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
             try:
                 version = conn.getLibVersion()
                 lines.append((True, f"libvirt {version // 1000000}.{version // 1000 % 1000} answers at {uri}"))
-                if is_remote(uri):
-                    lines.append(_remote_pool_check(conn, uri))
-                else:
-                    lines.append(_qemu_user_check(conn, uri, cache))
+                lines.append(launcher_type(uri).check_host(conn, uri, cache))
             finally:
                 conn.close()
         except FlakeError as exc:

@@ -1,5 +1,6 @@
 """The VMs of one session: :class:`VMPool` resolves images once, decides the accelerator once, makes
-the session's key pair, prepares QEMU's files, and hands each :class:`VM` what it needs."""
+the session's key pair, prepares QEMU's files, chooses once (from the libvirt URI) how its VMs start,
+and hands each :class:`VM` what it needs: its own launcher among them."""
 
 from __future__ import annotations
 
@@ -7,20 +8,24 @@ import contextlib
 import itertools
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .accel import KVM_TRIAL, choose_accel, probe_kernel, record_probe
 from .common import is_root, log
-from .connection import alive_connection, connect, default_uri
+from .connection import alive_connection, connect, default_uri, is_remote, ssh_url
+from .domain import DomainEdit
 from .images import Image, image_cache, resolve_image
-from .machine import VM, VMConfig
+from .launch import Launcher, VMConfig
+from .local import LocalLauncher
+from .machine import VM
 from .qemuuser import QemuUser, check_readable, grant_search, hand_to_qemu
-from .remote import RemoteHost, is_remote, read_remote_record, remote_accel, ssh_url
+from .remote import RemoteLauncher
+from .remotehost import RemoteHost, remote_accel
 from .seed import KeyPair
-from .warm import Hypervisor, WarmStore, warm_enabled, warm_key
+from .warm import Hypervisor, WarmStore, read_remote_record, warm_enabled, warm_key
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -40,25 +45,42 @@ _COUNTERS: dict[str, _Counters] = {}
 _COUNTERS_LOCK = threading.Lock()
 
 
+def launcher_type(uri: str) -> type[LocalLauncher] | type[RemoteLauncher]:
+    """How VMs of libvirt at ``uri`` start: on this machine, or on another host (it sees none of our files)."""
+    return RemoteLauncher if is_remote(uri) else LocalLauncher
+
+
 class VMPool:
     """The VMs of one session: images, accelerator, keys, warm states; a context manager.
 
     ``pool.vm(image=None, memory=None, cpus=None)`` returns a new :class:`VM` to enter.
     Closing the pool closes every VM it made and removes the session's VM folder.
+
+    ``edit_domain(name, root)`` is handed to every VM: it edits a VM's domain XML (the root
+    ``<domain>`` element, in place) as the last step before the domain is defined, here or on
+    another host. It is also called on a reference document of the VM's image and size, and what
+    it changes there keys the VM's warm state (an edit that changes nothing keeps today's states).
     """
 
-    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None) -> None:
+    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None,
+                 edit_domain: DomainEdit | None = None) -> None:
         self.settings = settings
         self.session = session
+        self.edit_domain = edit_domain
         self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
         self.uri = default_uri(settings)
         self.cache = image_cache(session.root)
-        # libvirt on another host: volumes in its pool, the console through libvirt, ports through SSH
+        # How its VMs start, chosen once: libvirt here (the VMs' files in the session's folder), or on
+        # another host (volumes in its pool, the console through libvirt, ports through SSH)
         self.remote: RemoteHost | None = None
-        if is_remote(self.uri):
-            self.remote = RemoteHost(self.uri, conn=lambda: self.conn, ssh=self._ssh, cache=self.cache,
-                                     session_id=session.id)
-        self.store = WarmStore(self.cache / "warm", forget=self._forget_remote_state)
+        self._launch: Callable[[VMConfig], Launcher]
+        if launcher_type(self.uri) is RemoteLauncher:
+            remote = self.remote = RemoteHost(self.uri, conn=lambda: self.conn, ssh=self._ssh, cache=self.cache,
+                                              session_id=session.id)
+            self._launch = lambda config: RemoteLauncher(config, lambda: self.conn, remote)
+        else:
+            self._launch = lambda config: LocalLauncher(config, lambda: self.conn, self)
+        self.store = WarmStore(self.cache / "warm", forget=self.forget_remote_state)
         # Several pools may serve one session (a test can open its own): each has its own
         # folder (its key pair, overlays, seeds, consoles) below the session's, and VM numbers
         # are counted per session, so no pool removes or reuses what another one made.
@@ -102,11 +124,7 @@ class VMPool:
 
         return ssh_host(ssh_url(self.uri), control_dir=self.session.dir)
 
-    def remote_host(self) -> RemoteHost | None:
-        """The host behind a remote libvirt URI (None: libvirt runs here)."""
-        return self.remote
-
-    def _forget_remote_state(self, folder: Path) -> None:
+    def forget_remote_state(self, folder: Path) -> None:
         """A warm state is removed: so are its volumes, when they are on this pool's host."""
         record = read_remote_record(folder)
         if record is None or self.remote is None or record["uri"] != self.uri:
@@ -136,8 +154,9 @@ class VMPool:
             memory=int(memory or self.settings.vm_memory), cpus=int(cpus or self.settings.vm_cpus),
             disk_size=int(self.settings.vm_disk_size), timeout=float(self.settings.flake_timeout),
         )
-        return VM(config, conn=lambda: self.conn, store=self.store if self.warm else None, keys=lambda: self.keys,
-                  platform=self, on_start=self.register, on_ready=self._started, on_close=self.unregister)
+        return VM(config, launcher=self._launch(config), store=self.store if self.warm else None,
+                  keys=lambda: self.keys, platform=self, edit_domain=self.edit_domain, on_start=self.register,
+                  on_ready=self._started, on_close=self.unregister)
 
     def _started(self, vm: VM) -> None:
         self.starts.append((vm.name, vm.warm, vm.ready_seconds))

@@ -24,7 +24,8 @@ WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no long
 WARM_ENV = "PYTEST_FLAKE_VM_WARM"
 _WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
 # a state on another host: its save file and overlay are volumes there (named in remote.json)
-REMOTE_WARM_FILES = ("save.header", "remote.json", "id_ed25519", "id_ed25519.pub")
+REMOTE_FILE = "remote.json"
+REMOTE_WARM_FILES = ("save.header", REMOTE_FILE, "id_ed25519", "id_ed25519.pub")
 
 
 def warm_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -64,7 +65,7 @@ class Hypervisor:
             binary = found.group(1) if found else ""
         host_cpu = ""
         if remote:
-            from .remote import host_cpu_of
+            from .remotehost import host_cpu_of
 
             host_cpu = host_cpu_of(conn) if accel == "kvm" else ""
         else:
@@ -157,7 +158,7 @@ class WarmState:
     @property
     def remote(self) -> bool:
         """Whether the save file and the overlay are volumes on another host (``remote.json`` names them)."""
-        return (self.dir / "remote.json").is_file()
+        return (self.dir / REMOTE_FILE).is_file()
 
 
 def boot_log_of(state: WarmState) -> str:
@@ -204,7 +205,7 @@ class WarmStore:
                 log.info("vm: the warm state in %s is stale (made for another image, size or QEMU)", folder)
                 return None
             sizes = meta["sizes"]
-            for name in REMOTE_WARM_FILES if "remote.json" in sizes else _WARM_FILES:
+            for name in REMOTE_WARM_FILES if REMOTE_FILE in sizes else _WARM_FILES:
                 if (folder / name).stat().st_size != sizes[name]:
                     raise ValueError(f"{name} is incomplete")
             return WarmState(dir=folder, id=str(meta["id"]), hostkeys=tuple(meta["hostkeys"]),
@@ -267,7 +268,7 @@ class WarmStore:
     def publish(tmp: Path, key: dict[str, Any], *, hostkeys: tuple[str, ...], boot_seconds: float,
                 session_id: str) -> None:
         """Write ``state.json`` (the key and the size of every file) once the files are complete."""
-        files = REMOTE_WARM_FILES if (tmp / "remote.json").is_file() else _WARM_FILES
+        files = REMOTE_WARM_FILES if (tmp / REMOTE_FILE).is_file() else _WARM_FILES
         for name in files:
             os.chmod(tmp / name, 0o600)
         meta = {
@@ -318,6 +319,32 @@ class WarmStore:
                 with contextlib.suppress(OSError):
                     size += path.stat().st_blocks * 512
         return count, size
+
+
+def write_remote_record(folder: Path, *, uri: str, save: str, overlay: str) -> None:
+    """Name, in a warm state's folder, the volumes on the host at ``uri`` that hold its save file and overlay."""
+    (folder / REMOTE_FILE).write_text(json.dumps({"uri": uri, "save": save, "overlay": overlay}, sort_keys=True))
+
+
+def read_remote_record(folder: Path) -> dict[str, str] | None:
+    """The volumes a warm state keeps on another host (``uri``, ``save``, ``overlay``), or None."""
+    try:
+        data = json.loads((folder / REMOTE_FILE).read_text())
+        return {"uri": str(data["uri"]), "save": str(data["save"]), "overlay": str(data["overlay"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def referenced_volumes(warm_root: Path, uri: str) -> set[str]:
+    """Volumes on ``uri`` that the warm states of this machine use (the sweep keeps them)."""
+    names: set[str] = set()
+    if not warm_root.is_dir():
+        return names
+    for record in warm_root.glob(f"*/{REMOTE_FILE}"):
+        data = read_remote_record(record.parent)
+        if data is not None and data["uri"] == uri:
+            names.update((data["save"], data["overlay"]))
+    return names
 
 
 def _remove_tree(folder: Path) -> None:

@@ -16,11 +16,11 @@ import pytest
 from pytest_flake import vm
 from pytest_flake.config import Settings
 from pytest_flake.errors import VMError
-from pytest_flake.vm import remote
+from pytest_flake.vm import connection, remotehost, streams, volumes, warm
 from pytest_flake.vm.domain import BootSpec, boot_xml, restore_xml
 from pytest_flake.vm.savefile import HEADER_SIZE, header_length, header_with_xml, xml_of_header
 
-POOL_DIR = remote.POOL_DIR
+POOL_DIR = volumes.POOL_DIR
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
@@ -37,34 +37,34 @@ POOL_DIR = remote.POOL_DIR
     ("qemu://build-box/system", True),  # a host name alone: TLS to it
 ])
 def test_uri_classification(uri: str, expected: bool) -> None:
-    assert remote.is_remote(uri) is expected
+    assert connection.is_remote(uri) is expected
 
 
 def test_ssh_url_of_a_libvirt_uri() -> None:
-    assert remote.ssh_url("qemu+ssh://root@h:2222/system?keyfile=/k") == "qemu+ssh://root@h:2222/system?keyfile=/k"
-    assert remote.ssh_url("qemu+tls://admin@h:16514/system") == "ssh://admin@h"  # libvirt's port is not ssh's
-    assert remote.ssh_url("qemu+tcp://h/system") == "ssh://h"
+    assert connection.ssh_url("qemu+ssh://root@h:2222/system?keyfile=/k") == "qemu+ssh://root@h:2222/system?keyfile=/k"
+    assert connection.ssh_url("qemu+tls://admin@h:16514/system") == "ssh://admin@h"  # libvirt's port is not ssh's
+    assert connection.ssh_url("qemu+tcp://h/system") == "ssh://h"
     with pytest.raises(VMError, match="names no host"):
-        remote.ssh_url("qemu+ssh:///system")
+        connection.ssh_url("qemu+ssh:///system")
 
 
 def test_volume_xml() -> None:
-    plain = ET.fromstring(remote.volume_xml("pf-base-abc.kernel", 1234))
+    plain = ET.fromstring(volumes.volume_xml("pf-base-abc.kernel", 1234))
     assert plain.findtext("name") == "pf-base-abc.kernel"
     assert plain.findtext("capacity") == "1234" and plain.find("capacity").get("unit") == "bytes"  # type: ignore[union-attr]
     assert plain.find("target/format").get("type") == "raw"  # type: ignore[union-attr]
     assert plain.findtext("target/permissions/mode") == "0600" and plain.find("backingStore") is None
-    overlay = ET.fromstring(remote.volume_xml("pf-1234abcd-vm-1.qcow2", 8 << 30, "qcow2",
+    overlay = ET.fromstring(volumes.volume_xml("pf-1234abcd-vm-1.qcow2", 8 << 30, "qcow2",
                                               backing=(f"{POOL_DIR}/pf-base-abc.qcow2", "qcow2")))
     assert overlay.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
     assert overlay.findtext("backingStore/path") == f"{POOL_DIR}/pf-base-abc.qcow2"
     assert overlay.find("backingStore/format").get("type") == "qcow2"  # type: ignore[union-attr]
     assert overlay.find("allocation") is None
-    pool = ET.fromstring(remote.pool_xml())
+    pool = ET.fromstring(volumes.pool_xml())
     assert (pool.get("type"), pool.findtext("name"), pool.findtext("target/path")) == ("dir", "pytest-flake",
                                                                                        POOL_DIR)
     # names are text, never markup
-    assert ET.fromstring(remote.volume_xml("a<b>&c", 1)).findtext("name") == "a<b>&c"
+    assert ET.fromstring(volumes.volume_xml("a<b>&c", 1)).findtext("name") == "a<b>&c"
 
 
 def remote_boot_xml(tmp_path: Path) -> str:
@@ -215,7 +215,7 @@ def test_console_reader_appends_to_the_local_log(tmp_path: Path) -> None:
     stream = FakeStream([b"Linux version 6.1\r\n", b"Welcome to ", b"Debian\r\nlogin: "])
     stream.release.set()  # then the stream ends: the domain stopped
     dom = FakeConsoleDomain()
-    reader = remote.ConsoleReader(FakeConsoleConn(stream), dom, log, name="pf-1-vm-1").start()
+    reader = streams.ConsoleReader(FakeConsoleConn(stream), dom, log, name="pf-1-vm-1").start()
     reader.stop()
     assert not reader.alive
     assert dom.opened == [(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)]
@@ -227,11 +227,11 @@ def test_console_reader_ends_on_a_stream_error_and_on_stop(tmp_path: Path) -> No
     pytest.importorskip("libvirt")
     log = tmp_path / "c.log"
     failing = FakeStream([b"boot\n"], error="domain is not running")
-    reader = remote.ConsoleReader(FakeConsoleConn(failing), FakeConsoleDomain(), log).start()
+    reader = streams.ConsoleReader(FakeConsoleConn(failing), FakeConsoleDomain(), log).start()
     reader.stop()
     assert log.read_text() == "boot\n" and "not running" in reader.error and failing.aborted
     hanging = FakeStream([b"x"])  # never ends by itself: stop() aborts it
-    reader = remote.ConsoleReader(FakeConsoleConn(hanging), FakeConsoleDomain(), log).start()
+    reader = streams.ConsoleReader(FakeConsoleConn(hanging), FakeConsoleDomain(), log).start()
     reader.stop(timeout=0.2)
     assert not reader.alive and hanging.aborted and reader.error == ""
 
@@ -247,7 +247,7 @@ def test_sparse_file_callbacks_send_data_and_skip_holes(tmp_path: Path) -> None:
         out.write(b"B" * 4096)
         out.truncate(16 * 1024 * 1024)  # a hole at the end too
     fd = os.open(path, os.O_RDONLY)
-    sparse = remote._SparseFile(fd)
+    sparse = streams._SparseFile(fd)
     rebuilt = bytearray()
     holes = 0
     try:
@@ -273,33 +273,33 @@ def test_content_id_is_of_the_bytes_and_remembered(tmp_path: Path) -> None:
     a.write_bytes(b"same")
     b.write_bytes(b"same")
     cache = tmp_path / "cache"
-    assert remote.content_id(a, cache) == remote.content_id(b, cache)  # by content, not by path
+    assert volumes.content_id(a, cache) == volumes.content_id(b, cache)  # by content, not by path
     record = json.loads((cache / "remote" / "content-ids.json").read_text())
     assert len(record) == 2
     b.write_bytes(b"different")
-    assert remote.content_id(b, cache) != remote.content_id(a, cache)
+    assert volumes.content_id(b, cache) != volumes.content_id(a, cache)
 
 
 def test_listening_ports_of_ss() -> None:
     out = ("LISTEN 0 128 127.0.0.1:22345 0.0.0.0:*\nLISTEN 0 4096 [::]:22 [::]:*\n"
            "LISTEN 0 5 10.213.1.2:22 0.0.0.0:*\n")
-    assert remote.listening_ports(out) == {22345, 22}
-    assert remote.hostfwd_failed("internal error: qemu unexpectedly closed the monitor: Could not set up host "
+    assert remotehost.listening_ports(out) == {22345, 22}
+    assert remotehost.hostfwd_failed("internal error: qemu unexpectedly closed the monitor: Could not set up host "
                                  "forwarding rule 'tcp:127.0.0.1:22-:22'")
-    assert not remote.hostfwd_failed("Permission denied")
+    assert not remotehost.hostfwd_failed("Permission denied")
 
 
 def test_pick_port_avoids_ports_in_use_there(tmp_path: Path) -> None:
     class Done:
         returncode = 0
-        stdout = "".join(f"LISTEN 0 1 127.0.0.1:{p} 0.0.0.0:*\n" for p in range(*remote.PORT_RANGE) if p != 21111)
+        stdout = "".join(f"LISTEN 0 1 127.0.0.1:{p} 0.0.0.0:*\n" for p in range(*remotehost.PORT_RANGE) if p != 21111)
 
     class FakeSSH:
         def run(self, argv: list[str], timeout: float = 60.0) -> Done:
             assert argv == ["ss", "-ltnH"]
             return Done()
 
-    host = remote.RemoteHost("qemu+ssh://h/system", conn=lambda: None, ssh=lambda: FakeSSH(),  # type: ignore[arg-type,return-value]
+    host = remotehost.RemoteHost("qemu+ssh://h/system", conn=lambda: None, ssh=lambda: FakeSSH(),  # type: ignore[arg-type,return-value]
                              cache=tmp_path, session_id="pf-1")
     assert host.pick_port() == 21111  # the only free one
     with pytest.raises(IndexError):
@@ -318,10 +318,10 @@ def test_accel_of_a_remote_host(tmp_path: Path) -> None:
 
     auto = Settings.resolve(lambda n: None, lambda n: None, tmp_path, environ={})
     with_kvm = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest>"
-    assert remote.remote_accel(auto, Conn(with_kvm), "qemu+ssh://h/system") == "kvm"
-    assert remote.remote_accel(auto, Conn("<guest><domain type='qemu'/></guest>"), "qemu+ssh://h/system") == "tcg"
+    assert remotehost.remote_accel(auto, Conn(with_kvm), "qemu+ssh://h/system") == "kvm"
+    assert remotehost.remote_accel(auto, Conn("<guest><domain type='qemu'/></guest>"), "qemu+ssh://h/system") == "tcg"
     tcg = Settings.resolve(lambda n: "tcg" if n == "vm_accel" else None, lambda n: None, tmp_path, environ={})
-    assert remote.remote_accel(tcg, Conn(with_kvm), "qemu+ssh://h/system") == "tcg"
+    assert remotehost.remote_accel(tcg, Conn(with_kvm), "qemu+ssh://h/system") == "tcg"
 
 
 def test_pool_of_a_remote_uri_never_probes_kvm_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,7 +338,7 @@ def test_pool_of_a_remote_uri_never_probes_kvm_here(tmp_path: Path, monkeypatch:
         pool = vm.VMPool(settings, session)
         pool._conn = type("Conn", (), {"getCapabilities": lambda self: "<domain type='qemu'/>",
                                        "isAlive": lambda self: 1})()
-        assert pool.remote is not None and pool.remote_host() is pool.remote
+        assert pool.remote is not None
         assert pool.accel(None) == "tcg"  # type: ignore[arg-type]
         assert pool.qemu_user is None and pool.seclabel() is None  # QEMU's files there are libvirt's to label
         pool._conn = None
@@ -360,15 +360,15 @@ def test_remote_warm_state_is_kept_locally_small_and_its_volumes_named(tmp_path:
         (tmp / "save.header").write_bytes(b"h" * 100)
         (tmp / "id_ed25519").write_text("private")
         (tmp / "id_ed25519.pub").write_text("ssh-ed25519 AAAA\n")
-        remote.write_remote_record(tmp, uri=uri, save="pf-11111111-vm-1.state.save",
+        warm.write_remote_record(tmp, uri=uri, save="pf-11111111-vm-1.state.save",
                                    overlay="pf-11111111-vm-1.qcow2")
         store.publish(tmp, key, hostkeys=("ssh-ed25519 AAAA",), boot_seconds=30.0, session_id="pf-11111111")
     state = store.load(key)
     assert state is not None and state.remote
     assert not (state.dir / "state.save").exists() and not (state.dir / "overlay.qcow2").exists()
-    assert remote.referenced_volumes(tmp_path / "warm", uri) == {"pf-11111111-vm-1.state.save",
+    assert warm.referenced_volumes(tmp_path / "warm", uri) == {"pf-11111111-vm-1.state.save",
                                                                          "pf-11111111-vm-1.qcow2"}
-    assert remote.referenced_volumes(tmp_path / "warm", "qemu+ssh://other/system") == set()
+    assert warm.referenced_volumes(tmp_path / "warm", "qemu+ssh://other/system") == set()
     (state.dir / "remote.json").write_text("{}")  # a state without its record is incomplete
     assert store.load(key) is None
     store.drop(state)
@@ -407,7 +407,7 @@ def test_sweep_removes_the_volumes_of_dead_sessions_only(tmp_path: Path) -> None
                      "pf-live0002-vm-1.qcow2", "pf-base-abc.qcow2", "someone-elses.img"])
     conn = type("Conn", (), {"storagePoolLookupByName": lambda self, name: pool})()
     keep = {"pf-dead0001-vm-2.state.save", "pf-dead0001-vm-2.qcow2"}  # a warm state made by that session
-    removed = remote.sweep_volumes(conn, "qemu+ssh://h/system", ["pf-dead0001"], keep)
+    removed = volumes.sweep_volumes(conn, "qemu+ssh://h/system", ["pf-dead0001"], keep)
     assert removed == pool.gone == ["pf-dead0001-vm-1.qcow2", "pf-dead0001-vm-1.seed.img",
                                     "pf-dead0001-upload-pf-base-a.qcow2"]
 
@@ -458,7 +458,7 @@ def test_a_pool_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
         def storagePoolDefineXML(self, xml: str, flags: int) -> Any:  # noqa: N802 (libvirt's name)
             raise libvirt.libvirtError("cannot create directory '/var/lib/libvirt/images': Read-only file system")
 
-    host = remote.RemoteHost("qemu+ssh://root@kvm-box/system", conn=lambda: Conn(), ssh=lambda: None,  # type: ignore[arg-type,return-value]
+    host = remotehost.RemoteHost("qemu+ssh://root@kvm-box/system", conn=lambda: Conn(), ssh=lambda: None,  # type: ignore[arg-type,return-value]
                              cache=tmp_path, session_id="pf-1")
     with pytest.raises(VMError) as err:
         host.pool()

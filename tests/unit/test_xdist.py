@@ -20,7 +20,7 @@ from pytest_flake.docker.daemon import Docker
 from pytest_flake.nix import Binding, Build, Flake, FlakeOptions
 from pytest_flake.session import Session, start_time
 from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
-from pytest_flake.vm import VM, Image, VMConfig
+from pytest_flake.vm import VM, Image, LocalLauncher, VMConfig
 from pytest_flake.vm.seed import KeyPair
 from pytest_flake.vm.warm import WarmStore
 from pytest_flake.xdist import Run
@@ -305,8 +305,8 @@ def test_two_workers_starting_the_same_vm_boot_it_once(tmp_path: Path, caplog: p
         config = VMConfig(name=name, dir=tmp_path, session_id=session, image="debian", memory=1024, cpus=1,
                           disk_size=0, timeout=10.0)
         keys = KeyPair(private=tmp_path / "key", public="ssh-ed25519 AAAA test")
-        machine = BootRecordingVM(config, conn=lambda: None, store=store, keys=lambda: keys,
-                                  platform=FakePlatform(disk))
+        machine = BootRecordingVM(config, launcher=LocalLauncher(config, lambda: None), store=store,
+                                  keys=lambda: keys, platform=FakePlatform(disk))
         machine.events, machine.booting = events, booting
         return machine
 
