@@ -3,8 +3,6 @@ VM's domain edit to the XML libvirt defines, and what an edit does keys the warm
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -180,15 +178,18 @@ class FakePlatform:
 
 
 @pytest.fixture
-def image(tmp_path: Path) -> vm.Image:
-    if not shutil.which("qemu-img"):
-        pytest.skip("qemu-img is not installed")
-    disk = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
+def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> vm.Image:
+    """An image whose disk qemu-img never reads: the overlay here is a file, the size there a number."""
+    def overlay(image: vm.Image, path: Path, size: int) -> int:
+        path.write_bytes(b"overlay")
+        return size
+
+    monkeypatch.setattr("pytest_flake.vm.local.create_overlay", overlay)
+    monkeypatch.setattr("pytest_flake.vm.remote.disk_info", lambda disk: {"virtual-size": vm.GiB})
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
-    return vm.Image(name="debian", disk=disk, key="debian-test", kernel=kernel, initrd=kernel, cmdline="root=/dev/vda",
-                    hostkeys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey",))
+    return vm.Image(name="debian", disk=tmp_path / "base.qcow2", key="debian-test", kernel=kernel, initrd=kernel,
+                    cmdline="root=/dev/vda", hostkeys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey",))
 
 
 def a_vm(tmp_path: Path, image: vm.Image, kind: str, conn: FakeConn, host: FakeHost, *,
