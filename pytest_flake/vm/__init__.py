@@ -23,7 +23,8 @@ VM boots cold, nothing is saved); deleting ``<state>/images/warm`` drops the sta
 
 Every domain and file carries the session id, so :func:`sweep` can remove what a
 killed session left behind. This package never imports pytest; libvirt and paramiko
-are imported when first needed.
+are imported when first needed. The images it boots (Arch, the Debian releases, a file or URL)
+come from the image store, :mod:`pytest_flake.images`.
 
 The modules, each one concern (imports only go down this list):
 
@@ -31,8 +32,6 @@ The modules, each one concern (imports only go down this list):
 ``common``                where ``vms/`` is, sizes, timed steps
 ``connection``            the libvirt URI and connection, removing a domain
 ``remote``                libvirt on another host: storage pool, volume uploads, console stream, ports
-``images``                Arch download and checksum, ``resolve_image``, overlays
-``debian``                the Debian images of every release and variant (one recipe, cached)
 ``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
 ``domain``                the one domain XML builder (cold boot and restore)
@@ -68,28 +67,7 @@ from .accel import (
 )
 from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
 from .connection import connect, default_uri, destroy_domain
-from .debian import (
-    DEBIAN_RELEASES,
-    DEBIAN_VARIANTS,
-    STALE_IMAGE_SECONDS,
-    DebianName,
-    build_debian,
-    debian_image_dir,
-    debian_names,
-    debian_recipe_hash,
-    parse_debian_name,
-)
 from .domain import BootSpec, boot_xml, netdev, restore_xml
-from .images import (
-    ArchRecipe,
-    Image,
-    create_overlay,
-    download,
-    fetch_arch,
-    image_cache,
-    parse_sha256_file,
-    resolve_image,
-)
 from .machine import VM, Platform, VMConfig
 from .maintenance import VMComponent, component, doctor, sweep
 from .pool import VMPool
@@ -110,16 +88,15 @@ from .ssh import hostkey_lines_from_console, ssh_client
 from .warm import WARM_ENV, Hypervisor, WarmState, WarmStore, boot_log_of, warm_enabled, warm_key, warm_slot
 
 __all__ = [
-    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey",
+    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "KeyPair", "HostKey",
     "QemuUser", "Hypervisor",
-    "WarmStore", "WarmState", "BootSpec", "sweep", "doctor", "resolve_image", "fetch_arch", "build_debian",
-    "download", "parse_sha256_file", "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
+    "WarmStore", "WarmState", "BootSpec", "sweep", "doctor",
+    "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
     "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",
-    "destroy_domain", "debian_recipe_hash", "debian_image_dir", "image_cache", "create_overlay", "boot_xml",
+    "destroy_domain", "boot_xml",
     "restore_xml", "netdev", "read_save_xml", "copy_save_with_xml", "credential", "skip_dropin", "skip_units_command",
     "cloud_config", "render_user_data", "make_seed", "hostkey_lines_from_console", "ssh_client", "warm_enabled",
     "warm_key", "warm_slot", "boot_log_of", "grant_search", "hand_to_qemu", "check_readable", "acl_user_perm",
-    "DEBIAN_VARIANTS", "DEBIAN_RELEASES", "STALE_IMAGE_SECONDS", "DebianName", "debian_names", "parse_debian_name",
     "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",
     "KVM_TRIAL", "KVM_TRIAL_SECONDS", "KVM_PROBE_SECONDS", "HOST_KERNEL_GLOBS", "KERNEL_PROGRESS",
 ]

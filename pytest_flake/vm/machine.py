@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._host import free_port, locked, reflink_copy, write_private
 from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, VMError, tail
 from ..guest import GuestCommands
+from ..images import Image, create_overlay
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import NETDEV_ID, log, step
 from .connection import current_domain, destroy_domain, libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
 from .domain import BootSpec, boot_xml, netdev, restore_xml
-from .images import Image, create_overlay
 from .onhost import OnAnotherHost
 from .remote import ConsoleReader, RemoteHost, hostfwd_failed
 from .savefile import copy_save_with_xml, read_save_xml

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FlakeError, counted
+from ..images import debian_image_dir, image_cache, parse_debian_name
 from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, is_root, log
 from .connection import connect, default_uri, destroy_domain, libvirt_module
-from .debian import debian_image_dir, parse_debian_name
-from .images import image_cache
 from .qemuuser import QemuUser
 from .remote import BASE_PREFIX, POOL, POOL_DIR, is_remote, referenced_volumes, sweep_volumes
 from .warm import WARM_ENV, WarmStore, warm_enabled

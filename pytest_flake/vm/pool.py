@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..images import Image, ProgressCallback, image_cache, resolve_image
 from .accel import KVM_TRIAL, choose_accel, probe_kernel, record_probe
 from .common import is_root, log
 from .connection import alive_connection, connect, default_uri
-from .images import Image, image_cache, resolve_image
 from .machine import VM, VMConfig
 from .qemuuser import QemuUser, check_readable, grant_search, hand_to_qemu
 from .remote import RemoteHost, is_remote, read_remote_record, remote_accel, ssh_url
@@ -47,8 +47,10 @@ class VMPool:
     Closing the pool closes every VM it made and removes the session's VM folder.
     """
 
-    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None) -> None:
+    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None,
+                 progress: ProgressCallback | None = None) -> None:
         self.settings = settings
+        self.progress = progress  # shows a download of an image (the plugin: on pytest's terminal)
         self.session = session
         self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
         self.uri = default_uri(settings)
@@ -145,7 +147,7 @@ class VMPool:
     def image(self, spec: str) -> Image:
         with self._lock:
             if spec not in self._images:
-                self._images[spec] = resolve_image(spec, self.cache)
+                self._images[spec] = resolve_image(spec, self.cache, progress=self.progress)
             return self._images[spec]
 
     def accel(self, image: Image) -> str:

@@ -44,8 +44,8 @@ from .connection import libvirt_module
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..images import Image
     from ..tunnel import SSHHost
-    from .images import Image
 
 POOL = "pytest-flake"
 POOL_DIR = "/var/lib/libvirt/images/pytest-flake"

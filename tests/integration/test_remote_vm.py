@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_flake.images import debian_image_dir, image_cache
 from pytest_flake.session import alive, state_dir
-from pytest_flake.vm import debian_image_dir, image_cache
 from pytest_flake.vm.remote import BASE_PREFIX, POOL, POOL_DIR, content_id, referenced_volumes
 
 from .otherhost import OtherHost, OtherHostUnavailable, check_tools, other_host

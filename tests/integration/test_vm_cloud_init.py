@@ -23,6 +23,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from pytest_flake import images
 from pytest_flake import vm as vmmod
 from pytest_flake.config import Settings
 from pytest_flake.session import Session
@@ -108,7 +109,7 @@ def test_cloud_init_finished_with_the_seed_the_arch_path_sends(cloud_vm: tuple[V
                           check=True).stdout.replace("\r\n", "\n")
     assert sent.startswith("#cloud-config\n")
     expected = vmmod.cloud_config(machine.keys.public if machine.keys else "", vmmod.HostKey("x", "y"),
-                                  vmmod.ArchRecipe.load().skip_units)
+                                  images.ArchRecipe.load().skip_units)
     got = json.loads(sent.split("\n", 1)[1])
     assert {k: v for k, v in got.items() if k != "ssh_keys"} == {k: v for k, v in expected.items() if k != "ssh_keys"}
     assert machine.run("cat /var/lib/cloud/instance/user-data.txt").stdout == sent

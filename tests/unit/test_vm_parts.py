@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_flake import vm
+from pytest_flake import images, vm
 from pytest_flake.config import Settings
 from pytest_flake.errors import VMError
 
@@ -302,16 +302,16 @@ def test_sweep_removes_only_the_domains_of_dead_sessions(tmp_path: Path, monkeyp
 HYPERVISOR = vm.Hypervisor(qemu_binary="/usr/bin/qemu-system-x86_64", qemu_version=7002022, libvirt_version=9000000)
 
 
-def fake_image(tmp_path: Path, name: str = "debian-abc") -> vm.Image:
+def fake_image(tmp_path: Path, name: str = "debian-abc") -> images.Image:
     folder = tmp_path / "images" / name
     folder.mkdir(parents=True, exist_ok=True)
     for file in ("disk.qcow2", "vmlinuz", "initrd.img"):
         (folder / file).write_bytes(b"x" * 100)
-    return vm.Image(name="debian", disk=folder / "disk.qcow2", key=name, kernel=folder / "vmlinuz",
+    return images.Image(name="debian", disk=folder / "disk.qcow2", key=name, kernel=folder / "vmlinuz",
                     initrd=folder / "initrd.img", cmdline="root=/dev/vda")
 
 
-def key_of(image: vm.Image, **changes: Any) -> dict[str, Any]:
+def key_of(image: images.Image, **changes: Any) -> dict[str, Any]:
     args: dict[str, Any] = dict(memory=1024, cpus=1, accel="tcg", uri="qemu:///system", hypervisor=HYPERVISOR)
     args.update(changes)
     return vm.warm_key(image, **args)
@@ -435,7 +435,7 @@ def test_half_written_states_of_dead_writers_are_removed(tmp_path: Path) -> None
 
 
 def test_sweep_keeps_the_warm_states(tmp_path: Path) -> None:
-    store = vm.WarmStore(vm.image_cache(tmp_path) / "warm")
+    store = vm.WarmStore(images.image_cache(tmp_path) / "warm")
     key = key_of(fake_image(tmp_path))
     write_state(store, key, session="pf-00000001")
     leftover = store.root / ".0123456789abcdef.pf-00000001.tmp"
