@@ -123,8 +123,7 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
         except FlakeError as exc:
             lines.append((False, str(exc)))
     for tool, why in (("qemu-system-x86_64", "runs the guests"), ("qemu-img", "makes overlays"),
-                      ("debootstrap", "builds the debian image"), ("mkfs.ext4", "builds the debian image"),
-                      ("mkfs.vfat", "makes cloud-init seeds"), ("mcopy", "makes cloud-init seeds")):
+                      ("debootstrap", "builds the debian image"), ("mkfs.ext4", "builds the debian image")):
         found = shutil.which(tool)
         lines.append((bool(found), f"{tool} {'found' if found else 'missing'} ({why})"
                       + ("" if found else ": run scripts/setup")))
