@@ -18,6 +18,7 @@ from pytest_flake.images import trees as image_trees
 from pytest_flake.nspawn import loops, maintenance, trees
 from pytest_flake.nspawn.machine import enter_argv, nspawn_argv
 from pytest_flake.nspawn.relay import NetnsSockets, Relay
+from tests.unit.built_images import built_debian_image
 
 
 # --------------------------------------------------------------------------- loops
@@ -197,12 +198,7 @@ def test_debian_tree_is_copied_out_of_the_cached_image_once(tmp_path: Path, monk
     from pytest_flake import images
 
     cache = tmp_path / "cache"
-    folder = images.debian_image_dir(cache)
-    folder.mkdir(parents=True)
-    for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-        (folder / name).write_bytes(b"x")
-    (folder / "cmdline").write_text("root=/dev/vda\n")
-    (folder / "hostkeys.pub").write_text("")
+    built_debian_image(cache)
     commands: list[str] = []
 
     def run(argv: list[str], *, what: str, timeout: float | None = None, error: object = None) -> str:

@@ -17,6 +17,7 @@ import pytest
 from pytest_flake import images, vm
 from pytest_flake.errors import UsageError, VMError
 from tests.httpserver import LoggingHTTPServer, serving
+from tests.unit.built_images import built_debian_image
 
 IMAGE = "latest/Arch-Linux-x86_64-cloudimg.qcow2"
 
@@ -246,12 +247,8 @@ def test_debian_recipe_has_what_portable_services_need() -> None:
 
 
 def test_cached_debian_image_is_used_without_building(tmp_path: Path) -> None:
-    folder = images.debian_image_dir(tmp_path)
-    folder.mkdir(parents=True)
-    for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-        (folder / name).write_bytes(b"x")
-    (folder / "cmdline").write_text("root=/dev/vda console=ttyS0\n")
-    (folder / "hostkeys.pub").write_text("ssh-ed25519 AAAAC3Nza root@pf-debian\nssh-rsa AAAAB3 root@pf-debian\n")
+    keys = "ssh-ed25519 AAAAC3Nza root@pf-debian\nssh-rsa AAAAB3 root@pf-debian\n"
+    folder = built_debian_image(tmp_path, hostkeys=keys)
     image = images.resolve_image("debian", tmp_path)
     assert image.kernel == folder / "vmlinuz" and image.cmdline == "root=/dev/vda console=ttyS0"
     assert image.hostkeys == ("ssh-ed25519 AAAAC3Nza", "ssh-rsa AAAAB3")
