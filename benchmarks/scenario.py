@@ -131,7 +131,7 @@ def raw_of(path: Path) -> Path:
 
 def debian_image() -> Path:
     """The folder of the cached Debian VM image (``--vm-image debian``): disk.qcow2, vmlinuz, initrd.img, cmdline."""
-    from pytest_flake.vm import debian_image_dir, image_cache
+    from pytest_flake.images import debian_image_dir, image_cache
 
     directory = debian_image_dir(image_cache())
     if not (directory / "disk.qcow2").is_file():

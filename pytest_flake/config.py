@@ -18,7 +18,7 @@ from typing import Any
 from .errors import CommandLineError, UsageError, format_choices
 
 VM_ACCELS = ("auto", "kvm", "tcg")
-# the Debian images built offline (pytest_flake.vm.debian): Debian 12, 13 and unstable, plain and cloud-init
+# the Debian images built offline (pytest_flake.images.debian): Debian 12, 13 and unstable, plain and cloud-init
 BUILTIN_CONTAINER_IMAGES = ("debian", "debian-trixie", "debian-sid")
 BUILTIN_VM_IMAGES = ("arch", "debian", "debian-cloud", "debian-trixie", "debian-trixie-cloud", "debian-sid",
                      "debian-sid-cloud")

@@ -33,7 +33,7 @@ from .nodestate import (
     session_flake,
     settings_of,
 )
-from .reporting import record_fact
+from .reporting import download_status, record_fact
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
+def flake_vms(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
     """The session's VMs: cached images, the KVM probe, the SSH key pair and the warm states.
 
     Closing it at the end of the session removes every domain and overlay; the warm states
@@ -196,14 +196,14 @@ def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPo
     from .vm import VMPool
 
     _check_vm_image(flake_settings.vm_image)
-    with VMPool(flake_settings, flake_session) as pool:
+    with VMPool(flake_settings, flake_session, progress=download_status(request.config)) as pool:
         yield pool
 
 
 def _check_vm_image(spec: str | None, what: str = "--vm-image") -> None:
     """An image that names a file must be a disk image (as ``qemu-img info`` sees it): refused before any boot."""
     from .config import BUILTIN_VM_IMAGES
-    from .disk_image import check_disk_image
+    from .images import check_disk_image
 
     if not spec or spec in BUILTIN_VM_IMAGES or "://" in spec:
         return

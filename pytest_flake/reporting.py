@@ -4,6 +4,8 @@
   seconds (what is building, for how long), the way pytest writes its own progress: the
   line is rewritten in place on a terminal, and written once (then once when done) in a
   CI log. The build log itself streams to the ``pytest_flake.nix`` logger (``log_cli``).
+- :func:`download_status` is the image store's progress callback: a download's bar,
+  rewritten in place on a terminal (off a terminal the store logs every 10% itself).
 - :func:`record_fact` adds ``(name, value)`` to a test's ``user_properties``:
   ``--junitxml`` writes them as ``<property>`` elements (the flake ref with its locked
   revision, store paths, image ids, ports).
@@ -22,12 +24,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
 from _pytest._io import TerminalWriter
+
+if TYPE_CHECKING:
+    from .images import Progress, ProgressCallback
 
 STATUS_AFTER = 3.0  # seconds a build runs before it gets a status line
 EVIDENCE_PROPERTY = "pytest-flake evidence: "
@@ -64,12 +70,36 @@ class BuildStatus:
         self.shown.pop(installable, None)
 
     def _write(self, reporter: Any, write: Any) -> None:
-        capman = self.config.pluginmanager.get_plugin("capturemanager")
-        if capman is None:
-            write()
-            return
-        with capman.global_and_fixture_disabled():
-            write()
+        write_uncaptured(self.config, write)
+
+
+def write_uncaptured(config: pytest.Config, write: Callable[[], object]) -> None:
+    """Call ``write`` with pytest's global and fixture capture suspended, so it reaches the terminal."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    if capman is None:
+        write()
+        return
+    with capman.global_and_fixture_disabled():
+        write()
+
+
+def download_status(config: pytest.Config) -> ProgressCallback | None:
+    """The image store's progress callback: a download's bar on pytest's terminal, rewritten in place.
+
+    None off a terminal (or with ``log_cli``): the store then logs every 10%.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not bool(getattr(reporter, "isatty", False)) or config.getini("log_cli"):
+        return None
+
+    def show(progress: Progress) -> None:
+        line = "pytest-flake: " + progress.bar()
+        if progress.finished:
+            write_uncaptured(config, lambda: (reporter.rewrite(line, erase=True), reporter.line("")))
+        else:
+            write_uncaptured(config, lambda: reporter.rewrite(line))
+
+    return show
 
 
 def record_fact(node: pytest.Item | pytest.Collector | pytest.Session, name: str, value: str) -> None:

@@ -7,8 +7,9 @@ devices left as found), ``maintenance`` (sweep of killed sessions, doctor). Neve
 
 from __future__ import annotations
 
+from ..images import Tree
 from .machine import ContainerPool, SystemdContainer
 from .maintenance import doctor, sweep, unavailable
-from .trees import Tree, resolve_tree
+from .trees import resolve_tree
 
 __all__ = ["ContainerPool", "SystemdContainer", "Tree", "doctor", "resolve_tree", "sweep", "unavailable"]

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NspawnError, UsageError, tail
 from ..guest import GuestCommands
+from ..images import Tree, image_cache
 from ..session import start_time
 from ..waiting import NotReady, wait_for
 from . import cgroups, loops
 from .relay import NetnsSockets, Relay
-from .trees import Tree, drop_copy, resolve_tree, writable_copy
+from .trees import drop_copy, resolve_tree, writable_copy
 
 if TYPE_CHECKING:
     from testinfra.backend.base import CommandResult
@@ -394,12 +395,10 @@ class ContainerPool:
 
     def __init__(self, session: Session, image: str = "debian", *, timeout: float = 120.0,
                  cache: Path | None = None, invocation_dir: Path | None = None) -> None:
-        from .. import vm
-
         self.session = session
         self.image = image
         self.timeout = timeout
-        self.cache = cache or vm.image_cache(session.root)
+        self.cache = cache or image_cache(session.root)
         self.invocation_dir = invocation_dir
         self.workdir = session.dir / SUBDIR
         self.loop_book = loops.LoopBook(self.workdir / "loops.json")

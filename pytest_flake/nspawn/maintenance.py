@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 from .._host import run_command
 from ..errors import counted
+from ..images import MARKER, debian_tree_dir, image_cache, parse_debian_name
 from ..session import PREFIX
 from . import cgroups, loops
 from .machine import SUBDIR
-from .trees import MARKER, debian_tree_dir, drop_copy
+from .trees import drop_copy
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -139,8 +140,6 @@ def doctor(settings: Settings) -> list[tuple[bool, str]]:
         lines.append((True, "nspawn: no overlayfs (modprobe overlay): containers use a reflink or full copy"))
     lines.append(cgroups.doctor_line())
     image = settings.container_image
-    from ..vm import image_cache, parse_debian_name
-
     debian = parse_debian_name(image)
     if debian is not None:
         folder = debian_tree_dir(image_cache(), debian.release)

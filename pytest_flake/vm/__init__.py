@@ -38,9 +38,7 @@ The modules, each one concern (imports only go down this list):
 ``streams``               libvirt streams: sparse uploads, bytes in and out, the console reader
 ``volumes``               the storage pool on another host: pool and volume XML, content ids, the volume sweep
 ``remotehost``            another host: the pool, base images uploaded once, overlays, ports free there
-``images``                Arch download and checksum, ``resolve_image``, overlays
-``debian``                the Debian images of every release and variant (one recipe, cached)
-``seed``                  key pairs, host keys, credentials, cloud-config, the seed disk
+``seed``                  key pairs, host keys, credentials, cloud-config, the seed (ISO 9660, ``cidata``)
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
 ``domain``                the one domain XML builder and editor (cold boot, restore, a pty console, edits)
 ``savefile``              libvirt's save-file header: read and rewrite the XML in it
@@ -77,28 +75,7 @@ from .accel import (
 )
 from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
 from .connection import connect, default_uri, destroy_domain, is_remote, ssh_url
-from .debian import (
-    DEBIAN_RELEASES,
-    DEBIAN_VARIANTS,
-    STALE_IMAGE_SECONDS,
-    DebianName,
-    build_debian,
-    debian_image_dir,
-    debian_names,
-    debian_recipe_hash,
-    parse_debian_name,
-)
 from .domain import BootSpec, DomainEdit, boot_xml, netdev, restore_xml
-from .images import (
-    ArchRecipe,
-    Image,
-    create_overlay,
-    download,
-    fetch_arch,
-    image_cache,
-    parse_sha256_file,
-    resolve_image,
-)
 from .launch import Disks, Launcher, VMConfig
 from .local import LocalLauncher
 from .machine import VM, Platform
@@ -122,17 +99,16 @@ from .ssh import hostkey_lines_from_console, ssh_client
 from .warm import WARM_ENV, Hypervisor, WarmState, WarmStore, boot_log_of, warm_enabled, warm_key, warm_slot
 
 __all__ = [
-    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "Image", "ArchRecipe", "KeyPair", "HostKey",
+    "VM", "VMPool", "VMConfig", "VMComponent", "component", "Platform", "KeyPair", "HostKey",
     "QemuUser", "Hypervisor", "Launcher", "LocalLauncher", "RemoteLauncher", "launcher_type", "Disks", "DomainEdit",
     "is_remote", "ssh_url",
-    "WarmStore", "WarmState", "BootSpec", "sweep", "doctor", "resolve_image", "fetch_arch", "build_debian",
-    "download", "parse_sha256_file", "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
+    "WarmStore", "WarmState", "BootSpec", "sweep", "doctor",
+    "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
     "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",
-    "destroy_domain", "debian_recipe_hash", "debian_image_dir", "image_cache", "create_overlay", "boot_xml",
+    "destroy_domain", "boot_xml",
     "restore_xml", "netdev", "read_save_xml", "copy_save_with_xml", "credential", "skip_dropin", "skip_units_command",
     "cloud_config", "render_user_data", "make_seed", "hostkey_lines_from_console", "ssh_client", "warm_enabled",
     "warm_key", "warm_slot", "boot_log_of", "grant_search", "hand_to_qemu", "check_readable", "acl_user_perm",
-    "DEBIAN_VARIANTS", "DEBIAN_RELEASES", "STALE_IMAGE_SECONDS", "DebianName", "debian_names", "parse_debian_name",
     "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",
     "KVM_TRIAL", "KVM_TRIAL_SECONDS", "KVM_PROBE_SECONDS", "HOST_KERNEL_GLOBS", "KERNEL_PROGRESS",
 ]

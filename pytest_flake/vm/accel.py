@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 
 from .._host import locked, write_atomic
 from ..errors import tail
+from ..images import Image, debian_image_dir, image_cache
 from .common import log
 from .connection import default_uri, is_remote
-from .debian import debian_image_dir
-from .images import Image, image_cache
 
 if TYPE_CHECKING:
     from ..config import Settings

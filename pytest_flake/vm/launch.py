@@ -29,7 +29,7 @@ from .connection import current_domain, destroy_domain, libvirt_module
 from .domain import netdev
 
 if TYPE_CHECKING:
-    from .images import Image
+    from ..images import Image
     from .warm import WarmState
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import free_port, reflink_copy
 from ..errors import FlakeError, VMError
+from ..images import Image, create_overlay
 from .common import is_root
 from .connection import libvirt_module
 from .domain import restore_xml
-from .images import Image, create_overlay
 from .launch import Disks, DomainLauncher, Teardown, VMConfig
 from .qemuuser import QemuUser
 from .savefile import copy_save_with_xml, read_save_xml

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._host import locked, write_private
 from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, VMError, tail
 from ..guest import GuestCommands
+from ..images import Image
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
 from .common import log, step
 from .connection import libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
 from .domain import BootSpec, DomainEdit, boot_xml, edit_fingerprint, edited
-from .images import Image
 from .launch import Disks, Launcher, VMConfig
 from .seed import HostKey, KeyPair, cloud_config, credential, make_seed, render_user_data, skip_dropin
 from .ssh import (

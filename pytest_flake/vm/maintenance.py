@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FlakeError, counted
+from ..images import debian_image_dir, image_cache, parse_debian_name
 from ..session import PREFIX
 from .accel import KVM_TRIAL_SECONDS, cached_probe, probe_kernel, probe_kvm, record_probe
 from .common import GiB, MiB, log
 from .connection import connect, default_uri, destroy_domain, is_remote, libvirt_module
-from .debian import debian_image_dir, parse_debian_name
-from .images import image_cache
 from .pool import launcher_type
 from .warm import WARM_ENV, WarmStore, warm_enabled
 
@@ -90,8 +89,7 @@ def doctor(settings: Settings, root: Path | None = None) -> list[tuple[bool, str
         except FlakeError as exc:
             lines.append((False, str(exc)))
     for tool, why in (("qemu-system-x86_64", "runs the guests"), ("qemu-img", "makes overlays"),
-                      ("debootstrap", "builds the debian image"), ("mkfs.ext4", "builds the debian image"),
-                      ("mkfs.vfat", "makes cloud-init seeds"), ("mcopy", "makes cloud-init seeds")):
+                      ("debootstrap", "builds the debian image"), ("mkfs.ext4", "builds the debian image")):
         found = shutil.which(tool)
         lines.append((bool(found), f"{tool} {'found' if found else 'missing'} ({why})"
                       + ("" if found else ": run scripts/setup")))

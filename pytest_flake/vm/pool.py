@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..images import Image, ProgressCallback, image_cache, resolve_image
 from .accel import KVM_TRIAL, choose_accel, probe_kernel, record_probe
 from .common import is_root, log
 from .connection import alive_connection, connect, default_uri, is_remote, ssh_url
 from .domain import DomainEdit
-from .images import Image, image_cache, resolve_image
 from .launch import Launcher, VMConfig
 from .local import LocalLauncher
 from .machine import VM
@@ -63,8 +63,9 @@ class VMPool:
     """
 
     def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None,
-                 edit_domain: DomainEdit | None = None) -> None:
+                 edit_domain: DomainEdit | None = None, progress: ProgressCallback | None = None) -> None:
         self.settings = settings
+        self.progress = progress  # shows a download of an image (the plugin: on pytest's terminal)
         self.session = session
         self.edit_domain = edit_domain
         self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
@@ -164,7 +165,7 @@ class VMPool:
     def image(self, spec: str) -> Image:
         with self._lock:
             if spec not in self._images:
-                self._images[spec] = resolve_image(spec, self.cache)
+                self._images[spec] = resolve_image(spec, self.cache, progress=self.progress)
             return self._images[spec]
 
     def accel(self, image: Image) -> str:

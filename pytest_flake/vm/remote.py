@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FlakeError, VMError
+from ..images import Image, disk_info
 from .common import log
 from .connection import libvirt_module
 from .domain import restore_xml
-from .images import Image, disk_info
 from .launch import Disks, DomainLauncher, Teardown, VMConfig
 from .remotehost import RemoteHost, hostfwd_failed
 from .savefile import HEADER_SIZE, header_length, header_with_xml, xml_of_header

@@ -40,8 +40,8 @@ from .volumes import BASE_PREFIX, POOL, POOL_DIR, content_id, pool_xml, volume_x
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..images import Image
     from ..tunnel import SSHHost
-    from .images import Image
 
 PORT_RANGE = (20000, 29999)  # where forwarded ports are picked on the host's 127.0.0.1
 

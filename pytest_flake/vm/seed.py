@@ -1,11 +1,15 @@
 """What a guest gets handed at boot: the session's SSH key pair, a host key made for it,
-systemd credentials (SMBIOS strings), and the cloud-init NoCloud seed disk."""
+systemd credentials (SMBIOS strings), and the cloud-init NoCloud seed disk.
+
+The seed is an ISO 9660 volume labelled ``cidata`` made in Python (pycdlib), with Rock Ridge and
+Joliet names so cloud-init finds ``user-data`` and ``meta-data`` under those names; no host tool.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +17,7 @@ from typing import Any
 
 from .._host import write_private
 from ..errors import MissingToolError
-from .common import RECIPES, run
+from .common import RECIPES
 
 
 @dataclass(frozen=True)
@@ -109,20 +113,34 @@ def render_user_data(config: Mapping[str, Any]) -> str:
     return "#cloud-config\n" + json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+SEED_LABEL = "cidata"  # what cloud-init's NoCloud looks for (it takes CIDATA too)
+
+
 def make_seed(path: Path, user_data: str, instance: str) -> Path:
-    """A cloud-init NoCloud seed (a FAT volume labelled ``cidata``) with ``user-data`` and ``meta-data``."""
-    for tool in ("mkfs.vfat", "mcopy"):
-        if shutil.which(tool) is None:
-            raise MissingToolError(f"a cloud-init seed needs {tool}", hint="apt-get install dosfstools mtools")
-    folder = path.with_suffix(".d")
-    folder.mkdir(parents=True, exist_ok=True)
+    """A cloud-init NoCloud seed (an ISO 9660 volume labelled ``cidata``) with ``user-data`` and ``meta-data``.
+
+    Written 0600 from the start: ``user-data`` holds the guest's host key.
+    """
     try:
-        write_private(folder / "user-data", user_data)  # it holds a host key
-        (folder / "meta-data").write_text(f"instance-id: {instance}\nlocal-hostname: pf-vm\n")
-        path.unlink(missing_ok=True)
-        run(["mkfs.vfat", "-n", "CIDATA", "-C", str(path), "2048"], what="cloud-init seed")
-        run(["mcopy", "-i", str(path), str(folder / "user-data"), str(folder / "meta-data"), "::"],
-             what="cloud-init seed")
+        import pycdlib
+    except ImportError as exc:
+        raise MissingToolError("a cloud-init seed needs the Python package pycdlib",
+                               hint="pip install 'pytest-flake[vm]' (or pip install pycdlib)") from exc
+    files = {
+        "user-data": user_data.encode(),
+        "meta-data": f"instance-id: {instance}\nlocal-hostname: pf-vm\n".encode(),
+    }
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, vol_ident=SEED_LABEL, joliet=3, rock_ridge="1.09")
+    try:
+        for name, data in files.items():
+            # ISO 9660's own names are 8.3 upper case; Rock Ridge and Joliet carry the real ones
+            iso.add_fp(io.BytesIO(data), len(data), f"/{name.replace('-', '').upper()[:8]}.;1", rr_name=name,
+                       joliet_path=f"/{name}")
+        image = io.BytesIO()
+        iso.write_fp(image)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        iso.close()
+    path.unlink(missing_ok=True)
+    write_private(path, image.getvalue())
     return path

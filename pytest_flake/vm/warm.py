@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .._host import locked
+from ..images import Image
 from .common import RECIPES, hash_files, log
-from .images import Image
 
 WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)
 WARM_ENV = "PYTEST_FLAKE_VM_WARM"

@@ -8,7 +8,7 @@ set -euo pipefail
 # plugin renders (a unit test); it is disabled on this host (/etc/cloud/cloud-init.disabled).
 # fdisk: sfdisk partitions the debian-cloud image.
 packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-          qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client dosfstools mtools acl fdisk
+          qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client acl fdisk
           cloud-init)
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_flake.images import debian_image_dir, image_cache
 from pytest_flake.session import alive, state_dir
-from pytest_flake.vm import debian_image_dir, image_cache
 from pytest_flake.vm.volumes import BASE_PREFIX, POOL, POOL_DIR, content_id
 from pytest_flake.vm.warm import referenced_volumes
 

@@ -13,6 +13,7 @@ cold (no warm state): the host key must come from the seed and be checked on the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from pytest_flake import images
 from pytest_flake import vm as vmmod
 from pytest_flake.config import Settings
 from pytest_flake.session import Session
@@ -95,6 +97,20 @@ def _errors_in(long_status: str) -> list[str]:
     return [line for line in long_status.splitlines() if "error" in line.lower() and line.strip() not in empty]
 
 
+def _seed_file(seed: Path, name: str) -> str:
+    """A file of the seed, read by its Rock Ridge name (as the guest mounts it)."""
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.open(str(seed))
+    try:
+        data = io.BytesIO()
+        iso.get_file_from_iso_fp(data, rr_path=f"/{name}")
+        return data.getvalue().decode()
+    finally:
+        iso.close()
+
+
 def test_cloud_init_finished_with_the_seed_the_arch_path_sends(cloud_vm: tuple[VM, list[logging.LogRecord]]) -> None:
     machine, _ = cloud_vm
     status = machine.run("cloud-init status --wait --long")
@@ -104,11 +120,13 @@ def test_cloud_init_finished_with_the_seed_the_arch_path_sends(cloud_vm: tuple[V
     assert result["v1"]["errors"] == [], result
     # cloud-init read exactly the user-data the plugin rendered for an Arch VM (the seed is still there)
     assert machine.seed is not None
-    sent = subprocess.run(["mtype", "-i", str(machine.seed), "::user-data"], capture_output=True, text=True,
-                          check=True).stdout.replace("\r\n", "\n")
+    sent = _seed_file(machine.seed, "user-data")
+    # the seed is an ISO 9660 volume labelled cidata, which the guest's cloud-init found and read
+    assert machine.run("blkid -t LABEL=cidata -o value -s TYPE").stdout.split() == ["iso9660"]
+    assert "DataSourceNoCloud" in result["v1"]["datasource"], result
     assert sent.startswith("#cloud-config\n")
     expected = vmmod.cloud_config(machine.keys.public if machine.keys else "", vmmod.HostKey("x", "y"),
-                                  vmmod.ArchRecipe.load().skip_units)
+                                  images.ArchRecipe.load().skip_units)
     got = json.loads(sent.split("\n", 1)[1])
     assert {k: v for k, v in got.items() if k != "ssh_keys"} == {k: v for k, v in expected.items() if k != "ssh_keys"}
     assert machine.run("cat /var/lib/cloud/instance/user-data.txt").stdout == sent

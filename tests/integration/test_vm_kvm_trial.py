@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_flake import images
 from pytest_flake import vm as vmmod
 from pytest_flake.config import Settings
 from pytest_flake.session import Session
@@ -28,7 +29,7 @@ def fresh_root(flake_session: Session) -> Iterator[Path]:
     """A state root of its own beside the real one, sharing the built debian image."""
     root = Path(tempfile.mkdtemp(prefix="test-kvm-trial-", dir=flake_session.root))
     try:
-        image_dir = vmmod.build_debian(vmmod.image_cache(flake_session.root)).disk.parent
+        image_dir = images.build_debian(images.image_cache(flake_session.root)).disk.parent
         (root / "images").mkdir()
         (root / "images" / image_dir.name).symlink_to(image_dir)
         yield root
@@ -46,7 +47,7 @@ def test_first_boot_decides_kvm_and_falls_back_to_tcg(fresh_root: Path, flake_se
     if flake_settings.libvirt_uri:
         env["LIBVIRT_DEFAULT_URI"] = flake_settings.libvirt_uri
     settings = Settings.resolve(lambda n: None, lambda n: None, fresh_root, environ=env)
-    cache = vmmod.image_cache(fresh_root)
+    cache = images.image_cache(fresh_root)
     assert not (cache / "kvm-probe.json").exists()
     with Session(root=fresh_root) as session, VMPoolNoWarm(settings, session) as pool:
         image = pool.image("debian")

@@ -281,7 +281,8 @@ def test_vm_image_that_is_not_a_disk_image_is_refused_before_any_boot(pytester: 
     seen = "qemu-img sees raw data with" if shutil.which("qemu-img") else "it has no image format header and"
     result.stdout.fnmatch_lines([
         f"UsageError: --vm-image {notes} is not a disk image: {seen} no partition table or file "
-        "system (it is text) (pass a qcow2 or raw disk image, or 'debian' (built locally) or 'arch')",
+        "system (it is a text file starting with 'this is not a disk') (pass a qcow2 or raw disk image, or "
+        "'debian' (built locally) or 'arch')",
     ])
     result.stdout.no_fnmatch_line("*console*")
     assert_no_plugin_traceback(result)
@@ -336,7 +337,7 @@ def test_error_in_a_fixture_is_an_error_and_in_the_body_a_failure(pytester: pyte
     pytester.makepyfile(test_where="""
         import os
         from pathlib import Path
-        from pytest_flake.disk_image import check_disk_image
+        from pytest_flake.images import check_disk_image
 
         def test_in_fixture(vm):
             pass

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_flake import vm
+from pytest_flake import images, vm
 from pytest_flake.config import BUILTIN_CONTAINER_IMAGES, BUILTIN_VM_IMAGES, Settings, image_about
 from pytest_flake.errors import NspawnError, UsageError
 from pytest_flake.nspawn import cgroups
-from pytest_flake.nspawn.trees import debian_tree_dir
 
 HYBRID = """tmpfs /sys/fs/cgroup tmpfs rw 0 0
 cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0
@@ -20,11 +19,11 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0
 
 
 def test_builtin_names_are_the_debian_names() -> None:
-    assert set(BUILTIN_VM_IMAGES) == {"arch", *vm.debian_names()}
-    assert BUILTIN_CONTAINER_IMAGES == vm.debian_names(cloud=False) == ("debian", "debian-trixie", "debian-sid")
-    assert vm.parse_debian_name("debian-sid-cloud") == vm.DebianName("sid", "cloud")
-    assert vm.parse_debian_name("debian") == vm.DebianName("bookworm", "plain")
-    assert vm.parse_debian_name("debian-bullseye") is None
+    assert set(BUILTIN_VM_IMAGES) == {"arch", *images.debian_names()}
+    assert BUILTIN_CONTAINER_IMAGES == images.debian_names(cloud=False) == ("debian", "debian-trixie", "debian-sid")
+    assert images.parse_debian_name("debian-sid-cloud") == images.DebianName("sid", "cloud")
+    assert images.parse_debian_name("debian") == images.DebianName("bookworm", "plain")
+    assert images.parse_debian_name("debian-bullseye") is None
     assert image_about("debian-sid") == "Debian unstable, systemd 262"
     assert image_about("debian-trixie-cloud") == "Debian 13, systemd 257, cloud-init"
     assert image_about("arch") == ""
@@ -47,27 +46,27 @@ def test_image_names_are_checked_early(tmp_path: Path) -> None:
 
 
 def test_each_release_has_its_own_recipe_hash_and_folders(tmp_path: Path) -> None:
-    hashes = {vm.debian_recipe_hash(variant, release)
-              for release in vm.DEBIAN_RELEASES for variant in ("plain", "cloud")}
+    hashes = {images.debian_recipe_hash(variant, release)
+              for release in images.DEBIAN_RELEASES for variant in ("plain", "cloud")}
     assert len(hashes) == 6
-    assert vm.debian_image_dir(tmp_path, release="sid").name.startswith("debian-sid-")
-    assert vm.debian_image_dir(tmp_path, "cloud", "trixie").name.startswith("debian-trixie-cloud-")
+    assert images.debian_image_dir(tmp_path, release="sid").name.startswith("debian-sid-")
+    assert images.debian_image_dir(tmp_path, "cloud", "trixie").name.startswith("debian-trixie-cloud-")
     # the bookworm tree keeps its name; the others never match an older version's nspawn-debian-* sweep
-    assert debian_tree_dir(tmp_path).name.startswith("nspawn-debian-")
-    assert debian_tree_dir(tmp_path, "sid").name.startswith("nspawn-sid-")
+    assert images.debian_tree_dir(tmp_path).name.startswith("nspawn-debian-")
+    assert images.debian_tree_dir(tmp_path, "sid").name.startswith("nspawn-sid-")
     with pytest.raises(UsageError, match="unknown debian release"):
-        vm.debian_recipe_hash(release="buster")
+        images.debian_recipe_hash(release="buster")
 
 
 def test_recipe_hash_follows_the_release_package_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     shutil.copytree(vm.RECIPES, tmp_path / "vms")
-    monkeypatch.setattr("pytest_flake.vm.debian.RECIPES", tmp_path / "vms")
-    sid, trixie = vm.debian_recipe_hash(release="sid"), vm.debian_recipe_hash(release="trixie")
+    monkeypatch.setattr("pytest_flake.images.debian.RECIPES", tmp_path / "vms")
+    sid, trixie = images.debian_recipe_hash(release="sid"), images.debian_recipe_hash(release="trixie")
     (tmp_path / "vms" / "debian" / "packages-sid.txt").write_text("curl\n")
-    assert vm.debian_recipe_hash(release="sid") != sid
-    assert vm.debian_recipe_hash(release="trixie") == trixie
+    assert images.debian_recipe_hash(release="sid") != sid
+    assert images.debian_recipe_hash(release="trixie") == trixie
 
 
 def _tree(tmp_path: Path, version: int | None, *, dpkg: bool = False) -> Path:

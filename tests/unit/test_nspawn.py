@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from pytest_flake.errors import InfrastructureError, UsageError
+from pytest_flake.images import Tree
+from pytest_flake.images import trees as image_trees
 from pytest_flake.nspawn import loops, maintenance, trees
 from pytest_flake.nspawn.machine import enter_argv, nspawn_argv
 from pytest_flake.nspawn.relay import NetnsSockets, Relay
+from tests.unit.built_images import built_debian_image
 
 
 # --------------------------------------------------------------------------- loops
@@ -182,11 +185,58 @@ def test_prepare_for_containers_masks_vm_only_units(tmp_path: Path) -> None:
     root = _os_tree(tmp_path / "tree")
     (root / "etc" / "fstab").write_text("/dev/vda / ext4 rw 0 1\n")
     (root / "etc" / "hostname").write_text("pf-debian\n")
-    trees._prepare_for_containers(root)
+    image_trees.prepare_for_containers(root)
     assert "/dev/vda" not in (root / "etc" / "fstab").read_text()
     assert not (root / "etc" / "hostname").exists()
-    for unit in trees.MASKED_UNITS:
+    for unit in image_trees.MASKED_UNITS:
         assert os.readlink(root / "etc" / "systemd" / "system" / unit) == "/dev/null"
+
+
+def test_debian_tree_is_copied_out_of_the_cached_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fake: FakeLoops) -> None:
+    """The image's disk is mounted on a loop device: nspawn's guard puts the host's loop devices back after."""
+    from pytest_flake import images
+
+    cache = tmp_path / "cache"
+    built_debian_image(cache)
+    commands: list[str] = []
+
+    def run(argv: list[str], *, what: str, timeout: float | None = None, error: object = None) -> str:
+        commands.append(argv[0] if argv[0] != "qemu-img" else "qemu-img " + argv[1])
+        if argv[0] == "mount":
+            fake.make(8)  # the mount took a new loop device
+        return ""
+
+    def copy(src: Path, dst: Path, **kw: object) -> None:
+        commands.append("copy")
+        _os_tree(dst / "sub")  # what the mounted file system holds
+        for item in (dst / "sub").iterdir():
+            item.rename(dst / item.name)
+        (dst / "etc" / "hostname").write_text("pf-debian\n")
+
+    monkeypatch.setattr("pytest_flake.images.trees.run", run)
+    monkeypatch.setattr("pytest_flake.images.trees.reflink_copy", copy)
+    guard = lambda: trees.loops_as_found(fake.dev, fake.sys)  # noqa: E731
+    tree = images.debian_tree(cache, loop_guard=guard)
+    assert commands == ["qemu-img convert", "mount", "copy", "umount"]
+    assert tree.root == images.debian_tree_dir(cache) / "root" and tree.name == "debian"
+    assert not (tree.root / "etc" / "hostname").exists()  # made fit for containers
+    assert (tree.root.parent / images.MARKER).is_file()
+    assert loops.present(fake.dev) == set(range(8))  # loop8 went again
+    assert images.debian_tree(cache, loop_guard=guard) == tree and len(commands) == 4  # cached: not copied again
+
+
+def test_resolve_tree_builds_debian_trees_with_the_loop_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object]] = []
+    made = Tree("debian-sid", tmp_path / "root")
+
+    def debian_tree(cache: Path, release: str, *, loop_guard: object) -> Tree:
+        calls.append((release, loop_guard))
+        return made
+
+    monkeypatch.setattr("pytest_flake.nspawn.trees.debian_tree", debian_tree)
+    assert trees.resolve_tree("debian-sid", tmp_path) is made
+    assert calls == [("sid", trees.loops_as_found)]
 
 
 # --------------------------------------------------------------------------- relay

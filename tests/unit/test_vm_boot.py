@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_flake import vm
+from pytest_flake import images, vm
 from pytest_flake.config import Settings, parse_size
 from pytest_flake.errors import UsageError, VMError
 
@@ -55,17 +55,17 @@ def virtual_size(path: Path) -> int:
 
 
 @pytest.fixture
-def base_image(tmp_path: Path) -> vm.Image:
+def base_image(tmp_path: Path) -> images.Image:
     if not shutil.which("qemu-img"):
         pytest.skip("qemu-img is not installed")
     disk = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "2G"], check=True)
-    return vm.Image(name="arch", disk=disk)
+    return images.Image(name="arch", disk=disk)
 
 
-def test_overlay_is_made_at_the_configured_size(base_image: vm.Image, tmp_path: Path) -> None:
+def test_overlay_is_made_at_the_configured_size(base_image: images.Image, tmp_path: Path) -> None:
     overlay = tmp_path / "vm.qcow2"
-    assert vm.create_overlay(base_image, overlay, 8 * vm.GiB) == 8 * vm.GiB
+    assert images.create_overlay(base_image, overlay, 8 * vm.GiB) == 8 * vm.GiB
     assert virtual_size(overlay) == 8 * vm.GiB
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(overlay)],
                                      capture_output=True, text=True, check=True).stdout)
@@ -73,10 +73,10 @@ def test_overlay_is_made_at_the_configured_size(base_image: vm.Image, tmp_path: 
     assert virtual_size(base_image.disk) == 2 * vm.GiB  # the base is left as it was
 
 
-def test_overlay_never_shrinks_the_image(base_image: vm.Image, tmp_path: Path,
+def test_overlay_never_shrinks_the_image(base_image: images.Image, tmp_path: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
     overlay = tmp_path / "vm.qcow2"
-    assert vm.create_overlay(base_image, overlay, 1 * vm.GiB) == 2 * vm.GiB
+    assert images.create_overlay(base_image, overlay, 1 * vm.GiB) == 2 * vm.GiB
     assert virtual_size(overlay) == 2 * vm.GiB
     assert "less than the arch image's disk" in caplog.text
 
@@ -89,7 +89,7 @@ def test_vm_takes_the_disk_size_from_the_settings(tmp_path: Path) -> None:
 
 
 def test_warm_states_are_kept_per_disk_size(tmp_path: Path) -> None:
-    image = vm.Image(name="debian", disk=tmp_path / "disk.qcow2")
+    image = images.Image(name="debian", disk=tmp_path / "disk.qcow2")
     hypervisor = vm.Hypervisor("/usr/bin/qemu-system-x86_64", 7002022, 9000000)
 
     def key(size: int) -> dict[str, object]:
@@ -131,7 +131,7 @@ def no_debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # a working stub answers at once, even on a busy host
     monkeypatch.setattr("pytest_flake.vm.accel.KVM_PROBE_SECONDS", 30.0)
     cache = tmp_path / "state" / "images"
-    assert not vm.debian_image_dir(cache).exists()
+    assert not images.debian_image_dir(cache).exists()
     return tmp_path
 
 
@@ -151,7 +151,7 @@ def arch_pool(root: Path) -> vm.VMPool:
     return vm.VMPool(settings(root, LIBVIRT_DEFAULT_URI="qemu:///system"), Session(root=root / "state"))
 
 
-ARCH = vm.Image(name="arch", disk=Path("/nonexistent/arch.qcow2"), cloud_init=True)
+ARCH = images.Image(name="arch", disk=Path("/nonexistent/arch.qcow2"), cloud_init=True)
 
 
 def test_kvm_decided_with_the_host_kernel_when_it_works(no_debian_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +253,7 @@ def test_host_kernel_needs_a_readable_kernel(tmp_path: Path, monkeypatch: pytest
 
 # --------------------------------------------------------------------------- the cloud-init seed
 
-UNITS = vm.ArchRecipe.load().skip_units
+UNITS = images.ArchRecipe.load().skip_units
 
 
 def arch_user_data() -> tuple[str, vm.HostKey]:

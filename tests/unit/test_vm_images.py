@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_flake import vm
+from pytest_flake import images, vm
 from pytest_flake.errors import UsageError, VMError
 from tests.httpserver import LoggingHTTPServer, serving
+from tests.unit.built_images import built_debian_image
 
 IMAGE = "latest/Arch-Linux-x86_64-cloudimg.qcow2"
 
@@ -44,8 +45,8 @@ class FakeMirror:
             self.files[IMAGE] = content
         self.files[IMAGE + ".SHA256"] = f"{digest}  Arch-Linux-x86_64-cloudimg.qcow2\n".encode()
 
-    def recipe(self) -> vm.ArchRecipe:
-        return vm.ArchRecipe(url=self.url(IMAGE), sha256_url=self.url(IMAGE + ".SHA256"),
+    def recipe(self) -> images.ArchRecipe:
+        return images.ArchRecipe(url=self.url(IMAGE), sha256_url=self.url(IMAGE + ".SHA256"),
                              skip_units=("systemd-time-wait-sync.service",))
 
 
@@ -85,7 +86,7 @@ SHA = IMAGE + ".SHA256"
 
 def test_arch_downloads_checks_and_caches(mirror: FakeMirror, tmp_path: Path) -> None:
     mirror.publish(FAKE)
-    image = vm.fetch_arch(tmp_path, mirror.recipe())
+    image = images.fetch_arch(tmp_path, mirror.recipe())
     digest = hashlib.sha256(FAKE).hexdigest()
     assert image.name == "arch"
     # the checksum file names the unversioned file: the cached copy carries the hash
@@ -96,17 +97,17 @@ def test_arch_downloads_checks_and_caches(mirror: FakeMirror, tmp_path: Path) ->
     assert mirror.hits == {SHA: 1, IMAGE: 1}
     assert not list((tmp_path / "arch").glob("*.part"))
 
-    again = vm.fetch_arch(tmp_path, mirror.recipe())  # cached: only the checksum file is fetched
+    again = images.fetch_arch(tmp_path, mirror.recipe())  # cached: only the checksum file is fetched
     assert again == image
     assert mirror.hits == {SHA: 2, IMAGE: 1}
 
 
 def test_arch_new_version_replaces_the_old(mirror: FakeMirror, tmp_path: Path) -> None:
     mirror.publish(FAKE)
-    old = vm.fetch_arch(tmp_path, mirror.recipe())
+    old = images.fetch_arch(tmp_path, mirror.recipe())
     newer = FAKE[:-1] + b"!"
     mirror.publish(newer)
-    new = vm.fetch_arch(tmp_path, mirror.recipe())
+    new = images.fetch_arch(tmp_path, mirror.recipe())
     assert new.disk.name == f"Arch-Linux-x86_64-cloudimg-{hashlib.sha256(newer).hexdigest()[:16]}.qcow2"
     assert new.disk.read_bytes() == newer
     assert new.key != old.key
@@ -126,7 +127,7 @@ def test_arch_release_moving_between_the_downloads_is_downloaded_once_more(mirro
             mirror.publish(newer, checksum_only=True)
 
     mirror.after_get = release_done
-    image = vm.fetch_arch(tmp_path, mirror.recipe())
+    image = images.fetch_arch(tmp_path, mirror.recipe())
     assert image.disk.read_bytes() == newer and image.key == "arch-" + hashlib.sha256(newer).hexdigest()[:16]
     assert mirror.hits == {SHA: 2, IMAGE: 2}
     assert sorted(p.name for p in (tmp_path / "arch").iterdir()) == [image.disk.name, image.disk.name + ".sha256"]
@@ -135,7 +136,7 @@ def test_arch_release_moving_between_the_downloads_is_downloaded_once_more(mirro
 def test_arch_checksum_mismatch_keeps_nothing(mirror: FakeMirror, tmp_path: Path) -> None:
     mirror.publish(FAKE, claimed="0" * 64)
     with pytest.raises(VMError, match="checksum mismatch") as err:
-        vm.fetch_arch(tmp_path, mirror.recipe())
+        images.fetch_arch(tmp_path, mirror.recipe())
     assert "0" * 64 in str(err.value) and hashlib.sha256(FAKE).hexdigest() in str(err.value)
     assert "downloaded twice" in str(err.value)
     assert mirror.hits == {SHA: 2, IMAGE: 2}  # once more before giving up, not more
@@ -146,19 +147,19 @@ def test_arch_offline_uses_the_cache_or_says_what_to_do(mirror: FakeMirror, tmp_
     mirror.publish(FAKE)
     recipe = mirror.recipe()
     with pytest.raises(VMError, match="unreachable and nothing is cached") as err:
-        vm.fetch_arch(tmp_path / "empty", vm.ArchRecipe(url=mirror.url("gone"), sha256_url=mirror.url("gone")))
+        images.fetch_arch(tmp_path / "empty", images.ArchRecipe(url=mirror.url("gone"), sha256_url=mirror.url("gone")))
     assert "--vm-image debian" in str(err.value)
-    cached = vm.fetch_arch(tmp_path, recipe)
+    cached = images.fetch_arch(tmp_path, recipe)
     assert mirror.server is not None
     mirror.server.shutdown()
     mirror.server.server_close()
-    offline = vm.fetch_arch(tmp_path, recipe)
+    offline = images.fetch_arch(tmp_path, recipe)
     assert offline.disk == cached.disk and offline.key == cached.key
 
 
 def test_download_failure_leaves_no_partial_file(mirror: FakeMirror, tmp_path: Path) -> None:
     with pytest.raises(VMError, match="404"):
-        vm.download(mirror.url("missing.qcow2"), tmp_path / "x.qcow2")
+        images.download(mirror.url("missing.qcow2"), tmp_path / "x.qcow2")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,8 +168,31 @@ def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: p
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage._replace(free=1024))
     with pytest.raises(VMError, match="no space for"):
-        vm.download(mirror.url("big.qcow2"), tmp_path / "big.qcow2")
+        images.download(mirror.url("big.qcow2"), tmp_path / "big.qcow2")
     assert not (tmp_path / "big.qcow2").exists()
+
+
+def test_download_hands_its_progress_to_the_callback(mirror: FakeMirror, tmp_path: Path) -> None:
+    mirror.publish(FAKE)
+    seen: list[images.Progress] = []
+    image = images.fetch_arch(tmp_path, mirror.recipe(), progress=seen.append)
+    assert image.disk.read_bytes() == FAKE
+    assert [p.percent for p in seen] == [33, 66, 99, 100, 100]  # a MiB at a time (and 4 bytes), then the end
+    assert [p.finished for p in seen] == [False, False, False, False, True]
+    assert {p.total for p in seen} == {len(FAKE)} and seen[-1].done == len(FAKE)
+    assert seen[0].what == f"downloading {image.disk.name}"
+    assert seen[-1].bar() == f"downloading {image.disk.name}: [{'#' * 25}] 100% of 3 MiB"
+    assert seen[0].bar().endswith(f"[{'#' * 8:<25}]  33% of 3 MiB")
+
+
+def test_download_without_a_callback_logs_every_ten_percent(mirror: FakeMirror, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    mirror.files["big.qcow2"] = FAKE * 4  # 12 MiB: a MiB at a time is 8%
+    caplog.set_level("INFO", logger="pytest_flake")
+    images.download(mirror.url("big.qcow2"), tmp_path / "big.qcow2")
+    shares = [r.getMessage() for r in caplog.records if r.getMessage().startswith("downloading big.qcow2")]
+    # a line each time the tens change (41% and 49% share one), none for the end
+    assert [int(line.split(": ")[1].split("%")[0]) for line in shares] == [8, 16, 24, 33, 41, 58, 66, 74, 83, 91, 100]
 
 
 @pytest.mark.parametrize(
@@ -183,22 +207,22 @@ def test_download_needs_space(mirror: FakeMirror, tmp_path: Path, monkeypatch: p
     ],
 )
 def test_parse_sha256_file(text: str, expected: tuple[str, str]) -> None:
-    assert vm.parse_sha256_file(text) == expected
+    assert images.parse_sha256_file(text) == expected
 
 
 def test_parse_sha256_file_prefers_the_downloaded_name() -> None:
     text = "ab" * 32 + "  Arch-Linux-x86_64-basic.qcow2\n" + "cd" * 32 + "  Arch-Linux-x86_64-cloudimg.qcow2\n"
-    assert vm.parse_sha256_file(text, "Arch-Linux-x86_64-cloudimg.qcow2") == ("cd" * 32,
+    assert images.parse_sha256_file(text, "Arch-Linux-x86_64-cloudimg.qcow2") == ("cd" * 32,
                                                                               "Arch-Linux-x86_64-cloudimg.qcow2")
 
 
 def test_parse_sha256_file_without_entries() -> None:
     with pytest.raises(VMError, match="names no image"):
-        vm.parse_sha256_file("<html>not found</html>")
+        images.parse_sha256_file("<html>not found</html>")
 
 
 def test_the_shipped_arch_recipe() -> None:
-    recipe = vm.ArchRecipe.load()
+    recipe = images.ArchRecipe.load()
     assert recipe.url.startswith("https://") and recipe.sha256_url == recipe.url + ".SHA256"
     for unit in ("systemd-time-wait-sync.service", "pacman-init.service",
                  "archlinux-keyring-wkd-sync.service", "systemd-networkd-wait-online.service",
@@ -208,12 +232,12 @@ def test_the_shipped_arch_recipe() -> None:
 
 def test_debian_recipe_hash_follows_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(vm.RECIPES, tmp_path / "vms")
-    monkeypatch.setattr("pytest_flake.vm.debian.RECIPES", tmp_path / "vms")
-    before = vm.debian_recipe_hash()
-    assert vm.debian_image_dir(tmp_path) == tmp_path / f"debian-{before}"
+    monkeypatch.setattr("pytest_flake.images.debian.RECIPES", tmp_path / "vms")
+    before = images.debian_recipe_hash()
+    assert images.debian_image_dir(tmp_path) == tmp_path / f"debian-{before}"
     packages = tmp_path / "vms" / "debian" / "packages.txt"
     packages.write_text(packages.read_text() + "curl\n")
-    assert vm.debian_recipe_hash() != before
+    assert images.debian_recipe_hash() != before
 
 
 def test_debian_recipe_has_what_portable_services_need() -> None:
@@ -223,13 +247,9 @@ def test_debian_recipe_has_what_portable_services_need() -> None:
 
 
 def test_cached_debian_image_is_used_without_building(tmp_path: Path) -> None:
-    folder = vm.debian_image_dir(tmp_path)
-    folder.mkdir(parents=True)
-    for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-        (folder / name).write_bytes(b"x")
-    (folder / "cmdline").write_text("root=/dev/vda console=ttyS0\n")
-    (folder / "hostkeys.pub").write_text("ssh-ed25519 AAAAC3Nza root@pf-debian\nssh-rsa AAAAB3 root@pf-debian\n")
-    image = vm.resolve_image("debian", tmp_path)
+    keys = "ssh-ed25519 AAAAC3Nza root@pf-debian\nssh-rsa AAAAB3 root@pf-debian\n"
+    folder = built_debian_image(tmp_path, hostkeys=keys)
+    image = images.resolve_image("debian", tmp_path)
     assert image.kernel == folder / "vmlinuz" and image.cmdline == "root=/dev/vda console=ttyS0"
     assert image.hostkeys == ("ssh-ed25519 AAAAC3Nza", "ssh-rsa AAAAB3")
     assert image.key == folder.name and not image.cloud_init
@@ -239,11 +259,11 @@ def test_cached_debian_image_is_used_without_building(tmp_path: Path) -> None:
 def test_user_image_path(tmp_path: Path) -> None:
     disk = tmp_path / "mine.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
-    image = vm.resolve_image(str(disk), tmp_path / "cache")
+    image = images.resolve_image(str(disk), tmp_path / "cache")
     assert image.disk == disk and image.disk_format == "qcow2" and image.cloud_init
     assert image.kernel is None
     with pytest.raises(UsageError, match="neither arch, debian"):
-        vm.resolve_image(str(tmp_path / "nope.qcow2"), tmp_path / "cache")
+        images.resolve_image(str(tmp_path / "nope.qcow2"), tmp_path / "cache")
 
 
 def test_user_image_url_is_downloaded_once(mirror: FakeMirror, tmp_path: Path) -> None:
@@ -251,8 +271,8 @@ def test_user_image_url_is_downloaded_once(mirror: FakeMirror, tmp_path: Path) -
         pytest.skip("qemu-img is not installed")
     raw = b"\0" * (1024 * 1024)
     mirror.files["custom.img"] = raw
-    first = vm.resolve_image(mirror.url("custom.img"), tmp_path)
-    second = vm.resolve_image(mirror.url("custom.img"), tmp_path)
+    first = images.resolve_image(mirror.url("custom.img"), tmp_path)
+    second = images.resolve_image(mirror.url("custom.img"), tmp_path)
     assert first == second and first.disk_format == "raw" and first.disk.read_bytes() == raw
     assert mirror.hits["custom.img"] == 1
 

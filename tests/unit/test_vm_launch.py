@@ -12,6 +12,7 @@ import pytest
 from pytest_flake import vm
 from pytest_flake.config import Settings
 from pytest_flake.errors import VMError
+from pytest_flake.images import Image
 from pytest_flake.session import Session
 from pytest_flake.vm.domain import edit_fingerprint
 from pytest_flake.vm.launch import Launcher
@@ -132,7 +133,7 @@ class FakeHost:
     def path(self, name: str) -> str:
         return f"/var/lib/libvirt/images/pytest-flake/{name}"
 
-    def base(self, image: vm.Image) -> RemoteImage:
+    def base(self, image: Image) -> RemoteImage:
         return RemoteImage(disk=self.path("pf-base-d.qcow2"), disk_format="qcow2")
 
     def overlay(self, name: str, backing: str, backing_format: str, size: int) -> str:
@@ -159,28 +160,28 @@ class FakeHost:
 
 
 class FakePlatform:
-    def __init__(self, image: vm.Image) -> None:
+    def __init__(self, image: Image) -> None:
         self.image_ = image
         self.keys: list[dict[str, Any]] = []
 
-    def image(self, spec: str) -> vm.Image:
+    def image(self, spec: str) -> Image:
         return self.image_
 
-    def accel(self, image: vm.Image) -> str:
+    def accel(self, image: Image) -> str:
         return "tcg"
 
     def kvm_trial_result(self, works: bool, why: str) -> str:
         return "tcg"
 
-    def warm_key(self, image: vm.Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]:
+    def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]:
         self.keys.append({"image": image.key, "memory": memory, "uri": "test:///"})
         return self.keys[-1]
 
 
 @pytest.fixture
-def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> vm.Image:
+def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Image:
     """An image whose disk qemu-img never reads: the overlay here is a file, the size there a number."""
-    def overlay(image: vm.Image, path: Path, size: int) -> int:
+    def overlay(image: Image, path: Path, size: int) -> int:
         path.write_bytes(b"overlay")
         return size
 
@@ -188,11 +189,11 @@ def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> vm.Image:
     monkeypatch.setattr("pytest_flake.vm.remote.disk_info", lambda disk: {"virtual-size": vm.GiB})
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
-    return vm.Image(name="debian", disk=tmp_path / "base.qcow2", key="debian-test", kernel=kernel, initrd=kernel,
+    return Image(name="debian", disk=tmp_path / "base.qcow2", key="debian-test", kernel=kernel, initrd=kernel,
                     cmdline="root=/dev/vda", hostkeys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey",))
 
 
-def a_vm(tmp_path: Path, image: vm.Image, kind: str, conn: FakeConn, host: FakeHost, *,
+def a_vm(tmp_path: Path, image: Image, kind: str, conn: FakeConn, host: FakeHost, *,
          store: vm.WarmStore | None = None, edit: vm.DomainEdit | None = None,
          platform: FakePlatform | None = None) -> vm.VM:
     config = vm.VMConfig(name="pf-1234abcd-vm-1", dir=tmp_path / "vms", session_id="pf-1234abcd", image="debian",
@@ -206,7 +207,7 @@ def a_vm(tmp_path: Path, image: vm.Image, kind: str, conn: FakeConn, host: FakeH
 
 
 @pytest.mark.parametrize("kind", ["local", "remote"])
-def test_the_edit_is_the_last_step_before_the_domain_is_defined(tmp_path: Path, image: vm.Image, kind: str) -> None:
+def test_the_edit_is_the_last_step_before_the_domain_is_defined(tmp_path: Path, image: Image, kind: str) -> None:
     libvirt = pytest.importorskip("libvirt")
     conn, host = FakeConn(), FakeHost()
     seen: list[tuple[str, str, str]] = []
@@ -242,7 +243,7 @@ def test_the_edit_is_the_last_step_before_the_domain_is_defined(tmp_path: Path, 
         assert host.volumes == [] and host.readers[0].stopped and host.ssh.cancelled == [21001]
 
 
-def test_without_an_edit_the_defined_xml_is_the_built_one(tmp_path: Path, image: vm.Image) -> None:
+def test_without_an_edit_the_defined_xml_is_the_built_one(tmp_path: Path, image: Image) -> None:
     pytest.importorskip("libvirt")
     conn = FakeConn()
     machine = a_vm(tmp_path, image, "local", conn, FakeHost())
@@ -255,7 +256,7 @@ def test_without_an_edit_the_defined_xml_is_the_built_one(tmp_path: Path, image:
 
 
 @pytest.mark.parametrize("kind", ["local", "remote"])
-def test_an_edit_keys_the_warm_state(tmp_path: Path, image: vm.Image, kind: str) -> None:
+def test_an_edit_keys_the_warm_state(tmp_path: Path, image: Image, kind: str) -> None:
     pytest.importorskip("libvirt")
 
     def nothing(name: str, root: ET.Element) -> None:

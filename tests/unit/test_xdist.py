@@ -17,10 +17,11 @@ import pytest
 from pytest_flake import plugin, xdist
 from pytest_flake.docker.archive import Archive
 from pytest_flake.docker.daemon import Docker
+from pytest_flake.images import Image
 from pytest_flake.nix import Binding, Build, Flake, FlakeOptions
 from pytest_flake.session import Session, start_time
 from pytest_flake.sweep import dead_runs, dead_sessions, sweep_dead_runs, sweep_dead_sessions
-from pytest_flake.vm import VM, Image, LocalLauncher, VMConfig
+from pytest_flake.vm import VM, LocalLauncher, VMConfig
 from pytest_flake.vm.seed import KeyPair
 from pytest_flake.vm.warm import WarmStore
 from pytest_flake.xdist import Run

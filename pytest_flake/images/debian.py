@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -22,8 +23,22 @@ from pathlib import Path
 
 from .._host import locked
 from ..errors import MissingToolError, UsageError, VMError
-from .common import RECIPES, GiB, hash_files, is_root, log, need_space, run, step
-from .images import ArchRecipe, Image
+from .arch import ArchRecipe
+from .cache import (
+    RECIPES,
+    STALE_IMAGE_SECONDS,
+    GiB,
+    Image,
+    hash_files,
+    is_root,
+    mounted_below,
+    need_space,
+    remove_folder,
+    run,
+    step,
+)
+
+log = logging.getLogger(__name__)
 
 DEBIAN_VARIANTS = ("plain", "cloud")  # build.sh OUTDIR VARIANT RELEASE
 # release -> (the name's middle part, what it is): "debian" stays Debian 12
@@ -32,7 +47,6 @@ DEBIAN_RELEASES: dict[str, tuple[str, str]] = {
     "trixie": ("-trixie", "Debian 13, systemd 257"),
     "sid": ("-sid", "Debian unstable, systemd 262"),
 }
-STALE_IMAGE_SECONDS = 24 * 3600  # an older recipe's image stays this long: running sessions may still use it
 
 
 @dataclass(frozen=True)
@@ -109,21 +123,11 @@ def _remove_stale(cache: Path, variant: str, release: str, keep: Path) -> None:
         with contextlib.suppress(OSError):
             interrupted = ".work." in stale.name  # under the build lock: its builder is dead
             if interrupted or time.time() - stale.stat().st_mtime > STALE_IMAGE_SECONDS:
-                if _has_mounts(stale):
+                if mounted_below(stale):
                     log.warning("vm: not removing %s: something is mounted below it", stale)
                     continue
                 log.info("vm: removing %s %s", "the interrupted build" if interrupted else "the older image", stale)
-                run(["rm", "-rf", "--one-file-system", str(stale)], what=f"remove {stale}")
-
-
-def _has_mounts(folder: Path) -> bool:
-    top = str(folder)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 1 and (fields[1] == top or fields[1].startswith(top + "/")):
-                return True
-    return False
+                remove_folder(stale, f"remove {stale}")
 
 
 def build_debian(cache: Path, *, timeout: float = 1800, variant: str = "plain", release: str = "bookworm") -> Image:
