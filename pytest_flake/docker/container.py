@@ -21,7 +21,7 @@ from .._host import port_answers
 from ..errors import DockerError, UsageError, tail
 from ..waiting import NotReady, wait_for
 from .calls import Endpoint
-from .exec_backend import exec_backend
+from .exec_backend import container_shell, exec_backend
 
 if TYPE_CHECKING:
     from testinfra.host import Host
@@ -236,6 +236,11 @@ class Container:
         return str(self._container.id)
 
     @property
+    def sdk(self) -> Any:
+        """The Docker SDK's container object (``docker.models.containers.Container``); None until started."""
+        return self._container
+
+    @property
     def removed(self) -> bool:
         """Whether the container is gone from the daemon (False: never started, kept, or its removal failed)."""
         return self._removed
@@ -386,5 +391,13 @@ class Container:
             remote = self.docker.remote
             if urls and remote is not None:
                 urls += f" on {remote.host} (reach them with `ssh -L PORT:127.0.0.1:PORT {remote.target}`)"
-        return (f"docker --host {self.docker.url} exec -it {self.name} sh"
-                + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}")
+        shell, missing = "sh", ""
+        try:
+            shell = shlex.join(container_shell(self))  # Nix images have no /bin/sh
+        except DockerError:
+            missing = " (the image has no shell)"
+        except Exception as exc:  # never let a hint hide the failure
+            log.debug("docker: no shell found in %s: %s", self.name, exc)
+        return (f"docker --host {self.docker.url} exec -it {self.name} {shell}"
+                + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}"
+                + missing)
