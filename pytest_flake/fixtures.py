@@ -96,12 +96,15 @@ def flake_docker(request: pytest.FixtureRequest, flake_settings: Settings, flake
     """The Docker daemon of this session (``--docker-host``, else ``DOCKER_HOST``).
 
     Connects on first use; an unreachable daemon is an error that names the endpoint.
-    Images loaded through it are remembered for the session.
+    Images loaded through it are remembered for the session. Each container's arguments
+    pass through the ``pytest_flake_container_run`` hook.
     """
     from .docker import Docker
 
-    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=run_of(request.config),
-                                  control_dir=flake_session.dir)
+    hook = request.config.hook
+    docker = Docker.from_settings(
+        flake_settings, session_id=flake_session.id, run=run_of(request.config), control_dir=flake_session.dir,
+        edit_run=lambda image, kwargs: hook.pytest_flake_container_run(image=image, kwargs=kwargs))
     yield docker
     docker.close()
 
@@ -187,16 +190,19 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def flake_vms(flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
+def flake_vms(request: pytest.FixtureRequest, flake_settings: Settings, flake_session: Session) -> Iterator[VMPool]:
     """The session's VMs: cached images, the KVM probe, the SSH key pair and the warm states.
 
     Closing it at the end of the session removes every domain and overlay; the warm states
     in the image cache stay for the next session (``PYTEST_FLAKE_VM_WARM=0`` turns them off).
+    Each domain's XML passes through the ``pytest_flake_domain_xml`` hook before it is defined.
     """
     from .vm import VMPool
 
     _check_vm_image(flake_settings.vm_image)
-    with VMPool(flake_settings, flake_session) as pool:
+    hook = request.config.hook
+    with VMPool(flake_settings, flake_session,
+                edit_domain=lambda name, root: hook.pytest_flake_domain_xml(name=name, domain=root)) as pool:
         yield pool
 
 
@@ -414,7 +420,8 @@ def _require_nspawn() -> None:
 
 
 @pytest.fixture(scope="session")
-def flake_containers(flake_settings: Settings, flake_session: Session) -> Iterator[ContainerPool]:
+def flake_containers(request: pytest.FixtureRequest, flake_settings: Settings,
+                     flake_session: Session) -> Iterator[ContainerPool]:
     """The session's systemd containers: OS trees (``--container-image``), names, loop devices.
 
     Skips the tests that use it where systemd-nspawn cannot run (not root, no
@@ -424,8 +431,10 @@ def flake_containers(flake_settings: Settings, flake_session: Session) -> Iterat
     _require_nspawn()
     from .nspawn import ContainerPool
 
+    hook = request.config.hook
     with ContainerPool(flake_session, flake_settings.container_image, timeout=flake_settings.flake_timeout,
-                       invocation_dir=flake_settings.invocation_dir) as pool:
+                       invocation_dir=flake_settings.invocation_dir,
+                       edit_command=lambda name, argv: hook.pytest_flake_nspawn_command(name=name, argv=argv)) as pool:
         yield pool
 
 

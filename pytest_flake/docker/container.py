@@ -14,7 +14,7 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import port_answers
@@ -37,6 +37,7 @@ class Daemon(Endpoint, Protocol):
 
     podman: bool  # Podman's Docker-compatible service, which fails in places where Docker does not
     remote: SSHHost | None  # the ssh master to the daemon's host (None: the daemon runs here)
+    edit_run: Callable[[str, dict[str, Any]], None] | None  # edits a container's create arguments (the hook)
 
     @property
     def client(self) -> Any: ...  # the SDK's DockerClient
@@ -134,10 +135,12 @@ class Container:
         exposed = self._exposed()
         self._published = list(dict.fromkeys([*self.ports, *exposed]))
         bindings = {p: ("127.0.0.1", self.host_ports.get(p)) for p in self._published}
+        run_args: dict[str, Any] = {"command": self.command, "environment": self.env or None, "name": self.name,
+                                    "labels": self.labels, "ports": bindings, "detach": True, "init": True}
+        if self.docker.edit_run is not None:  # the pytest_flake_container_run hook
+            self.docker.edit_run(self.ref, run_args)
         try:
-            self._container = client.containers.create(
-                self.ref, command=self.command, environment=self.env or None, name=self.name, labels=self.labels,
-                ports=bindings, detach=True, init=True)
+            self._container = client.containers.create(self.ref, **run_args)
         except docker.errors.ImageNotFound as exc:
             raise DockerError(f"no image {self.ref} at {self.docker.url}",
                               hint="use docker_image(attr) to load the flake's image first") from exc

@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,8 @@ from .seed import KeyPair
 from .warm import Hypervisor, WarmStore, warm_enabled, warm_key
 
 if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
     from ..config import Settings
     from ..session import Session
     from ..tunnel import SSHHost
@@ -47,8 +49,10 @@ class VMPool:
     Closing the pool closes every VM it made and removes the session's VM folder.
     """
 
-    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None) -> None:
+    def __init__(self, settings: Settings, session: Session, *, warm: bool | None = None,
+                 edit_domain: Callable[[str, Element], None] | None = None) -> None:
         self.settings = settings
+        self.edit_domain = edit_domain  # edits each domain's XML in place before it is defined (name, root)
         self.session = session
         self.warm = warm_enabled() if warm is None else warm  # PYTEST_FLAKE_VM_WARM=0 turns it off
         self.uri = default_uri(settings)
