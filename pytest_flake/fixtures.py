@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .config import TARGETS, Settings
+from .config import Settings
 from .errors import UsageError
 from .httpcheck import HttpChecker
 from .nix import Flake
@@ -96,12 +96,15 @@ def flake_docker(request: pytest.FixtureRequest, flake_settings: Settings, flake
     """The Docker daemon of this session (``--docker-host``, else ``DOCKER_HOST``).
 
     Connects on first use; an unreachable daemon is an error that names the endpoint.
-    Images loaded through it are remembered for the session.
+    Images loaded through it are remembered for the session. Each container's arguments
+    pass through the ``pytest_flake_container_run`` hook.
     """
     from .docker import Docker
 
-    docker = Docker.from_settings(flake_settings, session_id=flake_session.id, run=run_of(request.config),
-                                  control_dir=flake_session.dir)
+    hook = request.config.hook
+    docker = Docker.from_settings(
+        flake_settings, session_id=flake_session.id, run=run_of(request.config), control_dir=flake_session.dir,
+        edit_run=lambda image, kwargs: hook.pytest_flake_container_run(image=image, kwargs=kwargs))
     yield docker
     docker.close()
 
@@ -159,7 +162,7 @@ def docker_container(request: pytest.FixtureRequest, docker_image: Callable[...,
 
 
 def _remove_container(request: pytest.FixtureRequest, container: Container) -> None:
-    container.keep = keep_if_failed(request, f"container {container.name}", _shell_line(container))
+    container.keep = keep_if_failed(request, f"container {container.name}", container.how_to_reach)
     try:
         container.__exit__(None, None, None)
     except Exception as exc:  # one container's teardown must not hide the others
@@ -192,11 +195,14 @@ def flake_vms(request: pytest.FixtureRequest, flake_settings: Settings, flake_se
 
     Closing it at the end of the session removes every domain and overlay; the warm states
     in the image cache stay for the next session (``PYTEST_FLAKE_VM_WARM=0`` turns them off).
+    Each domain's XML passes through the ``pytest_flake_domain_xml`` hook before it is defined.
     """
     from .vm import VMPool
 
     _check_vm_image(flake_settings.vm_image)
-    with VMPool(flake_settings, flake_session, progress=download_status(request.config)) as pool:
+    hook = request.config.hook
+    with VMPool(flake_settings, flake_session, progress=download_status(request.config),
+                edit_domain=lambda name, root: hook.pytest_flake_domain_xml(name=name, domain=root)) as pool:
         yield pool
 
 
@@ -315,20 +321,9 @@ def _detach_service(request: pytest.FixtureRequest, service: PortableService) ->
 
 
 # --- service ----------------------------------------------------------------------------
-def _shell_line(container: Container) -> Callable[[], str]:
-    """How to reach a kept container: ``docker exec -it NAME SHELL`` with a shell the image has."""
-
-    def line() -> str:
-        from .service import reach_container
-
-        return reach_container(container)
-
-    return line
-
-
 if TYPE_CHECKING:
     from .guest import Guest
-    from .service import Service
+    from .service import ServiceTarget
 
 
 def _vm_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
@@ -342,24 +337,38 @@ def _vm_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Gu
     return machine
 
 
-# where the service fixture's portable target runs: name -> fn(request, stack) -> a started guest
-# whose teardown goes on stack (unwound after the service is detached)
-PORTABLE_HOSTS: dict[str, Callable[[pytest.FixtureRequest, contextlib.ExitStack], Guest]] = {"vm": _vm_guest}
+class _Supplies:
+    """What the service fixture's targets ask for (:class:`~pytest_flake.service.Supplies`), as fixtures."""
 
+    def __init__(self, request: pytest.FixtureRequest, guests: contextlib.ExitStack) -> None:
+        settings: Settings = request.getfixturevalue("flake_settings")
+        self.request = request
+        self.guests = guests  # the portable target's guest, unwound after the service stops
+        self.timeout = float(settings.flake_timeout)
+        self.portable_host = settings.flake_portable_host
+        self._flake: Flake = request.getfixturevalue("flake")
 
-def portable_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Guest:
-    """The guest of the service fixture's portable target, on ``--flake-portable-host`` (``vm`` by default)."""
-    settings: Settings = request.getfixturevalue("flake_settings")
-    host = settings.flake_portable_host
-    make = PORTABLE_HOSTS.get(host)
-    if make is None:
-        raise UsageError(f"--flake-portable-host={host} is not available",
-                         hint=f"valid hosts: {', '.join(sorted(PORTABLE_HOSTS))}")
-    return make(request, stack)
+    def flake(self) -> Flake:
+        return self._flake
+
+    def log_dir(self) -> Path | None:
+        session: Session = self.request.getfixturevalue("flake_session")
+        return session.dir
+
+    def docker(self) -> Docker:
+        docker: Docker = self.request.getfixturevalue("flake_docker")
+        return docker
+
+    def docker_image(self, attr: str) -> Image:
+        image: Image = self.request.getfixturevalue("docker_image")(attr)
+        return image
+
+    def guest(self) -> Guest:
+        return PORTABLE_GUESTS[self.portable_host](self.request, self.guests)  # a known host: the target checked
 
 
 @pytest.fixture
-def service(request: pytest.FixtureRequest) -> Iterator[Service]:
+def service(request: pytest.FixtureRequest) -> Iterator[ServiceTarget]:
     """One form of the service under test; the test runs once per target: [local], [docker], [portable].
 
     Configure it with ``@pytest.mark.flake_service(port, local="default", docker="docker",
@@ -371,11 +380,12 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     carries its markers (``nix``; ``docker``; ``vm`` and ``portable``). A failed variant's report
     carries that target's evidence.
     """
-    from .service import DockerService, LocalService, PortableTarget, ServiceSpec
+    from .service import REGISTRY, ServiceSpec
 
     node = request.node
-    target = getattr(request, "param", None)
-    if target not in TARGETS:
+    param = getattr(request, "param", None)
+    target = REGISTRY.get(param) if isinstance(param, str) else None
+    if target is None:
         raise UsageError(f"{node.nodeid}: the service fixture is parametrised by pytest-flake, not by hand",
                          hint="request 'service' from the test function or from its fixtures")
     marker = node.get_closest_marker("flake_service")
@@ -383,31 +393,13 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
         raise UsageError(f"{node.nodeid} uses the service fixture but has no flake_service marker",
                          hint="add @pytest.mark.flake_service(PORT) with the port the service listens on")
     spec = ServiceSpec.from_marker(marker.args, marker.kwargs, where=node.nodeid)
-    settings: Settings = request.getfixturevalue("flake_settings")
-    flake: Flake = request.getfixturevalue("flake")
-    timeout = float(settings.flake_timeout)
-    guests = contextlib.ExitStack()  # the portable target's guest, unwound after the service is detached
-    svc: Service
-    if target == "local":
-        session: Session = request.getfixturevalue("flake_session")
-        svc = LocalService(spec, flake, timeout=timeout, log_dir=session.dir)
-    elif target == "docker":
-        svc = DockerService(spec, request.getfixturevalue("flake_docker"), request.getfixturevalue("docker_image"))
-    else:
-        svc = PortableTarget(spec, lambda: portable_guest(request, guests),
-                             resolve=lambda attr: flake.build(attr).out, timeout=timeout, prefetch=flake.prefetch)
-    title = {"local": "output of", "docker": "logs of the container of", "portable": "journal of"}[target]
-    evidence(request, f"{title} {target} service {spec.attr(target)}", svc.logs)
-    with guests:
+    with contextlib.ExitStack() as guests:
+        svc = target.create(spec, _Supplies(request, guests))
+        evidence(request, f"{svc.evidence_title} {svc.target} service {svc.attr}", svc.logs)
         with svc:
             yield svc
-            if keep_if_failed(request, f"{target} service", svc.how_to_reach):
-                if isinstance(svc, DockerService):
-                    svc.keep()
-                elif isinstance(svc, PortableTarget):
-                    svc.portable = None  # stays attached in the kept guest
-            elif isinstance(svc, PortableTarget) and any(m is svc.guest for m in node.stash.get(OWN_VMS, [])):
-                svc.portable = None  # its VM is destroyed right after (below): no detach first
+            if keep_if_failed(request, f"{svc.target} service", svc.how_to_reach):
+                svc.keep()
 
 
 # --- systemd containers -----------------------------------------------------------------
@@ -428,7 +420,8 @@ def _require_nspawn() -> None:
 
 
 @pytest.fixture(scope="session")
-def flake_containers(flake_settings: Settings, flake_session: Session) -> Iterator[ContainerPool]:
+def flake_containers(request: pytest.FixtureRequest, flake_settings: Settings,
+                     flake_session: Session) -> Iterator[ContainerPool]:
     """The session's systemd containers: OS trees (``--container-image``), names, loop devices.
 
     Skips the tests that use it where systemd-nspawn cannot run (not root, no
@@ -438,8 +431,10 @@ def flake_containers(flake_settings: Settings, flake_session: Session) -> Iterat
     _require_nspawn()
     from .nspawn import ContainerPool
 
+    hook = request.config.hook
     with ContainerPool(flake_session, flake_settings.container_image, timeout=flake_settings.flake_timeout,
-                       invocation_dir=flake_settings.invocation_dir) as pool:
+                       invocation_dir=flake_settings.invocation_dir,
+                       edit_command=lambda name, argv: hook.pytest_flake_nspawn_command(name=name, argv=argv)) as pool:
         yield pool
 
 
@@ -501,4 +496,9 @@ def _container_guest(request: pytest.FixtureRequest, stack: contextlib.ExitStack
     return container
 
 
-PORTABLE_HOSTS["nspawn"] = _container_guest
+# where the service fixture's portable target runs (--flake-portable-host, service.PORTABLE_HOSTS): a started
+# guest whose removal goes on the stack, unwound after the service stops
+PORTABLE_GUESTS: dict[str, Callable[[pytest.FixtureRequest, contextlib.ExitStack], Guest]] = {
+    "vm": _vm_guest,
+    "nspawn": _container_guest,
+}

@@ -98,6 +98,13 @@ FACT_KEY = "pytest_flake_fact"  # node.workerinput[...]: the controller's FLAKE_
 XDIST_GROUPS = {"vm": "pytest-flake-vm", "nspawn": "pytest-flake-nspawn"}
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest-flake's own hooks (:mod:`pytest_flake.hooks`), for a conftest.py or a plugin to implement."""
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("flake", "pytest-flake: integration tests of Nix flakes")
     for opt in OPTIONS:

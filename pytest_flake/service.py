@@ -7,31 +7,32 @@ target means, without pytest::
     docker    nix build .#docker && docker load && docker run -p   (a Container)
     portable  nix build .#portable && portablectl attach --now     (a PortableService in a guest)
 
-Every target answers the same questions: ``.url(path)`` (a 127.0.0.1 URL of the service),
-``.logs()`` (program output, container logs, or the unit's journal), ``.upgrade(attr)``
-(local: restart from the new build on the same port; docker: a new container from the new
-image on the same host port; portable: ``portablectl reattach``) and ``.vm`` (the guest of
-the portable target, else None). Each is a context manager; leaving it removes what it
-started, whatever happened before.
+Every target is a :class:`ServiceTarget` and answers the same questions: ``.url(path)`` (a
+127.0.0.1 URL of the service), ``.logs()`` (program output, container logs, or the unit's
+journal), ``.upgrade(attr)`` (local: restart from the new build on the same port; docker: a new
+container from the new image on the same host port; portable: ``portablectl reattach``) and
+``.vm`` (the guest of the portable target, else None). Each is a context manager; leaving it
+removes what it started, whatever happened before, unless :meth:`~ServiceTarget.keep` said not to.
 
-The guest of the portable target comes from a callable handed in by the caller (the fixture
-asks for a VM today; a systemd container can be plugged in the same way).
+:data:`REGISTRY` maps a target's name to its class; ``cls.create(spec, supplies)`` makes one
+from what the caller supplies (:class:`Supplies`: the fixture's pytest fixtures). The portable
+target runs on a :class:`PortableHost` (``--flake-portable-host``: a VM or a systemd container),
+a parameter of the target; its guest comes from the caller.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .config import TARGETS
-from .errors import UsageError, tail
+from .errors import UsageError, format_choices, tail
 
 if TYPE_CHECKING:
     from .docker import Container, Docker, Image
@@ -42,19 +43,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the markers each variant of a service test carries (so -m "not vm" drops the portable one)
-TARGET_MARKERS: dict[str, tuple[str, ...]] = {
-    "local": ("nix",),
-    "docker": ("docker",),
-    "portable": ("vm", "portable"),
-}
 
 
-def target_markers(target: str, portable_host: str = "vm") -> tuple[str, ...]:
+@dataclass(frozen=True)
+class PortableHost:
+    """Where the portable target runs (``--flake-portable-host``), and the markers its variant carries."""
+
+    name: str
+    markers: tuple[str, ...]  # so -m "not vm" drops the VM variant
+    # detach the service at the end; False: its guest is destroyed right after, and the attachment with it
+    detach: bool
+
+
+PORTABLE_HOSTS: dict[str, PortableHost] = {host.name: host for host in (
+    PortableHost("vm", ("vm", "portable"), detach=False),  # portablectl detach takes 2-3 s in an emulated VM
+    PortableHost("nspawn", ("portable", "nspawn"), detach=True),  # a tenth of a second in a container
+)}
+
+
+def portable_host(name: str | None) -> PortableHost:
+    """The :class:`PortableHost` named ``name`` (None: ``vm``); an unknown name is a :class:`UsageError`."""
+    host = PORTABLE_HOSTS.get(name or "vm")
+    if host is None:
+        raise UsageError(f"--flake-portable-host={name} is not available",
+                         hint=f"valid hosts: {format_choices(tuple(PORTABLE_HOSTS))}")
+    return host
+
+
+def target_markers(target: str, portable_host_name: str = "vm") -> tuple[str, ...]:
     """The markers of a variant; the portable one names where it runs (``vm``, or ``nspawn``...)."""
-    if target == "portable" and portable_host != "vm":
-        return ("portable", portable_host)
-    return TARGET_MARKERS[target]
+    return REGISTRY[target].markers(portable_host(portable_host_name))
 
 
 MARKER_SIGNATURE = 'flake_service(port, local="default", docker="docker", portable="portable", env=None)'
@@ -109,55 +127,120 @@ def _bind(port: Any, local: Any = "default", docker: Any = "docker", portable: A
     return {"port": port, "local": local, "docker": docker, "portable": portable, "env": env}
 
 
-class Service:
-    """One form of the service under test; see the module's docstring."""
+class Supplies(Protocol):
+    """What a target asks of its caller, each thing only by the target that needs it.
 
-    target = ""
+    The ``service`` fixture answers with pytest fixtures, made on first ask (a ``[local]``
+    variant never connects to Docker); a test may answer with fakes.
+    """
+
+    timeout: float  # --flake-timeout
+    portable_host: str  # --flake-portable-host: "vm" or "nspawn"
+
+    def flake(self) -> Flake:
+        """The flake under test."""
+
+    def log_dir(self) -> Path | None:
+        """Where a local run writes its output (the session's folder)."""
+
+    def docker(self) -> Docker:
+        """The session's Docker daemon."""
+
+    def docker_image(self, attr: str) -> Image:
+        """The image of the flake attribute ``attr``, loaded into :meth:`docker` (once a session)."""
+
+    def guest(self) -> Guest:
+        """A started guest on :attr:`portable_host`; the caller removes it after the service stops."""
+
+
+class ServiceTarget(Protocol):
+    """What one form of the service does; the ``service`` fixture yields one (see the module's docstring)."""
+
+    target: ClassVar[str]  # its name in REGISTRY and in the test id: local, docker, portable
+    evidence_title: ClassVar[str]  # the report section of its logs: "<title> <target> service <attr>"
+    attr: str  # the flake attribute running now (upgrade changes it)
+
+    @classmethod
+    def create(cls, spec: ServiceSpec, supplies: Supplies) -> ServiceTarget:
+        """A target (not started) for ``spec``, from what ``supplies`` gives."""
+
+    @classmethod
+    def markers(cls, host: PortableHost) -> tuple[str, ...]:
+        """The markers of this target's variant when the portable target runs on ``host``."""
+
+    @property
+    def vm(self) -> Guest | None:
+        """The guest the portable service runs in; None for the other targets."""
+
+    def url(self, path: str = "/") -> str:
+        """``http://127.0.0.1:PORT/path`` where this form of the service answers."""
+
+    def logs(self) -> str:
+        """What the service wrote: program output, container logs, or the unit's journal."""
+
+    def upgrade(self, attr: str) -> ServiceTarget:
+        """Replace the running service with the build of ``attr`` (the same URL keeps working)."""
+
+    def start(self) -> ServiceTarget:
+        """Start the service and wait until it answers."""
+
+    def how_to_reach(self) -> str:
+        """A line telling a person how to reach the service by hand (for --flake-keep)."""
+
+    def keep(self) -> None:
+        """Leave what was started as it is when the target stops (a failed test under --flake-keep)."""
+
+    def stop(self) -> None:
+        """Stop and remove what this target started (unless kept); idempotent."""
+
+    def __enter__(self) -> ServiceTarget: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+_S = TypeVar("_S", bound="Service")
+
+
+class Service:
+    """What the targets share: the spec, the attribute, the context manager; see :class:`ServiceTarget`."""
+
+    target: ClassVar[str] = ""
+    evidence_title: ClassVar[str] = ""
+    own_markers: ClassVar[tuple[str, ...]] = ()
+    attr: str
 
     def __init__(self, spec: ServiceSpec) -> None:
         self.spec = spec
         self.attr = spec.attr(self.target)
 
-    # what tests use
-    def url(self, path: str = "/") -> str:
-        """``http://127.0.0.1:PORT/path`` where this form of the service answers."""
-        raise NotImplementedError
-
-    def logs(self) -> str:
-        """What the service wrote: program output, container logs, or the unit's journal."""
-        raise NotImplementedError
-
-    def upgrade(self, attr: str) -> Service:
-        """Replace the running service with the build of ``attr`` (the same URL keeps working)."""
-        raise NotImplementedError
+    @classmethod
+    def markers(cls, host: PortableHost) -> tuple[str, ...]:
+        return cls.own_markers
 
     @property
     def vm(self) -> Guest | None:
-        """The guest the portable service runs in; None for the other targets."""
         return None
 
-    # lifecycle
-    def start(self) -> Service:
+    def url(self, path: str = "/") -> str:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Stop and remove what this service started; idempotent."""
+    def start(self: _S) -> _S:
         raise NotImplementedError
 
-    def how_to_reach(self) -> str:
-        """A line telling a person how to reach the service by hand (for --flake-keep)."""
-        return self.url()
+    def stop(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> Service:
+    def __enter__(self: _S) -> _S:
         try:
             return self.start()
         except BaseException:
-            self.close()
+            self.stop()
             raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        self.stop()
 
     def __repr__(self) -> str:
         return f"<Service {self.target} {self.attr}>"
@@ -167,6 +250,8 @@ class LocalService(Service):
     """The flake's program run on this machine on a free port (``$PORT`` and ``{port}`` in env)."""
 
     target = "local"
+    evidence_title = "output of"
+    own_markers = ("nix",)
 
     def __init__(self, spec: ServiceSpec, flake: Flake, *, timeout: float = 120.0,
                  log_dir: Path | None = None) -> None:
@@ -177,6 +262,10 @@ class LocalService(Service):
         self.process: Process | None = None
         self.port = 0
         self._old_logs: list[str] = []
+
+    @classmethod
+    def create(cls, spec: ServiceSpec, supplies: Supplies) -> LocalService:
+        return cls(spec, supplies.flake(), timeout=supplies.timeout, log_dir=supplies.log_dir())
 
     def _start(self, attr: str, port: int) -> Process:
         from .process import Process
@@ -212,7 +301,10 @@ class LocalService(Service):
         self._start(attr, self.port)
         return self
 
-    def close(self) -> None:
+    def keep(self) -> None:
+        """Nothing: a local run ends with its test (the line printed names its URL and pid)."""
+
+    def stop(self) -> None:
         if self.process is not None:
             try:
                 self.process.stop()
@@ -228,6 +320,8 @@ class DockerService(Service):
     """The flake's image run in a container; the service's port published on 127.0.0.1."""
 
     target = "docker"
+    evidence_title = "logs of the container of"
+    own_markers = ("docker",)
 
     def __init__(self, spec: ServiceSpec, docker: Docker, image_of: Callable[[str], Image]) -> None:
         super().__init__(spec)
@@ -237,6 +331,10 @@ class DockerService(Service):
         self.host_port = 0
         self.daemon_port = 0
         self._old_logs: list[str] = []
+
+    @classmethod
+    def create(cls, spec: ServiceSpec, supplies: Supplies) -> DockerService:
+        return cls(spec, supplies.docker(), supplies.docker_image)
 
     def _run(self, attr: str, host_port: int | None) -> Container:
         image = self.image_of(attr)
@@ -274,7 +372,7 @@ class DockerService(Service):
         if self.container is not None:
             self.container.keep = True
 
-    def close(self) -> None:
+    def stop(self) -> None:
         container = self.container
         if container is None:
             return
@@ -290,93 +388,38 @@ class DockerService(Service):
         """``docker exec -it NAME SHELL`` with a shell that exists in the image (Nix images have no /bin/sh)."""
         if self.container is None:
             return "(no container)"
-        return reach_container(self.container)
-
-
-def reach_container(container: Container) -> str:
-    """``Container.how_to_reach()`` with a shell that exists in the image (Nix images have no /bin/sh)."""
-    line = container.how_to_reach()
-    try:
-        shell = container_shell(container._container)
-    except Exception as exc:  # never let a hint hide the failure
-        log.debug("docker: no shell found in %s: %s", container.name, exc)
-        return line
-    if shell is None:
-        return line + " (the image has no shell)"
-    return line.replace(f"exec -it {container.name} sh", f"exec -it {container.name} {shlex.join(shell)}", 1)
-
-
-_SHELL_IN_STORE = re.compile(r"(?:\./)?store/[^/]+/bin/(sh|bash|busybox)")
-
-
-def container_shell(raw: Any) -> list[str] | None:
-    """The argv of an interactive shell in a running container (a docker SDK container), or None.
-
-    ``/bin/sh`` and friends first; else a shell or a busybox in ``/nix/store``, as images that
-    ``dockerTools`` builds hold no ``/bin``. Each candidate is tried with ``-c true``.
-    """
-    import tarfile
-
-    def works(argv: list[str]) -> bool:
-        return int(raw.exec_run([*argv, "-c", "true"]).exit_code or 0) == 0
-
-    for path in ("/bin/sh", "/usr/bin/sh", "/bin/bash"):
-        if works([path]):
-            return [path]
-    try:
-        stream, _ = raw.get_archive("/nix/store")
-    except Exception:
-        return None
-    found: list[list[str]] = []
-    reader: Any = _ChunkReader(stream)
-    with tarfile.open(fileobj=reader, mode="r|") as archive:
-        for member in archive:
-            match = _SHELL_IN_STORE.fullmatch(member.name)
-            if match:
-                path = "/nix/" + member.name.removeprefix("./")
-                found.append([path, "sh"] if match.group(1) == "busybox" else [path])
-    found.sort(key=len)  # a shell itself before busybox
-    for argv in found:
-        if works(argv):
-            return argv
-    return None
-
-
-class _ChunkReader:
-    """A file object (``read``) over an iterator of byte chunks, for tarfile's stream mode."""
-
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+        return self.container.how_to_reach()
 
 
 class PortableTarget(Service):
-    """The flake's portable image attached with ``portablectl`` in a guest from ``guest_of()``."""
+    """The flake's portable image attached with ``portablectl`` in a guest from ``guest_of()`` on ``host``."""
 
     target = "portable"
+    evidence_title = "journal of"
 
     def __init__(self, spec: ServiceSpec, guest_of: Callable[[], Guest], resolve: Callable[[str], Path], *,
-                 timeout: float = 120.0, prefetch: Callable[[str], Prefetch] | None = None) -> None:
+                 host: PortableHost = PORTABLE_HOSTS["vm"], timeout: float = 120.0,
+                 prefetch: Callable[[str], Prefetch] | None = None) -> None:
         super().__init__(spec)
         self.guest_of = guest_of
         self.resolve = resolve
+        self.host = host
         self.timeout = timeout
         self.prefetch = prefetch  # starts the image's build in the background: it runs while the guest boots
         self.guest: Guest | None = None
         self.portable: PortableService | None = None
+        self.kept = False
         self._dropins: list[str] = []
+
+    @classmethod
+    def create(cls, spec: ServiceSpec, supplies: Supplies) -> PortableTarget:
+        flake = supplies.flake()
+        return cls(spec, supplies.guest, resolve=lambda attr: flake.build(attr).out,
+                   host=portable_host(supplies.portable_host), timeout=supplies.timeout, prefetch=flake.prefetch)
+
+    @classmethod
+    def markers(cls, host: PortableHost) -> tuple[str, ...]:
+        return host.markers
 
     @property
     def vm(self) -> Guest | None:
@@ -440,7 +483,14 @@ class PortableTarget(Service):
         self.attr = attr
         return self
 
-    def close(self) -> None:
+    def keep(self) -> None:
+        """The service stays attached, with its env drop-ins, in the kept guest."""
+        self.kept = True
+
+    def stop(self) -> None:
+        """Detach the service and remove its drop-ins; nothing when kept, or when the guest goes right after."""
+        if self.kept or not self.host.detach:
+            return
         if self.portable is not None:
             self.portable.close()
         if self.guest is not None:
@@ -455,6 +505,10 @@ class PortableTarget(Service):
         units = " ".join(self.portable.units) if self.portable is not None else ""
         name = self.guest.name if self.guest is not None else "?"
         return f"{self.url() if self.guest else ''} in {name}: systemctl status {units}; journalctl -u {units}"
+
+
+# the targets by name, in the order of TARGETS: what the service fixture makes for each variant
+REGISTRY: dict[str, type[ServiceTarget]] = {"local": LocalService, "docker": DockerService, "portable": PortableTarget}
 
 
 def _systemd_quote(text: str) -> str:

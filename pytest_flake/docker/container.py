@@ -14,14 +14,14 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import port_answers
 from ..errors import DockerError, UsageError, tail
 from ..waiting import NotReady, wait_for
 from .calls import Endpoint
-from .exec_backend import exec_backend
+from .exec_backend import container_shell, exec_backend
 
 if TYPE_CHECKING:
     from testinfra.host import Host
@@ -37,6 +37,7 @@ class Daemon(Endpoint, Protocol):
 
     podman: bool  # Podman's Docker-compatible service, which fails in places where Docker does not
     remote: SSHHost | None  # the ssh master to the daemon's host (None: the daemon runs here)
+    edit_run: Callable[[str, dict[str, Any]], None] | None  # edits a container's create arguments (the hook)
 
     @property
     def client(self) -> Any: ...  # the SDK's DockerClient
@@ -134,10 +135,12 @@ class Container:
         exposed = self._exposed()
         self._published = list(dict.fromkeys([*self.ports, *exposed]))
         bindings = {p: ("127.0.0.1", self.host_ports.get(p)) for p in self._published}
+        run_args: dict[str, Any] = {"command": self.command, "environment": self.env or None, "name": self.name,
+                                    "labels": self.labels, "ports": bindings, "detach": True, "init": True}
+        if self.docker.edit_run is not None:  # the pytest_flake_container_run hook
+            self.docker.edit_run(self.ref, run_args)
         try:
-            self._container = client.containers.create(
-                self.ref, command=self.command, environment=self.env or None, name=self.name, labels=self.labels,
-                ports=bindings, detach=True, init=True)
+            self._container = client.containers.create(self.ref, **run_args)
         except docker.errors.ImageNotFound as exc:
             raise DockerError(f"no image {self.ref} at {self.docker.url}",
                               hint="use docker_image(attr) to load the flake's image first") from exc
@@ -234,6 +237,11 @@ class Container:
         """The container id."""
         self._require()
         return str(self._container.id)
+
+    @property
+    def sdk(self) -> Any:
+        """The Docker SDK's container object (``docker.models.containers.Container``); None until started."""
+        return self._container
 
     @property
     def removed(self) -> bool:
@@ -386,5 +394,13 @@ class Container:
             remote = self.docker.remote
             if urls and remote is not None:
                 urls += f" on {remote.host} (reach them with `ssh -L PORT:127.0.0.1:PORT {remote.target}`)"
-        return (f"docker --host {self.docker.url} exec -it {self.name} sh"
-                + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}")
+        shell, missing = "sh", ""
+        try:
+            shell = shlex.join(container_shell(self))  # Nix images have no /bin/sh
+        except DockerError:
+            missing = " (the image has no shell)"
+        except Exception as exc:  # never let a hint hide the failure
+            log.debug("docker: no shell found in %s: %s", self.name, exc)
+        return (f"docker --host {self.docker.url} exec -it {self.name} {shell}"
+                + (f"; {urls}" if urls else "") + f"; remove with: docker --host {self.docker.url} rm -f {self.name}"
+                + missing)

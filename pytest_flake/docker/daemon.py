@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +148,8 @@ class Docker:
 
     def __init__(self, url: str | None = None, *, source: str = "argument", timeout: float = 120.0,
                  session_id: str | None = None, cache_dir: Path | None = None, run: Run | None = None,
-                 control_dir: Path | None = None) -> None:
+                 control_dir: Path | None = None,
+                 edit_run: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         if url is None:
             url, source = endpoint(None)
         self.url = url
@@ -158,6 +159,7 @@ class Docker:
         self.cache_dir = cache_dir if cache_dir is not None else state_dir() / "docker-archives"
         self.run = run  # the pytest-xdist run of this session: its workers load each image once
         self.control_dir = control_dir  # where an ssh:// endpoint's master connection lives (the session dir)
+        self.edit_run = edit_run  # edits each container's create arguments in place (image, kwargs)
         self.api_url = url  # what the SDK talks to: the url, or the local end of the ssh tunnel
         self.remote: SSHHost | None = None
         self._own_control: Path | None = None
@@ -171,10 +173,11 @@ class Docker:
 
     @classmethod
     def from_settings(cls, settings: Settings, session_id: str | None = None, run: Run | None = None,
-                      control_dir: Path | None = None) -> Docker:
+                      control_dir: Path | None = None,
+                      edit_run: Callable[[str, dict[str, Any]], None] | None = None) -> Docker:
         url, source = endpoint(settings)
         return cls(url, source=source, timeout=settings.flake_timeout, session_id=session_id, run=run,
-                    control_dir=control_dir)
+                    control_dir=control_dir, edit_run=edit_run)
 
     def __repr__(self) -> str:
         return f"Docker({self.url!r})"

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +175,10 @@ class SystemdContainer(GuestCommands):
                         self.name, reason)
         extra = self.pool.cgroup_env(self.tree, f"nspawn://{self.name}")
         self.cgroup = cgroups.own_group(self.name)
-        argv = cgroups.wrap(nspawn_argv(self.name, self.root, devices), self.cgroup)
+        argv = nspawn_argv(self.name, self.root, devices)
+        if self.pool.edit_command is not None:  # the pytest_flake_nspawn_command hook
+            self.pool.edit_command(self.name, argv)
+        argv = cgroups.wrap(argv, self.cgroup)
         log.debug("run: %s%s", "".join(f"{k}={v} " for k, v in extra.items()), shlex.join(argv))
         with open(self.workdir / "console.log", "wb") as console:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
@@ -394,12 +397,14 @@ class ContainerPool:
     """The containers of one session: OS trees, names, loop devices; closing it stops them all."""
 
     def __init__(self, session: Session, image: str = "debian", *, timeout: float = 120.0,
-                 cache: Path | None = None, invocation_dir: Path | None = None) -> None:
+                 cache: Path | None = None, invocation_dir: Path | None = None,
+                 edit_command: Callable[[str, list[str]], None] | None = None) -> None:
         self.session = session
         self.image = image
         self.timeout = timeout
         self.cache = cache or image_cache(session.root)
         self.invocation_dir = invocation_dir
+        self.edit_command = edit_command  # edits each container's systemd-nspawn argv in place (name, argv)
         self.workdir = session.dir / SUBDIR
         self.loop_book = loops.LoopBook(self.workdir / "loops.json")
         self._trees: dict[str, Tree] = {}

@@ -28,6 +28,7 @@ from .seed import KeyPair
 from .warm import Hypervisor, WarmStore, read_remote_record, warm_enabled, warm_key
 
 if TYPE_CHECKING:
+
     from ..config import Settings
     from ..session import Session
     from ..tunnel import SSHHost

@@ -90,6 +90,8 @@ class FakeSdkContainer:
         self.calls.append((argv, kwargs))
         if argv == ["/bin/sh", "-c", "true"]:
             return (0 if self.has_sh else 126), b""
+        if argv[-2:] == ["-c", "true"] and not kwargs:  # another shell looked for: the entrypoint's interpreter runs
+            return (0 if self.entrypoint and argv[0] in self.entrypoint.decode() else 126), b""
         if kwargs.get("demux"):
             command = argv[-1]
             if command.startswith("exit "):
@@ -98,6 +100,8 @@ class FakeSdkContainer:
         raise AssertionError(f"unexpected exec {argv}")
 
     def get_archive(self, path: str) -> tuple[list[bytes], dict[str, Any]]:
+        if path == "/nix/store":
+            raise FileNotFoundError(path)  # the SDK's NotFound: no store in this image
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
             info = tarfile.TarInfo(path.rsplit("/", 1)[-1])
@@ -108,7 +112,7 @@ class FakeSdkContainer:
 
 def fake_container(sdk: FakeSdkContainer | None = None) -> Any:
     return SimpleNamespace(id="0123abcd", name="pf-test-web-1", ref="web-server:1.0",
-                           _container=sdk or FakeSdkContainer(),
+                           sdk=sdk or FakeSdkContainer(),
                            docker=SimpleNamespace(url="unix:///run/fake.sock", check_tunnel=lambda: None))
 
 
@@ -160,5 +164,5 @@ def test_a_container_without_sh_uses_its_entrypoint_interpreter() -> None:
 
 
 def test_a_container_without_any_shell_is_named() -> None:
-    with pytest.raises(DockerError, match=r"container pf-test-web-1 \(web-server:1.0\) has no shell for testinfra"):
+    with pytest.raises(DockerError, match=r"container pf-test-web-1 \(web-server:1.0\) has no shell"):
         container_shell(fake_container(FakeSdkContainer(has_sh=False)))
