@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FlakeTimeout, MissingToolError, NixError, tail
+from ._host import run_command
+from .errors import FlakeError, FlakeTimeout, MissingToolError, NixError, tail
 from .nixerrors import NixVersion, parse_version
 
 log = logging.getLogger(__name__)
@@ -282,9 +283,8 @@ def git_toplevel(directory: Path) -> Path | None:
     if not git:
         return None
     try:
-        top = subprocess.run([git, "-C", str(directory), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        top = run_command([git, "-C", str(directory), "rev-parse", "--show-toplevel"], what="git", timeout=30)
+    except FlakeError:
         return None
     return Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else None
 
@@ -295,8 +295,8 @@ def git_untracked(directory: Path) -> list[str]:
     if not git or git_toplevel(directory) is None:
         return []
     try:
-        proc = subprocess.run([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        proc = run_command([git, "-C", str(directory), "ls-files", "--others", "--exclude-standard", "--", "."],
+                           what="git", timeout=30)
+    except FlakeError:
         return []
     return [line for line in proc.stdout.splitlines() if line]

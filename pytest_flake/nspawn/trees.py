@@ -12,11 +12,10 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._host import reflink_copy
+from .._host import reflink_copy, run_command
 from ..errors import NspawnError, UsageError
 from ..images import (
     TARBALL_SUFFIXES,
@@ -89,8 +88,8 @@ def writable_copy(tree: Tree, workdir: Path) -> Path:
     for sub in ("upper", "work", "root"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     options = f"lowerdir={tree.root},upperdir={workdir / 'upper'},workdir={workdir / 'work'}"
-    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(root)],
-                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    proc = run_command(["mount", "-t", "overlay", "overlay", "-o", options, str(root)],
+                       what=f"nspawn: overlay over {tree.root}", error=NspawnError)
     if proc.returncode == 0:
         return root
     log.warning("nspawn: overlay over %s failed (%s); making a reflink copy instead", tree.root,
@@ -103,9 +102,9 @@ def drop_copy(workdir: Path) -> None:
     """Unmount and remove a copy made by :func:`writable_copy` (idempotent)."""
     root = workdir / "root"
     if _mounted(root):
-        proc = subprocess.run(["umount", str(root)], capture_output=True, text=True, check=False)
+        proc = run_command(["umount", str(root)], what=f"nspawn: unmounting {root}", error=NspawnError)
         if proc.returncode != 0:
-            subprocess.run(["umount", "-l", str(root)], capture_output=True, check=False)
+            run_command(["umount", "-l", str(root)], what=f"nspawn: unmounting {root}", error=NspawnError)
     if not _mounted(root):
         shutil.rmtree(workdir, ignore_errors=True)
     else:
