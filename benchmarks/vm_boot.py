@@ -6,9 +6,10 @@ Three kinds of start: a cold boot (the first VM of an image and size with no sav
 state; saving the state is counted in its time), a warm start later in the same
 session, and the first VM of a new session, which restores the state the first
 session left in the cache. Each warm start is also split in two: the restore (start
-until libvirt's restore returned) and the wait until the restored guest answers SSH. The saved states live in a temporary folder here, so the
-cold boot is a real one and the user's cache is left alone. Uses the same settings
-sources as the plugin's environment variables (PYTEST_FLAKE_VM_ACCEL, LIBVIRT_DEFAULT_URI...).
+until libvirt's restore returned) and the wait until the restored guest answers SSH.
+The saved states live in a temporary folder here, so the cold boot is a real one and
+the user's cache is left alone. Uses the same settings sources as the plugin's
+environment variables (PYTEST_FLAKE_VM_ACCEL, LIBVIRT_DEFAULT_URI...).
 """
 
 from __future__ import annotations

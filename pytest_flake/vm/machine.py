@@ -290,7 +290,9 @@ class VM(GuestCommands):
                 write_private(self.config.key_copy, state.private_key.read_bytes())
                 self.keys = KeyPair(private=self.config.key_copy, public=state.public_key)
                 self.console.write_text(boot_log_of(state))
-                self.disk_size = self.launcher.restore(state, image, self.disk_size)
+                # the state's files are read in place: no removal of it while libvirt reads them
+                with self.store.using(state) if self.store is not None else contextlib.nullcontext():
+                    self.disk_size = self.launcher.restore(state, image, self.disk_size)
             except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
             self.restore_seconds = time.monotonic() - self._started
