@@ -5,9 +5,11 @@
 Three kinds of start: a cold boot (the first VM of an image and size with no saved
 state; saving the state is counted in its time), a warm start later in the same
 session, and the first VM of a new session, which restores the state the first
-session left in the cache. The saved states live in a temporary folder here, so the
-cold boot is a real one and the user's cache is left alone. Uses the same settings
-sources as the plugin's environment variables (PYTEST_FLAKE_VM_ACCEL, LIBVIRT_DEFAULT_URI...).
+session left in the cache. Each warm start is also split in two: the restore (start
+until libvirt's restore returned) and the wait until the restored guest answers SSH.
+The saved states live in a temporary folder here, so the cold boot is a real one and
+the user's cache is left alone. Uses the same settings sources as the plugin's
+environment variables (PYTEST_FLAKE_VM_ACCEL, LIBVIRT_DEFAULT_URI...).
 """
 
 from __future__ import annotations
@@ -41,25 +43,31 @@ def main() -> None:
             with pool.vm() as first:
                 assert first.boot_kind == "cold" and first.run("true").rc == 0
                 cold, boot = first.ready_seconds, first.boot_seconds
-            same = []
+            same: list[float] = []
+            splits: list[tuple[float, float]] = []  # (to restore returned, then to SSH answering) of warm starts
             for _ in range(args.rounds):
                 with pool.vm() as machine:
                     assert machine.boot_kind == "warm" and machine.run("true").rc == 0
                     same.append(machine.ready_seconds)
+                    splits.append((machine.restore_seconds, machine.ready_seconds - machine.restore_seconds))
             accel = pool.accel(pool.image(args.image))
-        new = []
+        new: list[float] = []
         for _ in range(args.rounds):  # each a new session whose first VM restores the cached state
             with Session() as session, VMPool(settings, session, warm=True) as pool:
                 pool.store = WarmStore(Path(states))
                 with pool.vm() as machine:
                     assert machine.boot_kind == "warm" and machine.run("true").rc == 0
                     new.append(machine.ready_seconds)
+                    splits.append((machine.restore_seconds, machine.ready_seconds - machine.restore_seconds))
     print(f"image {args.image} ({accel}): ready in {image_seconds:.1f}s (cached or built)")
     print(f"cold boot to SSH ready: {cold:.1f}s (first SSH answer after {boot:.1f}s, then saved for warm starts)")
     print(f"warm start, same session: best {min(same):.1f}s, median {statistics.median(same):.1f}s "
           f"over {len(same)}")
     print(f"first VM of a new session (warm from the cache): best {min(new):.1f}s, "
           f"median {statistics.median(new):.1f}s over {len(new)}")
+    print(f"warm start split (medians over {len(splits)}): restore {statistics.median(s[0] for s in splits):.2f}s "
+          f"(start until libvirt's restore returned), then ready {statistics.median(s[1] for s in splits):.2f}s "
+          "(until SSH answers)")
     print(f"ratio cold/warm: same session {cold / statistics.median(same):.1f}x, "
           f"new session {cold / statistics.median(new):.1f}x (medians)")
 

@@ -9,7 +9,7 @@ The modules (imports only go down this list):
 
 ==============  ====================================================================================
 ``cache``       the cache's place, the :class:`Image` record, where the recipes (``vms/``) are, shared steps
-``disks``       ``qemu-img info`` (the one place it runs), :func:`check_disk_image`, a VM's overlay
+``disks``       ``qemu-img info`` (the one place it runs), :func:`check_disk_image`, overlays
 ``download``    atomic, checksummed downloads; :class:`Progress` handed to a callback
 ``arch``        the Arch cloud image: recipe, checksum file, download, cache
 ``debian``      the Debian images of every release and variant (one recipe, built with debootstrap)
@@ -32,7 +32,7 @@ from .debian import (
     debian_recipe_hash,
     parse_debian_name,
 )
-from .disks import HINT, check_disk_image, create_overlay, disk_format_of, disk_info
+from .disks import HINT, check_disk_image, create_overlay, disk_format_of, disk_info, overlay_on
 from .download import Progress, ProgressCallback, download
 from .resolve import resolve_image
 from .trees import (
@@ -51,5 +51,5 @@ __all__ = [
     "MiB", "Progress", "ProgressCallback", "RECIPES", "STALE_IMAGE_SECONDS", "TARBALL_SUFFIXES", "Tree",
     "build_debian", "check_disk_image", "check_os_tree", "create_overlay", "debian_image_dir", "debian_names",
     "debian_recipe_hash", "debian_tree", "debian_tree_dir", "disk_format_of", "disk_info", "download", "fetch_arch",
-    "image_cache", "parse_debian_name", "parse_sha256_file", "resolve_image", "tarball_tree",
+    "image_cache", "overlay_on", "parse_debian_name", "parse_sha256_file", "resolve_image", "tarball_tree",
 ]

@@ -1,4 +1,4 @@
-"""Disks: what ``qemu-img info`` says of one, whether a file is a disk image at all, and a VM's overlay.
+"""Disks: what ``qemu-img info`` says of one, whether a file is a disk image at all, and overlays.
 
 ``qemu-img info`` names the format of an image file (qcow2, vmdk, vdi, ...); any other file it
 calls ``raw``, a text file included. :func:`check_disk_image` takes a raw file as a disk only when
@@ -83,7 +83,16 @@ def create_overlay(image: Image, overlay: Path, size: int) -> int:
         log.warning("vm: --vm-disk-size %.1f GiB is less than the %s image's disk (%.1f GiB); using the image's size",
                     size / GiB, image.name, base / GiB)
         size = base
-    overlay.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b", str(image.disk),
-         str(overlay), str(size)], what=f"overlay {overlay.name}")
+    overlay_on(image.disk, overlay, image.disk_format, size)
     return size
+
+
+def overlay_on(backing: Path, overlay: Path, backing_format: str = "qcow2", size: int | None = None) -> None:
+    """A qcow2 ``overlay`` over ``backing`` (nothing copied: QEMU only reads the backing file).
+
+    ``size`` None: the backing file's virtual size (a warm state's overlay: a VM restored on it
+    sees the disk it was saved with).
+    """
+    overlay.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(overlay),
+         *([str(size)] if size is not None else [])], what=f"overlay {overlay.name}")

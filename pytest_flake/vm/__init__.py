@@ -6,10 +6,11 @@ base image, QEMU user networking with ``restrict=on`` and forwards bound to 127.
 and waits until SSH answers; leaving it removes the domain and its files.
 
 Warm starts: the first VM of an image is booted, then saved (``virDomainSave``) with a
-copy of its overlay; later VMs of the same image and size restore a copy of that saved
-state with a fresh name, fresh ports and a fresh overlay, and answer SSH within
-seconds instead of half a minute. Anything that goes wrong with a restore falls back
-to a cold boot.
+copy of its overlay; later VMs of the same image and size restore that saved state with a
+fresh name, fresh ports and a fresh overlay over the saved one, copying nothing (libvirt
+reads the save file through a FIFO that begins with the VM's own header), and answer SSH
+within seconds instead of half a minute. Anything that goes wrong with a restore falls
+back to a cold boot.
 
 Saved states outlive the session: each lives in ``<state>/images/warm/<slot>/`` (the
 save file, the overlay it belongs to, the SSH key pair authorised in that guest, its
@@ -18,8 +19,11 @@ disk, memory, CPUs, accelerator, libvirt URI, the domain template, the QEMU bina
 version, the libvirt version). The next session's first VM restores it in seconds. A
 state whose ``state.json`` does not match is stale: the session boots cold and replaces
 it. States are written under a lock into a temporary folder that is renamed into place
-when complete; readers only copy. ``PYTEST_FLAKE_VM_WARM=0`` turns warm starts off (every
-VM boots cold, nothing is saved); deleting ``<state>/images/warm`` drops the states.
+when complete; its save file and overlay are read-only from then on, and a state whose
+files changed since is refused (dropped: the VM boots cold). Restores read a state in place
+under a shared lock on it (several VMs at once), its removal waits for them.
+``PYTEST_FLAKE_VM_WARM=0`` turns warm starts off (every VM boots cold, nothing is saved);
+deleting ``<state>/images/warm`` drops the states.
 
 Every domain and file carries the session id, so :func:`sweep` can remove what a
 killed session left behind. This package never imports pytest; libvirt and paramiko
@@ -41,7 +45,7 @@ The modules, each one concern (imports only go down this list):
 ``seed``                  key pairs, host keys, credentials, cloud-config, the seed (ISO 9660, ``cidata``)
 ``accel``                 KVM probe, first-boot trial, choosing and describing the accelerator
 ``domain``                the one domain XML builder and editor (cold boot, restore, a pty console, edits)
-``savefile``              libvirt's save-file header: read and rewrite the XML in it
+``savefile``              libvirt's save-file header (read, rewrite the XML in it), fed through a FIFO
 ``warm``                  warm states: key, slot, store, the record of one kept on another host
 ``launch``                :class:`VMConfig` and the :class:`Launcher` protocol: how a VM starts
 ``local``                 :class:`LocalLauncher`: libvirt here, the VM's files in the session's folder
@@ -83,7 +87,7 @@ from .maintenance import VMComponent, component, doctor, sweep
 from .pool import VMPool, launcher_type
 from .qemuuser import QemuUser, acl_user_perm, check_readable, grant_search, hand_to_qemu
 from .remote import RemoteLauncher
-from .savefile import copy_save_with_xml, read_save_xml
+from .savefile import SaveFeed, read_save_header, read_save_xml
 from .seed import (
     SKIP_DROPIN,
     HostKey,
@@ -106,7 +110,8 @@ __all__ = [
     "probe_kvm", "probe_kernel", "host_kernel", "choose_accel", "describe_accel",
     "cached_probe", "record_probe", "kernel_progress", "watch_kvm_first_boot", "default_uri", "connect",
     "destroy_domain", "boot_xml",
-    "restore_xml", "netdev", "read_save_xml", "copy_save_with_xml", "credential", "skip_dropin", "skip_units_command",
+    "restore_xml", "netdev", "read_save_xml", "read_save_header", "SaveFeed", "credential", "skip_dropin",
+    "skip_units_command",
     "cloud_config", "render_user_data", "make_seed", "hostkey_lines_from_console", "ssh_client", "warm_enabled",
     "warm_key", "warm_slot", "boot_log_of", "grant_search", "hand_to_qemu", "check_readable", "acl_user_perm",
     "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "SKIP_DROPIN", "WARM_ENV", "KVM_DEVICE",

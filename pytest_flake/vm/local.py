@@ -3,7 +3,9 @@
 The daemon reads the VM's own files in the session's folder: its overlay (a qcow2 over the cached
 image), its seed and its console log, handed to QEMU's unprivileged user before the domain starts.
 Forwarded ports are free ports of this machine's 127.0.0.1. A warm state is a save file and a copy
-of the overlay in the state's folder; a restore copies them back (reflinked where the disk can).
+of the overlay in the state's folder, read-only once published; a restore copies nothing: the VM
+runs on a new overlay over the state's, and libvirt reads the shared save file through a FIFO of
+the VM's own that begins with its header (:class:`~pytest_flake.vm.savefile.SaveFeed`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._host import free_port, reflink_copy
 from ..errors import FlakeError, VMError
-from ..images import Image, create_overlay
+from ..images import Image, create_overlay, overlay_on
 from .common import is_root
 from .connection import libvirt_module
 from .domain import restore_xml
 from .launch import Disks, DomainLauncher, Teardown, VMConfig
 from .qemuuser import QemuUser
-from .savefile import copy_save_with_xml, read_save_xml
+from .savefile import SaveFeed, header_with_xml, read_save_header, xml_of_header
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 class QemuFiles(Protocol):
     """Who QEMU runs as, and handing it a VM's files (a VMPool is one)."""
 
-    def prepare_files(self, image: Image | None, *own: Path) -> None: ...
+    def prepare_files(self, image: Image | None, *own: Path, reads: tuple[Path, ...] = ()) -> None: ...
 
     def seclabel(self) -> str | None: ...
 
@@ -52,9 +54,9 @@ class LocalLauncher(DomainLauncher):
     def seclabel(self) -> str | None:
         return self.qemu.seclabel() if self.qemu is not None else None
 
-    def _hand_over(self, image: Image | None, *own: Path) -> None:
+    def _hand_over(self, image: Image | None, *own: Path, reads: tuple[Path, ...] = ()) -> None:
         if self.qemu is not None:
-            self.qemu.prepare_files(image, *own)
+            self.qemu.prepare_files(image, *own, reads=reads)
 
     def console_target(self) -> Path | None:
         return self.config.console
@@ -92,21 +94,31 @@ class LocalLauncher(DomainLauncher):
         """Nothing of this VM's went into the state: it holds copies."""
 
     def restore(self, state: WarmState, image: Image, disk_size: int) -> int:
+        """Start from ``state`` copying nothing: a new overlay over the state's, its save file fed through a FIFO.
+
+        The state's files stay as they are (read-only), so VMs of several sessions restore one state at
+        once: each reads the shared save file through a FIFO of its own that begins with this VM's
+        header (its name, UUID, ports, console, overlay), see :class:`~pytest_flake.vm.savefile.SaveFeed`.
+        """
         libvirt = libvirt_module()
         self.pick_ports()
         overlay, console = self.config.overlay, self.config.console
-        copy = self.config.dir / f"{self.name}.save"
-        try:
-            reflink_copy(state.overlay, overlay, error=VMError,
-                         what=f"vm://{self.name}: restore failed: copying the saved overlay")
-            xml = restore_xml(read_save_xml(state.save), name=self.name, overlay=overlay, console=console,
-                              netdev=self.netdev(), session=self.config.session_id)
-            copy_save_with_xml(state.save, copy, xml)
-            self._hand_over(image, overlay, console)
-            self._conn().restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-            self.dom = self.lookup()
-        finally:
-            copy.unlink(missing_ok=True)
+        overlay_on(state.overlay, overlay)  # the state's virtual size; QEMU only reads the state's overlay
+        header = read_save_header(state.save)
+        xml = restore_xml(xml_of_header(header, str(state.save)), name=self.name, overlay=overlay, console=console,
+                          netdev=self.netdev(), session=self.config.session_id, new_chain=True)
+        self._hand_over(image, overlay, console, reads=(state.overlay,))
+        feed = SaveFeed(self.config.dir / f"{self.name}.restore.fifo", state.save,
+                        header_with_xml(header, xml, str(state.save)), prepare=lambda fifo: self._hand_over(None, fifo))
+        with feed:
+            try:
+                self._conn().restoreFlags(str(feed.fifo), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            except libvirt.libvirtError as exc:
+                if feed.error is None:
+                    raise
+                raise VMError(f"vm://{self.name}: restore failed: feeding {state.save} to libvirt failed: "
+                              f"{feed.error}; libvirt: {exc}") from exc
+        self.dom = self.lookup()
         return disk_size  # the saved overlay's: a warm state's key holds the disk size
 
     def ssh_route(self) -> tuple[str | None, int]:

@@ -97,6 +97,8 @@ class VM(GuestCommands):
         self.keys: KeyPair | None = None  # the key pair authorised in this guest
         self.ready_seconds = 0.0  # start() to SSH ready, including saving a warm state
         self.boot_seconds = 0.0  # start() to the first SSH answer
+        self.restore_seconds = 0.0  # a warm start: start() to libvirt's restore returned (then: the guest answers)
+        self._started = 0.0
         self.kept = False
         self.left_behind: list[str] = []  # the steps of close() that failed: the next session's sweep finishes them
         self._image: Image | None = None
@@ -133,7 +135,7 @@ class VM(GuestCommands):
 
     def start(self) -> VM:
         """Start the guest (warm from a saved state when one fits, else cold) and wait for SSH."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._on_start(self)
         image = self._image = self.platform.image(self.image_spec)
         check_floor(f"vm://{self.name}", image.name, self.memory, self.cpus, image.min_memory)
@@ -288,12 +290,15 @@ class VM(GuestCommands):
                 write_private(self.config.key_copy, state.private_key.read_bytes())
                 self.keys = KeyPair(private=self.config.key_copy, public=state.public_key)
                 self.console.write_text(boot_log_of(state))
-                self.disk_size = self.launcher.restore(state, image, self.disk_size)
+                # the state's files are read in place: no removal of it while libvirt reads them
+                with self.store.using(state) if self.store is not None else contextlib.nullcontext():
+                    self.disk_size = self.launcher.restore(state, image, self.disk_size)
             except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
+            self.restore_seconds = time.monotonic() - self._started
             self.ssh_port = self.launcher.ssh_port
             self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
-            self._wait_ssh()
+            self._wait_ssh()  # the restored guest runs: wait until it answers
 
     def _wait_ssh(self) -> None:
         import paramiko

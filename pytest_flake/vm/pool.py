@@ -209,14 +209,16 @@ class VMPool:
         user = self.qemu_user
         return user.label if user is not None else None
 
-    def prepare_files(self, image: Image | None, *own: Path) -> None:
-        """Make ``own`` QEMU's (0600) and the image readable and reachable for QEMU's user."""
+    def prepare_files(self, image: Image | None, *own: Path, reads: tuple[Path, ...] = ()) -> None:
+        """Make ``own`` QEMU's (0600); the image and ``reads`` (a warm state's overlay, a backing file QEMU
+        only reads) readable and reachable for QEMU's user (their folders get a search-only ACL entry)."""
         user = self.qemu_user
         if user is None:
             return
-        for path in own:
+        for path in (*own, *reads):
             grant_search(user, path)
         hand_to_qemu(user, *own)
+        check_readable(user, *reads)
         if image is not None:
             for shared in (image.disk, image.kernel, image.initrd):
                 if shared is not None:

@@ -1,9 +1,11 @@
 """Warm states kept across sessions: what makes one valid (the key), where it lives (the slot),
-and the store that writes them atomically under a lock and reads them without one."""
+and the store that writes them atomically under a lock, hands them to restores under a shared
+lock, and refuses a state whose files changed since it was published."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,12 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from .._host import locked
+from ..errors import VMError
 from ..images import Image
 from .common import RECIPES, hash_files, log
 
-WARM_FORMAT = 2  # bump when the layout of a warm state changes (2: QEMU no longer runs as root)
+# bump when the layout of a warm state changes (2: QEMU no longer runs as root; 3: restores read the
+# state's files in place: read-only, their ids recorded)
+WARM_FORMAT = 3
 WARM_ENV = "PYTEST_FLAKE_VM_WARM"
 _WARM_FILES = ("state.save", "overlay.qcow2", "id_ed25519", "id_ed25519.pub")
+# what every restore reads in place: read-only once published (QEMU's user reads the overlay, a backing
+# file; only libvirt reads the save file, which holds the guest's memory), ``size:mtime_ns:inode`` recorded
+SHARED_FILES = {"state.save": 0o400, "overlay.qcow2": 0o444}
 # a state on another host: its save file and overlay are volumes there (named in remote.json)
 REMOTE_FILE = "remote.json"
 REMOTE_WARM_FILES = ("save.header", REMOTE_FILE, "id_ed25519", "id_ed25519.pub")
@@ -172,40 +180,88 @@ def boot_log_of(state: WarmState) -> str:
     return (boot if boot.endswith("\n") or not boot else boot + "\n") + marker
 
 
+@dataclass(frozen=True)
+class _Changed:
+    """What :meth:`WarmStore._read` finds when a published state's file is not the one it was published with."""
+
+    name: str
+    state_id: str
+
+
 class WarmStore:
     """Warm states kept across sessions in ``<image cache>/warm``: ``<slot>/`` each, ``<slot>.lock`` beside.
 
     Writers hold the slot's lock and write into ``.<slot>.<session>.tmp`` that is renamed into
-    place once complete; readers take no lock and only copy out of a complete state.
+    place once complete. A restore reads the state's files in place (its overlay is the backing
+    file of the VM's own, its save file is fed to libvirt), holding a shared ``flock`` on the
+    state's folder (:meth:`using`); removing a state takes that lock exclusively, so it waits for
+    restores under way (:meth:`prune` skips a state in use). The save file and the overlay are
+    read-only once published and their ``size:mtime_ns:inode`` is in ``state.json``: a state whose
+    files changed since is refused and dropped (the VM boots cold).
     """
 
     def __init__(self, root: Path, *, forget: Callable[[Path], None] | None = None) -> None:
         self.root = root
         self.forget = forget  # called with a state's folder before it is removed (its volumes on another host)
 
-    def _remove(self, folder: Path) -> None:
-        if self.forget is not None and folder.is_dir():
+    def _remove(self, folder: Path, *, wait: bool = True) -> bool:
+        """Remove a state's folder once no restore reads it (``wait`` False: False when one does)."""
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
             try:
-                self.forget(folder)
-            except Exception as exc:  # the folder goes either way; the sweep of the host is the user's
-                log.warning("vm: could not remove what the warm state %s kept on another host: %s", folder, exc)
-        _remove_tree(folder)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            if self.forget is not None:
+                try:
+                    self.forget(folder)
+                except Exception as exc:  # the folder goes either way; the sweep of the host is the user's
+                    log.warning("vm: could not remove what the warm state %s kept on another host: %s", folder, exc)
+            _remove_tree(folder)
+            return True
+        finally:
+            os.close(fd)  # releases the lock; a restore that waited finds the state gone
 
     def _lock(self, slot: str) -> contextlib.AbstractContextManager[None]:
         return locked(self.root / f"{slot}.lock")
 
     def load(self, key: dict[str, Any]) -> WarmState | None:
-        """The complete state saved for exactly ``key``, else None (stale or incomplete ones are ignored)."""
-        return self._read(self.root / warm_slot(key), key)
+        """The complete state saved for exactly ``key``, else None (stale or incomplete ones are ignored;
+        one whose save file or overlay changed since it was published is dropped, with a warning)."""
+        return self._load(key, drop_changed=True)
 
-    def _read(self, folder: Path, key: dict[str, Any] | None) -> WarmState | None:
+    def _load(self, key: dict[str, Any], *, drop_changed: bool) -> WarmState | None:
+        folder = self.root / warm_slot(key)
+        changed = self._read(folder, key)
+        if isinstance(changed, _Changed):
+            log.warning("vm: refusing the warm state %s: %s changed since it was saved; dropping it (the VM boots "
+                        "cold and saves a new one)", folder, folder / changed.name)
+            if drop_changed:
+                self._drop(folder, changed.state_id)
+            return None
+        return changed
+
+    def _read(self, folder: Path, key: dict[str, Any] | None) -> WarmState | _Changed | None:
+        """The state in ``folder`` (of ``key``, unless None); :class:`_Changed` when a shared file changed."""
         try:
             meta = json.loads((folder / "state.json").read_text())
             if key is not None and meta.get("key") != key:
                 log.info("vm: the warm state in %s is stale (made for another image, size or QEMU)", folder)
                 return None
             sizes = meta["sizes"]
-            for name in REMOTE_WARM_FILES if REMOTE_FILE in sizes else _WARM_FILES:
+            remote = REMOTE_FILE in sizes
+            if not remote:
+                ids = meta["ids"]
+                if not isinstance(ids, dict) or set(ids) != set(SHARED_FILES):
+                    raise ValueError("state.json names other files than a warm state has")
+                for name, recorded in ids.items():
+                    stat = (folder / name).stat()  # missing: incomplete (below)
+                    if f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}" != recorded:
+                        return _Changed(name, str(meta["id"]))
+            for name in REMOTE_WARM_FILES if remote else _WARM_FILES:
                 if (folder / name).stat().st_size != sizes[name]:
                     raise ValueError(f"{name} is incomplete")
             return WarmState(dir=folder, id=str(meta["id"]), hostkeys=tuple(meta["hostkeys"]),
@@ -221,12 +277,41 @@ class WarmStore:
 
     def drop(self, state: WarmState) -> None:
         """Remove ``state`` (a restore of it failed) unless another session replaced it meanwhile."""
-        slot = state.dir.name
-        with self._lock(slot):
-            current = self._read(state.dir, None)
-            if current is None or current.id == state.id:
-                log.warning("vm: dropping the warm state %s", state.dir)
-                self._remove(state.dir)
+        self._drop(state.dir, state.id)
+
+    def _drop(self, folder: Path, state_id: str) -> None:
+        with self._lock(folder.name):
+            current = self._read(folder, None)
+            current_id = current.id if isinstance(current, WarmState) else current.state_id if current else None
+            if current_id is None or current_id == state_id:
+                log.warning("vm: dropping the warm state %s", folder)
+                self._remove(folder)
+
+    @contextlib.contextmanager
+    def using(self, state: WarmState) -> Iterator[None]:
+        """Hold a shared lock on ``state`` while a VM restores from it (several at once: each its own lock).
+
+        Raises :class:`VMError` when the state was removed, replaced or changed since :meth:`load`
+        read it. Removing a state waits for the lock (:meth:`prune` skips a state in use).
+        """
+        try:
+            fd = os.open(state.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise VMError(f"the warm state {state.dir} is gone ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                here = os.stat(state.dir).st_ino == os.fstat(fd).st_ino  # not renamed away while we waited
+            except OSError:
+                here = False
+            current = self._read(state.dir, None) if here else None
+            if isinstance(current, _Changed):
+                raise VMError(f"the warm state {state.dir}: {current.name} changed since it was saved")
+            if current is None or current.id != state.id:
+                raise VMError(f"the warm state {state.dir} was removed or replaced while it was being restored")
+            yield
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def create(self, key: dict[str, Any], session_id: str) -> Iterator[Path | None]:
@@ -244,7 +329,7 @@ class WarmStore:
             for leftover in self.root.glob(f".{slot}.*.tmp"):  # writers that died mid-write
                 log.info("vm: removing the incomplete warm state %s", leftover)
                 self._remove(leftover)
-            if self.load(key) is not None:
+            if self._load(key, drop_changed=False) is not None:  # a changed one is replaced below
                 yield None
                 return
             tmp = self.root / f".{slot}.{session_id}.tmp"
@@ -267,15 +352,22 @@ class WarmStore:
     @staticmethod
     def publish(tmp: Path, key: dict[str, Any], *, hostkeys: tuple[str, ...], boot_seconds: float,
                 session_id: str) -> None:
-        """Write ``state.json`` (the key and the size of every file) once the files are complete."""
-        files = REMOTE_WARM_FILES if (tmp / REMOTE_FILE).is_file() else _WARM_FILES
+        """Write ``state.json`` (the key and the size of every file) once the files are complete.
+
+        The save file and the overlay become read-only (:data:`SHARED_FILES`) and their
+        ``size:mtime_ns:inode`` is recorded: every later restore reads them in place.
+        """
+        remote = (tmp / REMOTE_FILE).is_file()
+        files = REMOTE_WARM_FILES if remote else _WARM_FILES
         for name in files:
-            os.chmod(tmp / name, 0o600)
+            os.chmod(tmp / name, 0o600 if remote else SHARED_FILES.get(name, 0o600))
         meta = {
             "id": uuid.uuid4().hex, "key": key, "hostkeys": list(hostkeys), "boot_seconds": boot_seconds,
             "session": session_id, "created": time.time(),
             "sizes": {name: (tmp / name).stat().st_size for name in files},
         }
+        if not remote:
+            meta["ids"] = {name: _file_id(tmp / name) for name in SHARED_FILES}
         fd = os.open(tmp / "state.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(meta, out, indent=1, sort_keys=True)
@@ -294,8 +386,11 @@ class WarmStore:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 disk = json.loads((folder / "state.json").read_text())["key"]["disk"]
                 if not Path(disk).exists():
-                    log.info("vm: removing the warm state %s of a removed image", folder)
-                    self._remove(folder)
+                    if self._remove(folder, wait=False):
+                        log.info("vm: removed the warm state %s of a removed image", folder)
+                    else:
+                        log.info("vm: the warm state %s of a removed image is being restored; a later prune "
+                                 "removes it", folder)
 
     def sweep(self, session_ids: list[str]) -> None:
         """Remove the half-written states of dead sessions (complete states stay)."""

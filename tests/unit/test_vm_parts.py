@@ -15,6 +15,7 @@ import pytest
 from pytest_flake import images, vm
 from pytest_flake.config import Settings
 from pytest_flake.errors import VMError
+from pytest_flake.vm.savefile import header_with_xml, xml_of_header
 
 XML = f"""<domain type='qemu' id='7' xmlns:qemu='{vm.QEMU_NS}'>
   <name>pf-aaaa0000-vm-1</name>
@@ -40,32 +41,32 @@ def fake_save(path: Path, xml: str = XML, data_len: int = 8192) -> None:
     path.write_bytes(header + data + STREAM)
 
 
-def test_save_header_is_rewritten_and_the_stream_kept(tmp_path: Path) -> None:
-    src, dst = tmp_path / "a.save", tmp_path / "b.save"
+def test_save_header_is_rewritten_and_the_cookie_kept(tmp_path: Path) -> None:
+    src = tmp_path / "a.save"
     fake_save(src)
     assert vm.read_save_xml(src) == XML
+    header = vm.read_save_header(src)
+    assert len(header) == 92 + 8192 and src.read_bytes().startswith(header)
     new = vm.restore_xml(vm.read_save_xml(src), name="pf-aaaa0000-vm-2", overlay=tmp_path / "o2.qcow2",
                          console=tmp_path / "c2.log",
                          netdev="user,id=pfnet,restrict=on,hostfwd=tcp:127.0.0.1:22002-:22")
-    vm.copy_save_with_xml(src, dst, new)
-    assert src.stat().st_size == dst.stat().st_size
-    assert dst.read_bytes().endswith(STREAM)
-    got = vm.read_save_xml(dst)
+    patched = header_with_xml(header, new)
+    assert len(patched) == len(header)
+    got = xml_of_header(patched)
     assert "<name>pf-aaaa0000-vm-2</name>" in got and "b73a346e" not in got
     assert str(tmp_path / "o2.qcow2") in got and str(tmp_path / "c2.log") in got
     assert "hostfwd=tcp:127.0.0.1:22002-:22" in got and "22001" not in got
     assert "id='7'" not in got and "restrict=on" in got
-    fields = struct.unpack("<16s19I", dst.read_bytes()[:92])
-    data = dst.read_bytes()[92:92 + fields[2]]
+    fields = struct.unpack("<16s19I", patched[:92])
+    data = patched[92:92 + fields[2]]
     assert data[fields[5]:].split(b"\0", 1)[0] == COOKIE  # the cookie moved with the XML
-    assert src.read_bytes()[:92 + 8192].startswith(struct.pack("<16s", b"LibvirtQemudSave"))
 
 
 def test_save_header_too_small(tmp_path: Path) -> None:
     src = tmp_path / "a.save"
     fake_save(src, data_len=len(XML) + len(COOKIE) + 2)
     with pytest.raises(VMError, match="does not fit"):
-        vm.copy_save_with_xml(src, tmp_path / "b.save", XML + "<!--" + "x" * 100 + "-->")
+        header_with_xml(vm.read_save_header(src), XML + "<!--" + "x" * 100 + "-->")
 
 
 def test_not_a_save_image(tmp_path: Path) -> None:
@@ -391,6 +392,7 @@ def test_warm_state_round_trip_and_modes(tmp_path: Path) -> None:
     assert state.hostkeys == ("ssh-ed25519 HOSTKEY",) and state.created_by == "pf-00000001"
     assert state.public_key == "ssh-ed25519 AAAA warm"
     assert state.private_key.stat().st_mode & 0o777 == 0o600
+    assert state.save.stat().st_mode & 0o777 == 0o400 and state.overlay.stat().st_mode & 0o777 == 0o444
     assert store.root.stat().st_mode & 0o777 == 0o700
     assert [p.name for p in store.root.iterdir() if p.is_dir()] == [folder.name]  # no temporary folder left
     assert store.usage()[0] == 1
@@ -418,7 +420,7 @@ def test_incomplete_warm_state_is_ignored_then_replaced(tmp_path: Path, damage: 
     folder = write_state(store, key)
     if damage == "no state.json":
         (folder / "state.json").unlink()
-    elif damage == "truncated save":
+    elif damage == "truncated save":  # a changed file: refused and dropped
         with open(folder / "state.save", "r+b") as handle:
             handle.truncate(10)
     elif damage == "missing overlay":
@@ -426,7 +428,7 @@ def test_incomplete_warm_state_is_ignored_then_replaced(tmp_path: Path, damage: 
     else:
         (folder / "state.json").write_text("{not json")
     assert store.load(key) is None
-    assert store.usage()[0] == (0 if damage == "no state.json" else 1)
+    assert store.usage()[0] == (0 if damage in ("no state.json", "truncated save") else 1)
     write_state(store, key, session="pf-00000002")
     state = store.load(key)
     assert state is not None and state.created_by == "pf-00000002"
