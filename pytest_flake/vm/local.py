@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._host import free_port, reflink_copy
 from ..errors import FlakeError, VMError
 from ..images import Image, create_overlay
+from .channel import usable_socket_path
 from .common import is_root
 from .connection import libvirt_module
 from .domain import restore_xml
@@ -59,6 +60,9 @@ class LocalLauncher(DomainLauncher):
     def console_target(self) -> Path | None:
         return self.config.console
 
+    def agent_target(self) -> Path | None:
+        return usable_socket_path(self.config.agent_socket)
+
     def pick_ports(self) -> None:
         self.ssh_port = self.hostfwd_port = free_port()
 
@@ -100,7 +104,7 @@ class LocalLauncher(DomainLauncher):
             reflink_copy(state.overlay, overlay, error=VMError,
                          what=f"vm://{self.name}: restore failed: copying the saved overlay")
             xml = restore_xml(read_save_xml(state.save), name=self.name, overlay=overlay, console=console,
-                              netdev=self.netdev(), session=self.config.session_id)
+                              netdev=self.netdev(), session=self.config.session_id, agent=self.agent_target())
             copy_save_with_xml(state.save, copy, xml)
             self._hand_over(image, overlay, console)
             self._conn().restoreFlags(str(copy), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
@@ -114,7 +118,8 @@ class LocalLauncher(DomainLauncher):
 
     def teardown(self) -> Teardown:
         return [("destroy the domain", self.destroy),
-                ("remove the overlay", lambda: self.config.overlay.unlink(missing_ok=True))]
+                ("remove the overlay", lambda: self.config.overlay.unlink(missing_ok=True)),
+                ("remove the agent's socket", lambda: self.config.agent_socket.unlink(missing_ok=True))]
 
     # ---- the sweep's and the doctor's side
 
