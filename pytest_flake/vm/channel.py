@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import VMError
+from ..errors import CheckTimeout, VMError
 from .common import AGENT_PORT, log
 
 GUEST_PORT = f"/dev/virtio-ports/{AGENT_PORT}"
@@ -101,14 +101,6 @@ def parse_header(line: bytes) -> tuple[int, int, int, int, bool]:
     return ident, rc, out, err, fields[4] == b"timeout"
 
 
-class ChannelLost(VMError):
-    """The agent's channel closed or broke while a command ran (whether it ran is unknown)."""
-
-
-class ChannelTimeout(VMError):
-    """The agent did not answer within a command's timeout and the grace after it."""
-
-
 class _Frames:
     """Buffered reads from the socket, each under a deadline (``None``: none)."""
 
@@ -120,7 +112,7 @@ class _Frames:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise socket.timeout("no answer in time")
+                raise TimeoutError("no answer in time")
             self.sock.settimeout(left)
         else:
             self.sock.settimeout(None)
@@ -189,12 +181,13 @@ class Channel:
     def run(self, command: str, timeout: float | None = None) -> Reply:
         """Run ``command`` (bash) in the guest; the agent kills it past ``timeout`` (an answer that says so).
 
-        No answer within the timeout and :attr:`grace`: :class:`ChannelTimeout`, the connection closed (the
-        next :meth:`open` starts again). A connection that breaks: :class:`ChannelLost`.
+        No answer within the timeout and :attr:`grace`: :class:`CheckTimeout`, the connection closed (the
+        next :meth:`open` starts again). A connection that breaks (whether the command ran is unknown):
+        :class:`VMError`.
         """
         with self._lock:
             if self._sock is None:
-                raise ChannelLost(f"vm://{self.name}: the agent's channel is not connected")
+                raise VMError(f"vm://{self.name}: the agent's channel is not connected")
             deadline = None if not timeout else time.monotonic() + float(timeout) + self.grace
             return self._exchange(command.encode(), timeout=timeout, deadline=deadline)
 
@@ -210,20 +203,26 @@ class Channel:
             sock.sendall(request)
             while True:
                 line = frames.line(deadline)
-                if resync and not line.startswith(b"%d " % ident):
-                    continue  # the rest of an answer the last connection did not read
+                if resync:  # skip the rest of an answer the last connection did not read (no newline at its end)
+                    start = line.rfind(b"%d " % ident)
+                    if start < 0:
+                        continue
+                    line = line[start:]
                 got, rc, out, err, timed_out = parse_header(line)
                 stdout, stderr = frames.exact(out, deadline), frames.exact(err, deadline)
                 if got == ident:
                     return Reply(ident, rc, stdout, stderr, timed_out)
                 if got > ident:
                     raise ValueError(f"an answer to request {got}, not to {ident}")
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             self._close()
-            raise ChannelTimeout(f"vm://{self.name}: the agent did not answer in time") from exc
+            what = "" if timeout is None else f" within the timeout of {timeout}s and {self.grace:g}s more"
+            raise CheckTimeout(f"vm://{self.name}: the agent did not answer '{command.decode(errors='replace')}'"
+                               f"{what}") from exc
         except (OSError, EOFError, ValueError) as exc:
             self._close()
-            raise ChannelLost(f"vm://{self.name}: the agent's channel broke: {type(exc).__name__}: {exc}") from exc
+            raise VMError(f"vm://{self.name}: the agent's channel broke: {type(exc).__name__}: {exc}",
+                          hint="the next command connects again, or goes through SSH") from exc
 
     def _close(self) -> None:
         sock, self._sock, self._frames = self._sock, None, None
@@ -287,8 +286,8 @@ class AgentLink:
 
     def run(self, command: str, timeout: float | None) -> Reply | None:
         """The agent's answer, or None: the caller runs ``command`` over SSH (the channel is not up and does
-        not come back). A channel that breaks during the command raises (:class:`ChannelLost`,
-        :class:`ChannelTimeout`); the next command connects again."""
+        not come back). A channel that breaks during the command raises (:class:`VMError`,
+        :class:`CheckTimeout`); the next command connects again."""
         channel = self.channel
         if self.kind != "agent" or channel is None:
             return None
