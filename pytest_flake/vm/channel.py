@@ -67,10 +67,13 @@ def install_command() -> str:
 
 
 def timed_command(command: str, timeout: float | None) -> str:
-    """``command`` for the SSH path: under coreutils' timeout (KILL, to its process group) when one is given."""
+    """``command`` for the SSH path: under coreutils' timeout (KILL, to its process group) when one is given.
+
+    ``; exit $?``: the login shell waits for timeout (its own group) and exits 137, rather than exec it.
+    """
     if timeout is None:
         return command
-    return f"timeout -s KILL {max(float(timeout), 0.001):.3f} bash -c {shlex.quote(command)}"
+    return f"timeout -s KILL {max(float(timeout), 0.001):.3f} bash -c {shlex.quote(command)}; exit $?"
 
 
 def encode_request(ident: int, timeout: float | None, command: bytes) -> bytes:

@@ -301,4 +301,4 @@ def test_install_failure_says_why_and_stays_on_ssh(tmp_path: Path) -> None:
 def test_guest_commands_are_quoted() -> None:
     assert install_command().startswith(f"test -c {GUEST_PORT} && systemd-run ")
     assert timed_command("echo 'a b'", None) == "echo 'a b'"
-    assert timed_command("echo 'a b'", 2) == "timeout -s KILL 2.000 bash -c 'echo '\"'\"'a b'\"'\"''"
+    assert timed_command("echo 'a b'", 2) == "timeout -s KILL 2.000 bash -c 'echo '\"'\"'a b'\"'\"''; exit $?"
