@@ -8,7 +8,8 @@
 # The command runs in a subshell with stdin from /dev/null, its own process group (set -m) and its output
 # in files under a tmpfs; a coprocess with a timer (read -t) kills the group when its time is up. Output
 # without NUL bytes and under 64 KiB is read back with read; other output is measured and sent by stat
-# and head. On EOF (no host connected: after a restore the host's end is a new socket) the port reopens.
+# and head, and removed at once. On EOF (no host connected: after a restore the host's end is a new
+# socket) the port reopens.
 # Usage: agent.sh PORT (a character device), or agent.sh fd (fd 3 is open already; one session).
 set -m
 export LC_ALL=C HOME=/root USER=root LOGNAME=root SHELL=/bin/bash
@@ -59,6 +60,7 @@ serve() {  # requests on fd 3 until EOF or a malformed header
             sizes=$(stat -c %s -- "$o" "$e") || return 1
             printf '%s %s %s %s %s\n' "$id" "$rc" ${sizes//$'\n'/ } "$state" >&3 || return 1
             head -c "${sizes%%$'\n'*}" -- "$o" >&3 && head -c "${sizes##*$'\n'}" -- "$e" >&3 || return 1
+            rm -f -- "$o" "$e" &  # big ones go now: /run is a small tmpfs
         fi
         if ((++served % 64 == 0)); then  # names taken now: the next command's files are made later
             files=("$d"/[oet].*)

@@ -302,3 +302,9 @@ def test_guest_commands_are_quoted() -> None:
     assert install_command().startswith(f"test -c {GUEST_PORT} && systemd-run ")
     assert timed_command("echo 'a b'", None) == "echo 'a b'"
     assert timed_command("echo 'a b'", 2) == "timeout -s KILL 2.000 bash -c 'echo '\"'\"'a b'\"'\"''; exit $?"
+
+
+def test_agent_script_removes_big_output_at_once(agent: Channel, tmp_path: Path) -> None:
+    assert len(agent.run("head -c 200000 /dev/zero").stdout) == 200000
+    reply = agent.run(f"sleep 0.3; ls {tmp_path / 'agent'}")
+    assert reply.stdout.split().count(b"o.%d" % (reply.ident - 1)) == 0
