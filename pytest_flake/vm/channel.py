@@ -71,7 +71,7 @@ def timed_command(command: str, timeout: float | None) -> str:
 
     ``; exit $?``: the login shell waits for timeout (its own group) and exits 137, rather than exec it.
     """
-    if timeout is None:
+    if not timeout:
         return command
     return f"timeout -s KILL {max(float(timeout), 0.001):.3f} bash -c {shlex.quote(command)}; exit $?"
 
@@ -271,16 +271,18 @@ class AgentLink:
         if rc != 0:
             self.why = f"the agent did not start ({err.strip() or f'exit {rc}'})"
             log.warning("vm://%s: %s; commands go through SSH", self.name, self.why)
+            self.channel = None  # nobody serves the port: never wait for an answer on it
             return False
         return True
 
-    def connect(self) -> str:
-        """Connect to the agent (after a boot or a restore); :attr:`kind`, ``"ssh"`` when it does not answer."""
+    def connect(self, wait: float = 10.0) -> str:
+        """Connect to the agent (after a boot or a restore, where it runs already: it answers within a second);
+        :attr:`kind`, ``"ssh"`` when it does not answer within ``wait`` seconds."""
         if self.channel is None:
             return self.kind
         try:
             secure_socket(self.channel.path)
-            self.channel.open(min(self.timeout, 30.0))
+            self.channel.open(min(self.timeout, wait))
             self.kind, self.why = "agent", ""
         except (OSError, VMError) as exc:
             self.kind, self.why = "ssh", f"the agent did not answer: {exc}"

@@ -257,7 +257,7 @@ class VM(GuestCommands):
 
         if self._agent.install(ssh_run, lambda local, remote: sftp_put(self._connection(), local, remote,
                                                                       what=f"vm://{self.name}: the agent")):
-            self._agent.connect()
+            self._agent.connect(wait=30.0)  # it is starting
 
     def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
         """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
@@ -415,7 +415,7 @@ class VM(GuestCommands):
             reply = self._agent.run(command, timeout)  # None: over SSH
             if reply is None:
                 result = self.host.run(timed_command(command, timeout))
-                timed_out = timeout is not None and result.rc == 137 and time.monotonic() - started >= timeout
+                timed_out = bool(timeout) and result.rc == 137 and time.monotonic() - started >= (timeout or 0)
             else:
                 result = self.host.backend.result(reply.rc, command.encode(), reply.stdout, reply.stderr)
                 timed_out = reply.timed_out

@@ -294,6 +294,11 @@ def test_install_failure_says_why_and_stays_on_ssh(tmp_path: Path) -> None:
     copied: list[tuple[Path, str]] = []
     assert not link.install(lambda cmd: (1, "no port\n"), lambda local, remote: copied.append((local, remote)))
     assert copied == [(AGENT_SCRIPT, "/run/pytest-flake-agent.sh")] and "no port" in link.why
+    assert link.connect() == "ssh" and link.run("true", None) is None  # not even a try: nobody serves it
+
+
+def test_an_agent_that_does_not_answer_leaves_commands_on_ssh(tmp_path: Path) -> None:
+    link = AgentLink("pf-x-vm-1", tmp_path / "vm.agent", 30)
     assert link.connect() == "ssh" and "did not answer" in link.why  # no socket there
     assert link.run("true", None) is None
 
