@@ -11,12 +11,15 @@ import hashlib
 import os
 import socket
 import stat
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from pytest_flake.config import Settings
 from pytest_flake.errors import CheckTimeout
-from pytest_flake.vm import VM
+from pytest_flake.session import Session
+from pytest_flake.vm import VM, VMPool
 
 
 def test_commands_go_through_the_agent(vm: VM) -> None:
@@ -83,3 +86,19 @@ def test_without_the_agent_commands_go_over_ssh(vm: VM, tmp_path: Path) -> None:
     with pytest.raises(CheckTimeout):
         vm.run("sleep 60", timeout=2)
     assert vm.succeed("echo ssh") == "ssh\n"
+
+
+def test_a_guest_without_the_port_runs_commands_over_ssh(flake_session: Session, flake_settings: Settings) -> None:
+    def no_port(name: str, root: ET.Element) -> None:
+        devices = root.find("devices")
+        assert devices is not None
+        for channel in devices.findall("channel"):
+            devices.remove(channel)
+
+    with VMPool(flake_settings, flake_session, warm=False, edit_domain=no_port) as pool, pool.vm() as machine:
+        assert machine.channel == "ssh" and "did not start" in machine._agent.why
+        result = machine.run("echo out; echo err >&2; exit 3")
+        assert (result.rc, result.stdout, result.stderr) == (3, "out\n", "err\n")
+        with pytest.raises(CheckTimeout, match="past its timeout"):
+            machine.run("sleep 60", timeout=2)
+        assert machine.succeed("echo next") == "next\n"
