@@ -226,6 +226,9 @@ class Channel:
             self._close()
             raise VMError(f"vm://{self.name}: the agent's channel broke: {type(exc).__name__}: {exc}",
                           hint="the next command connects again, or goes through SSH") from exc
+        except BaseException:  # Ctrl-C amid an answer: the next command starts on a new connection
+            self._close()
+            raise
 
     def _close(self) -> None:
         sock, self._sock, self._frames = self._sock, None, None

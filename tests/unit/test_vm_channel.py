@@ -23,6 +23,7 @@ from pytest_flake.vm.channel import (
     GUEST_PORT,
     AgentLink,
     Channel,
+    _Frames,
     encode_request,
     install_command,
     parse_header,
@@ -313,3 +314,24 @@ def test_agent_script_removes_big_output_at_once(agent: Channel, tmp_path: Path)
     assert len(agent.run("head -c 200000 /dev/zero").stdout) == 200000
     reply = agent.run(f"sleep 0.3; ls {tmp_path / 'agent'}")
     assert reply.stdout.split().count(b"o.%d" % (reply.ident - 1)) == 0
+
+
+def test_an_interrupted_answer_leaves_the_next_command_a_new_connection(pair: tuple[socket.socket, socket.socket],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    host, guest = pair
+    FakeAgent(guest, lambda ident, cmd: answer(ident, 0, b"x" * 10), piece=4)
+    channel = channel_on(host)
+    channel.open(5)
+    calls = {"n": 0}
+    real = _Frames.exact
+
+    def interrupted(self: _Frames, size: int, deadline: float | None) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(self, size, deadline)
+
+    monkeypatch.setattr(_Frames, "exact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        channel.run("echo")
+    assert not channel.connected
