@@ -278,6 +278,12 @@ class AgentLink:
             return False
         return True
 
+    def secure(self) -> None:
+        """Right after the domain started: narrow the socket libvirt made (root's, mode 0775 here) to 0600."""
+        if self.channel is not None:
+            with contextlib.suppress(OSError):  # connect() tries again, and says why when it fails
+                secure_socket(self.channel.path)
+
     def connect(self, wait: float = 10.0) -> str:
         """Connect to the agent (after a boot or a restore, where it runs already: it answers within a second);
         :attr:`kind`, ``"ssh"`` when it does not answer within ``wait`` seconds."""

@@ -237,6 +237,7 @@ class VM(GuestCommands):
             launcher.boot(lambda: edited(boot_xml(self._boot_spec(image, accel, disks, keys.public)), self.name,
                                          self.edit_domain))
             self.ssh_port = launcher.ssh_port
+            self._agent.secure()
             self._hostkeys, self.host_key_origin = hostkeys, origin if hostkeys else ""
             if trial:
                 works, why = watch_kvm_first_boot(self.console_log, launcher.dom.isActive,
@@ -314,6 +315,7 @@ class VM(GuestCommands):
             except (libvirt.libvirtError, OSError, ET.ParseError) as exc:
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
             self.ssh_port = self.launcher.ssh_port
+            self._agent.secure()
             self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
             self._wait_ssh()
 
