@@ -230,7 +230,7 @@ def _close_guest(request: pytest.FixtureRequest, label: str, guest: VM | Systemd
 
 
 def _close_vm(request: pytest.FixtureRequest, machine: VM) -> None:
-    _close_guest(request, f"VM {machine.name}", machine, machine.ssh_command())
+    _close_guest(request, f"VM {machine.name} (commands through {machine.channel})", machine, machine.ssh_command())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ log = logging.getLogger("pytest_flake.vm")  # the vm package's one logger: its m
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 NETDEV_ID = "pfnet"
+AGENT_PORT = "org.pytest-flake.agent.0"  # the guest agent's virtio-serial port (channel.py)
 
-__all__ = ["GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "hash_files", "is_root", "log", "need_space", "run",
-           "step"]
+__all__ = ["AGENT_PORT", "GiB", "MiB", "NETDEV_ID", "QEMU_NS", "RECIPES", "hash_files", "is_root", "log",
+           "need_space", "run", "step"]

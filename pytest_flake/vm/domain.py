@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import VMError
 from ..session import PREFIX
-from .common import NETDEV_ID, QEMU_NS, RECIPES
+from .common import AGENT_PORT, NETDEV_ID, QEMU_NS, RECIPES
 
 # edits a domain in place before it is defined: (the VM's name, the root <domain> element)
 DomainEdit = Callable[[str, ET.Element], None]
@@ -55,6 +55,7 @@ class BootSpec:
     oem_strings: tuple[str, ...] = ()
     seed: Path | None = None
     seclabel: str | None = None  # QEMU's user as libvirt's DAC label (``+UID:+GID``); None: no seclabel
+    agent: Path | None = None  # the host's end of the agent's virtio-serial port (channel.py); None: no port
     template: Path = field(default_factory=lambda: RECIPES / "domain.xml")
 
 
@@ -101,12 +102,21 @@ def drop_backing_chain(root: ET.Element) -> None:
             disk.remove(store)
 
 
+def agent_channel(path: Path) -> ET.Element:
+    """The agent's virtio-serial port, its host end a unix socket at ``path`` (libvirt binds it)."""
+    channel = ET.Element("channel", {"type": "unix"})
+    _sub(channel, "source", mode="bind", path=str(path))
+    _sub(channel, "target", type="virtio", name=AGENT_PORT)
+    return channel
+
+
 def _place(root: ET.Element, *, name: str, overlay: Path, console: Path | None, netdev: str, session: str | None,
-           what: str, new_chain: bool = False) -> str:
-    """Give a domain this VM's name, a new UUID, session, overlay, console and network; the XML text.
+           what: str, new_chain: bool = False, agent: Path | None = None) -> str:
+    """Give a domain this VM's name, a new UUID, session, overlay, console, network and agent socket; the XML.
 
     ``console=None``: the serial port is a pty with a ``<console>``, read through libvirt (another host).
     ``new_chain``: the overlay's backing chain differs from the saved one (libvirt probes it).
+    ``agent``: where the agent's port (when the domain has one) binds its socket.
     """
     if session is not None:
         for tag in ("title", "description"):
@@ -129,6 +139,9 @@ def _place(root: ET.Element, *, name: str, overlay: Path, console: Path | None, 
         console_to_pty(root)
     if new_chain:
         drop_backing_chain(root)
+    source = root.find(f"./devices/channel/target[@name='{AGENT_PORT}']/../source")
+    if agent is not None and source is not None:
+        source.set("path", str(agent))
     for arg in root.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
         if arg.get("value", "").startswith(f"user,id={NETDEV_ID},"):
             arg.set("value", netdev)
@@ -182,21 +195,25 @@ def boot_xml(spec: BootSpec) -> str:
         seclabel = ET.Element("seclabel", {"type": "static", "model": "dac", "relabel": "no"})
         _sub(seclabel, "label", spec.seclabel)
         root.insert(list(root).index(devices) + 1, seclabel)
+    if spec.agent is not None:
+        devices.insert(list(devices).index(_need(devices, "serial", what)) + 1, agent_channel(spec.agent))
     return _place(root, name=spec.name, overlay=spec.overlay, console=spec.console, netdev=spec.netdev,
-                  session=None, what=what)
+                  session=None, what=what, agent=spec.agent)
 
 
 def restore_xml(saved: str, *, name: str, overlay: Path, console: Path | None, netdev: str,
-                session: str | None = None, new_chain: bool = False, keep_uuid: bool = False) -> str:
+                session: str | None = None, new_chain: bool = False, keep_uuid: bool = False,
+                agent: Path | None = None) -> str:
     """The XML of a saved state, given to a new VM (``session``: the state may be an earlier session's).
 
     ``keep_uuid``: the same guest comes back (libvirt's restore accepts other XML only with its UUID).
+    ``agent``: this VM's own socket for the agent's port (when the saved domain has one).
     """
     ET.register_namespace("qemu", QEMU_NS)
     root = ET.fromstring(saved)
     uuid_text = root.findtext("uuid")
     xml = _place(root, name=name, overlay=overlay, console=console, netdev=netdev, session=session,
-                 what="saved domain XML", new_chain=new_chain)
+                 what="saved domain XML", new_chain=new_chain, agent=agent)
     if keep_uuid and uuid_text:
         root = ET.fromstring(xml)
         element = root.find("uuid")
@@ -233,7 +250,8 @@ def edit_fingerprint(spec: BootSpec, edit: DomainEdit | None) -> str:
     fixed = Path("/pf-reference")
     reference = replace(spec, session=f"{PREFIX}00000000", overlay=fixed / "overlay.qcow2", netdev=netdev(0),
                         console=fixed / "console.log" if spec.console is not None else None,
-                        seed=fixed / "seed.img" if spec.seed is not None else None)
+                        seed=fixed / "seed.img" if spec.seed is not None else None,
+                        agent=fixed / "vm.agent" if spec.agent is not None else None)
     root = ET.fromstring(boot_xml(reference))
     untouched = copy.deepcopy(root)
     edit(spec.name, root)

@@ -67,6 +67,11 @@ class VMConfig:
     def known_hosts(self) -> Path:
         return self.dir / f"{self.name}.known_hosts"
 
+    @property
+    def agent_socket(self) -> Path:
+        """The host's end of the guest agent's port (a unix socket libvirt binds; see channel.py)."""
+        return self.dir / f"{self.name}.agent"
+
 
 @dataclass(frozen=True)
 class Disks:
@@ -98,6 +103,10 @@ class Launcher(Protocol):
 
     def console_target(self) -> Path | None:
         """Where the domain's serial port writes: the VM's console file, or None (a pty read through libvirt)."""
+        ...
+
+    def agent_target(self) -> Path | None:
+        """The unix socket here of the guest agent's port, or None: the domain gets no port (commands: SSH)."""
         ...
 
     def pick_ports(self) -> None:
@@ -171,6 +180,9 @@ class DomainLauncher:
 
     def netdev(self) -> str:
         return netdev(self.hostfwd_port)
+
+    def agent_target(self) -> Path | None:
+        return None
 
     def lookup(self) -> Any:
         return self._conn().lookupByName(self.name)

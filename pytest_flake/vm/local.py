@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._host import free_port, reflink_copy
 from ..errors import FlakeError, VMError
 from ..images import Image, create_overlay, overlay_on
+from .channel import usable_socket_path
 from .common import is_root
 from .connection import libvirt_module
 from .domain import restore_xml
@@ -60,6 +61,9 @@ class LocalLauncher(DomainLauncher):
 
     def console_target(self) -> Path | None:
         return self.config.console
+
+    def agent_target(self) -> Path | None:
+        return usable_socket_path(self.config.agent_socket)
 
     def pick_ports(self) -> None:
         self.ssh_port = self.hostfwd_port = free_port()
@@ -106,7 +110,8 @@ class LocalLauncher(DomainLauncher):
         overlay_on(state.overlay, overlay)  # the state's virtual size; QEMU only reads the state's overlay
         header = read_save_header(state.save)
         xml = restore_xml(xml_of_header(header, str(state.save)), name=self.name, overlay=overlay, console=console,
-                          netdev=self.netdev(), session=self.config.session_id, new_chain=True)
+                          netdev=self.netdev(), session=self.config.session_id, new_chain=True,
+                          agent=self.agent_target())
         self._hand_over(image, overlay, console, reads=(state.overlay,))
         feed = SaveFeed(self.config.dir / f"{self.name}.restore.fifo", state.save,
                         header_with_xml(header, xml, str(state.save)), prepare=lambda fifo: self._hand_over(None, fifo))
@@ -126,7 +131,8 @@ class LocalLauncher(DomainLauncher):
 
     def teardown(self) -> Teardown:
         return [("destroy the domain", self.destroy),
-                ("remove the overlay", lambda: self.config.overlay.unlink(missing_ok=True))]
+                ("remove the overlay", lambda: self.config.overlay.unlink(missing_ok=True)),
+                ("remove the agent's socket", lambda: self.config.agent_socket.unlink(missing_ok=True))]
 
     # ---- the sweep's and the doctor's side
 

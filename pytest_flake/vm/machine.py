@@ -25,6 +25,7 @@ from ..guest import GuestCommands
 from ..images import Image
 from ..waiting import wait_for
 from .accel import KVM_TRIAL, watch_kvm_first_boot
+from .channel import AgentLink, agent_fingerprint, timed_command
 from .common import log, step
 from .connection import libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
@@ -109,6 +110,7 @@ class VM(GuestCommands):
         self._client: paramiko.SSHClient | None = None
         self._host: Host | None = None
         self._forwards: dict[int, int] = {}  # guest port -> 127.0.0.1 port here
+        self._agent = AgentLink(self.name, launcher.agent_target(), config.timeout)  # run()'s way in, or SSH
         self._lock = threading.Lock()
         self._closed = False
 
@@ -127,6 +129,11 @@ class VM(GuestCommands):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def channel(self) -> str:
+        """How :meth:`run` reaches the guest: ``agent`` (its virtio-serial port) or ``ssh``."""
+        return self._agent.kind
 
     @property
     def boot_kind(self) -> str:
@@ -152,6 +159,7 @@ class VM(GuestCommands):
                 edit = edit_fingerprint(self._reference_spec(image, accel), self.edit_domain)
                 if edit:  # the guest of an edited domain: only a VM edited the same way restores it
                     key["domain_edit"] = edit
+                key["agent"] = agent_fingerprint() if self._agent.channel is not None else ""  # runs in the state
             except Exception as exc:  # warm starts are an optimisation: never an error
                 log.warning("vm://%s: no warm starts (%s)", self.name, exc)
         state = store.load(key) if store is not None and key is not None and not booted else None
@@ -177,14 +185,17 @@ class VM(GuestCommands):
                 if not booted:
                     self._cold_boot(image, accel)
                 self.boot_seconds = time.monotonic() - started
+                self._install_agent()
                 if store is not None and key is not None and store.load(key) is None:
                     self._save_for_later(key, time.monotonic() - started)
+        self._agent.connect()
         self.ready_seconds = time.monotonic() - started
         if self.warm:
             self.boot_seconds = self.ready_seconds
         self._on_ready(self)
-        log.info("vm://%s: SSH ready on 127.0.0.1:%d after %.1fs (%s)", self.name, self.ssh_port,
-                 self.ready_seconds, "warm start" if self.warm else "cold boot")
+        log.info("vm://%s: SSH ready on 127.0.0.1:%d after %.1fs (%s); commands through %s", self.name,
+                 self.ssh_port, self.ready_seconds, "warm start" if self.warm else "cold boot",
+                 "the agent" if self.channel == "agent" else f"SSH ({self._agent.why})")
         return self
 
     def _oem_strings(self, image: Image, public_key: str | None) -> tuple[str, ...]:
@@ -200,6 +211,7 @@ class VM(GuestCommands):
             memory=self.memory, cpus=self.cpus, overlay=disks.overlay, console=self.launcher.console_target(),
             netdev=self.launcher.netdev(), kernel=disks.kernel, initrd=disks.initrd, cmdline=image.cmdline,
             oem_strings=self._oem_strings(image, public_key), seed=disks.seed, seclabel=self.launcher.seclabel,
+            agent=self._agent.path,
         )
 
     def _reference_spec(self, image: Image, accel: str) -> BootSpec:
@@ -227,6 +239,7 @@ class VM(GuestCommands):
             launcher.boot(lambda: edited(boot_xml(self._boot_spec(image, accel, disks, keys.public)), self.name,
                                          self.edit_domain))
             self.ssh_port = launcher.ssh_port
+            self._agent.secure()
             self._hostkeys, self.host_key_origin = hostkeys, origin if hostkeys else ""
             if trial:
                 works, why = watch_kvm_first_boot(self.console_log, launcher.dom.isActive,
@@ -238,6 +251,12 @@ class VM(GuestCommands):
                     return False
             self._wait_ssh()
         return True
+
+    def _install_agent(self) -> None:
+        """Start the guest agent over SSH after a cold boot; it answers before the guest is saved."""
+        if self._agent.install(self.host.run, lambda local, remote: sftp_put(self._connection(), local, remote,
+                                                                            what=f"vm://{self.name}: the agent")):
+            self._agent.connect(wait=30.0)  # it is starting
 
     def _save_for_later(self, key: dict[str, Any], boot_seconds: float) -> None:
         """Save the fresh guest, its overlay and keys as the warm state of ``key``, then resume it.
@@ -297,8 +316,10 @@ class VM(GuestCommands):
                 raise VMError(f"vm://{self.name}: restore failed: {exc}") from exc
             self.restore_seconds = time.monotonic() - self._started
             self.ssh_port = self.launcher.ssh_port
+            self._agent.secure()
             self._hostkeys, self.host_key_origin = state.hostkeys, "warm state"
-            self._wait_ssh()  # the restored guest runs: wait until it answers
+            if self._agent.connect() != "agent":  # its agent answers: SSH connects when first used
+                self._wait_ssh()  # the restored guest runs: wait until it answers
 
     def _wait_ssh(self) -> None:
         import paramiko
@@ -371,7 +392,8 @@ class VM(GuestCommands):
             return self._client
 
     def _cut(self) -> None:
-        """Close the SSH connection: a command waiting on a guest that is gone returns."""
+        """Close the SSH connection and the agent's: a command waiting on a guest that is gone returns."""
+        self._agent.cut()
         if self._client is not None:
             self._client.close()
 
@@ -385,12 +407,26 @@ class VM(GuestCommands):
             self._host = Host(backend)
         return self._host
 
-    def run(self, cmd: str | list[str]) -> CommandResult:
-        """Run a shell command as root in the guest; a list is quoted for you."""
+    def run(self, cmd: str | list[str], timeout: float | None = None) -> CommandResult:
+        """Run a shell command (bash) as root in the guest; a list is quoted for you.
+
+        Through the guest's agent (:attr:`channel`), else over SSH. ``timeout`` (seconds; None: no limit):
+        the command's process group is killed past it and :class:`CheckTimeout` says so.
+        """
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
+        started, timed_out = time.monotonic(), False
         with Watch(self.name, self.console_log, self.launcher.dom, self._cut, local=self.launcher.logs_here):
-            result = self.host.run(command)
+            reply = self._agent.run(command, timeout)  # None: over SSH
+            if reply is None:
+                result = self.host.run(timed_command(command, timeout))
+                timed_out = bool(timeout) and result.rc == 137 and time.monotonic() - started >= (timeout or 0)
+            else:
+                result = self.host.backend.result(reply.rc, command.encode(), reply.stdout, reply.stderr)
+                timed_out = reply.timed_out
         log.debug("vm://%s: %s -> %s", self.name, command, result.rc)
+        if timed_out:
+            raise CheckTimeout(f"vm://{self.name}: '{command}' ran past its timeout of {timeout}s and was killed",
+                               rc=result.rc, stdout=result.stdout, stderr=result.stderr)
         return result
 
     def forward(self, guest_port: int) -> int:
@@ -480,6 +516,7 @@ class VM(GuestCommands):
     # ---- teardown
 
     def _disconnect(self) -> None:
+        self._agent.disconnect()
         client, self._client = self._client, None
         self._host = None
         if client is not None:
@@ -492,7 +529,7 @@ class VM(GuestCommands):
             return
         self._closed = True
         if self.kept:
-            log.warning("vm://%s kept: %s", self.name, self.ssh_command())
+            log.warning("vm://%s kept (commands through %s): %s", self.name, self.channel, self.ssh_command())
             return
         steps: list[tuple[str, Callable[[], None]]] = [
             ("close SSH", self._disconnect),

@@ -350,7 +350,7 @@ def test_flake_keep_keeps_the_vm_of_a_failed_test_until_the_next_session(
     assert kept.returncode == 1, kept.stdout + kept.stderr
     name = (tmp_path / "name").read_text()
     line = next(ln for ln in kept.stdout.splitlines() if ln.startswith("pytest-flake: kept VM"))
-    assert f"kept VM {name} of failed test_kept.py::test_fails: ssh -i " in line
+    assert f"kept VM {name} (commands through agent) of failed test_kept.py::test_fails: ssh -i " in line
     port = int(re.search(r" -p (\d+) ", line).group(1))  # type: ignore[union-attr]
     assert name in domain_names(flake_settings)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
