@@ -9,7 +9,7 @@
 # in files under a tmpfs; a coprocess with a timer (read -t) kills the group when its time is up. Output
 # without NUL bytes and under 64 KiB is read back with read; other output is measured and sent by stat
 # and head, and removed at once. On EOF (no host connected: after a restore the host's end is a new
-# socket) the port reopens.
+# socket) it reads again.
 # Usage: agent.sh PORT (a character device), or agent.sh fd (fd 3 is open already; one session).
 set -m
 export LC_ALL=C HOME=/root USER=root LOGNAME=root SHELL=/bin/bash
@@ -74,10 +74,13 @@ if [[ $port == fd ]]; then
     serve
     exit
 fi
+# The port stays open: closing it drops what the host sent meanwhile (a request that came between
+# an EOF and the close would be lost); with no host connected every read is EOF.
+open=0
 while :; do
-    if exec 3<>"$port"; then
-        serve
-        exec 3>&-
+    if ((open)) || exec 3<>"$port"; then
+        open=1
+        serve || { exec 3>&-; open=0; }  # a broken frame or write: start on a fresh descriptor
     fi
     read -r -t 0.2 -u 8  # no host yet (every read is EOF), or a broken frame: try again
 done

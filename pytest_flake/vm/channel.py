@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import CheckTimeout, VMError
 from .common import AGENT_PORT, log
@@ -41,6 +41,7 @@ AGENT_SCRIPT = Path(__file__).with_name("agent.sh")
 GUEST_SCRIPT = "/run/pytest-flake-agent.sh"
 UNIT = "pytest-flake-agent"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+PING_EVERY = 1.0  # seconds between the empty commands of a connect, until the agent answers one
 GRACE = 15.0  # seconds past a command's timeout before the host gives up on the agent's answer
 HEADER_LIMIT = 256
 
@@ -171,13 +172,25 @@ class Channel:
         return self._sock is not None
 
     def open(self, timeout: float) -> None:
-        """Connect and wait for the agent's answer to an empty command (what came before it is dropped)."""
+        """Connect and wait for the agent's answer to an empty command (what came before it is dropped).
+
+        The empty command goes again every :data:`PING_EVERY` seconds until ``timeout``: a guest that
+        was just restored may drop what reached its port before it read from it again.
+        """
         with self._lock:
             self._close()
             sock = self._connect(self.path)
             self._sock, self._frames = sock, _Frames(sock)
+            deadline = time.monotonic() + timeout
             try:
-                self._exchange(b":", timeout=None, deadline=time.monotonic() + timeout, resync=True)
+                while True:
+                    try:
+                        self._exchange(b":", timeout=None, deadline=min(deadline, time.monotonic() + PING_EVERY),
+                                       resync=True, keep=True)
+                        return
+                    except TimeoutError:
+                        if time.monotonic() >= deadline:
+                            self._fail_timeout(b":", None)
             except BaseException:
                 self._close()
                 raise
@@ -196,7 +209,8 @@ class Channel:
             return self._exchange(command.encode(), timeout=timeout, deadline=deadline)
 
     def _exchange(self, command: bytes, *, timeout: float | None, deadline: float | None,
-                  resync: bool = False) -> Reply:
+                  resync: bool = False, keep: bool = False) -> Reply:
+        """Send one request and read its answer (``keep``: a deadline passed raises TimeoutError as it is)."""
         ident = self._next
         self._next += 1
         request = encode_request(ident, timeout, command)
@@ -219,10 +233,9 @@ class Channel:
                 if got > ident:
                     raise ValueError(f"an answer to request {got}, not to {ident}")
         except TimeoutError as exc:
-            self._close()
-            what = "" if timeout is None else f" within the timeout of {timeout}s and {self.grace:g}s more"
-            raise CheckTimeout(f"vm://{self.name}: the agent did not answer '{command.decode(errors='replace')}'"
-                               f"{what}") from exc
+            if keep:
+                raise
+            self._fail_timeout(command, timeout, exc)
         except (OSError, EOFError, ValueError) as exc:
             self._close()
             raise VMError(f"vm://{self.name}: the agent's channel broke: {type(exc).__name__}: {exc}",
@@ -230,6 +243,12 @@ class Channel:
         except BaseException:  # Ctrl-C amid an answer: the next command starts on a new connection
             self._close()
             raise
+
+    def _fail_timeout(self, command: bytes, timeout: float | None, cause: BaseException | None = None) -> NoReturn:
+        self._close()
+        what = "" if timeout is None else f" within the timeout of {timeout}s and {self.grace:g}s more"
+        raise CheckTimeout(f"vm://{self.name}: the agent did not answer '{command.decode(errors='replace')}'"
+                           f"{what}") from cause
 
     def _close(self) -> None:
         sock, self._sock, self._frames = self._sock, None, None
@@ -292,6 +311,8 @@ class AgentLink:
         """Connect to the agent (after a boot or a restore, where it runs already: it answers within a second);
         :attr:`kind`, ``"ssh"`` when it does not answer within ``wait`` seconds."""
         if self.channel is None:
+            return self.kind
+        if self.channel.connected and self.kind == "agent":
             return self.kind
         try:
             secure_socket(self.channel.path)

@@ -130,6 +130,26 @@ def test_open_skips_what_an_earlier_connection_left(pair: tuple[socket.socket, s
     assert channel.run("echo new").stdout == b"new\n"
 
 
+def test_open_asks_again_when_a_restored_guest_lost_the_first_request(pair: tuple[socket.socket, socket.socket],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest just restored may drop what reached its port first: the empty command goes again."""
+    monkeypatch.setattr("pytest_flake.vm.channel.PING_EVERY", 0.2)
+    host, guest = pair
+    seen: list[int] = []
+
+    def respond(ident: int, cmd: bytes) -> bytes | None:
+        seen.append(ident)
+        return None if len(seen) < 3 else answer(ident)  # the first two are lost
+
+    agent = FakeAgent(guest, respond)
+    channel = channel_on(host)
+    channel.open(5)
+    assert agent.commands == [b":"] * 3 and seen == sorted(set(seen))
+    mute, silent = socket.socketpair()  # nobody ever answers: still a timeout in the end
+    with mute, silent, pytest.raises(CheckTimeout, match="did not answer ':'"):
+        channel_on(mute).open(0.5)
+
+
 def test_agent_timeout_answer_and_the_next_command(pair: tuple[socket.socket, socket.socket]) -> None:
     host, guest = pair
 
