@@ -1,4 +1,4 @@
-"""Cold boot vs warm starts of a pytest-flake VM, each timed from start to SSH ready.
+"""Cold boot vs warm starts of a pytest-flake VM, each timed from start until the guest answers.
 
     python benchmarks/vm_boot.py [--image debian] [--rounds 3]
 
@@ -44,11 +44,13 @@ def main() -> None:
                 assert first.boot_kind == "cold" and first.run("true").rc == 0
                 cold, boot = first.ready_seconds, first.boot_seconds
             same: list[float] = []
-            splits: list[tuple[float, float]] = []  # (to restore returned, then to SSH answering) of warm starts
+            splits: list[tuple[float, float]] = []  # (to restore returned, then to the guest answering) of warm starts
+            channels: set[str] = set()  # how the warm guests took commands: agent, or ssh
             for _ in range(args.rounds):
                 with pool.vm() as machine:
                     assert machine.boot_kind == "warm" and machine.run("true").rc == 0
                     same.append(machine.ready_seconds)
+                    channels.add(machine.channel)
                     splits.append((machine.restore_seconds, machine.ready_seconds - machine.restore_seconds))
             accel = pool.accel(pool.image(args.image))
         new: list[float] = []
@@ -58,16 +60,19 @@ def main() -> None:
                 with pool.vm() as machine:
                     assert machine.boot_kind == "warm" and machine.run("true").rc == 0
                     new.append(machine.ready_seconds)
+                    channels.add(machine.channel)
                     splits.append((machine.restore_seconds, machine.ready_seconds - machine.restore_seconds))
+        saves = [path.stat().st_size for path in Path(states).glob("*/state.save")]
     print(f"image {args.image} ({accel}): ready in {image_seconds:.1f}s (cached or built)")
     print(f"cold boot to SSH ready: {cold:.1f}s (first SSH answer after {boot:.1f}s, then saved for warm starts)")
-    print(f"warm start, same session: best {min(same):.1f}s, median {statistics.median(same):.1f}s "
+    print(f"warm start, same session: best {min(same):.2f}s, median {statistics.median(same):.2f}s "
           f"over {len(same)}")
-    print(f"first VM of a new session (warm from the cache): best {min(new):.1f}s, "
-          f"median {statistics.median(new):.1f}s over {len(new)}")
+    print(f"first VM of a new session (warm from the cache): best {min(new):.2f}s, "
+          f"median {statistics.median(new):.2f}s over {len(new)}")
     print(f"warm start split (medians over {len(splits)}): restore {statistics.median(s[0] for s in splits):.2f}s "
           f"(start until libvirt's restore returned), then ready {statistics.median(s[1] for s in splits):.2f}s "
-          "(until SSH answers)")
+          f"(until the guest answers; commands through {', '.join(sorted(channels))}); "
+          f"save file {max(saves, default=0) / 2**20:.0f} MiB")
     print(f"ratio cold/warm: same session {cold / statistics.median(same):.1f}x, "
           f"new session {cold / statistics.median(new):.1f}x (medians)")
 

@@ -80,9 +80,9 @@ from .accel import (
 from .common import NETDEV_ID, QEMU_NS, RECIPES, GiB, MiB
 from .connection import connect, default_uri, destroy_domain, is_remote, ssh_url
 from .domain import BootSpec, DomainEdit, boot_xml, netdev, restore_xml
-from .launch import Disks, Launcher, VMConfig
+from .launch import Disks, Launcher, Platform, VMConfig
 from .local import LocalLauncher
-from .machine import VM, Platform
+from .machine import VM
 from .maintenance import VMComponent, component, doctor, sweep
 from .pool import VMPool, launcher_type
 from .qemuuser import QemuUser, acl_user_perm, check_readable, grant_search, hand_to_qemu

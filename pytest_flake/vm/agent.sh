@@ -82,5 +82,5 @@ while :; do
         open=1
         serve || { exec 3>&-; open=0; }  # a broken frame or write: start on a fresh descriptor
     fi
-    read -r -t 0.2 -u 8  # no host yet (every read is EOF), or a broken frame: try again
+    read -r -t 0.05 -u 8  # no host yet (every read is EOF), or a broken frame: try again
 done

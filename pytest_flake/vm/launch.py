@@ -87,6 +87,18 @@ class Disks:
 Teardown = list[tuple[str, Callable[[], None]]]  # (what, step): each step's failure is logged on its own
 
 
+class Platform(Protocol):
+    """What a VM asks of its session besides the connection, the store and the keys (a VMPool is one)."""
+
+    def image(self, spec: str) -> Image: ...
+
+    def accel(self, image: Image) -> str: ...
+
+    def kvm_trial_result(self, works: bool, why: str) -> str: ...
+
+    def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]: ...
+
+
 class Launcher(Protocol):
     """How one VM's domain is started, saved, restored, reached and removed; the VM calls nothing else
     that depends on where libvirt runs."""

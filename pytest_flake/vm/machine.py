@@ -17,7 +17,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .._host import locked, write_private
 from ..errors import CheckTimeout, FlakeError, FlakeTimeout, NotReady, VMError, tail
@@ -30,7 +30,7 @@ from .common import log, step
 from .connection import libvirt_module
 from .diagnose import Watch, check_floor, domain_state, evidence, panic_in
 from .domain import BootSpec, DomainEdit, boot_xml, edit_fingerprint, edited
-from .launch import Disks, Launcher, VMConfig
+from .launch import Disks, Launcher, Platform, VMConfig
 from .seed import HostKey, KeyPair, cloud_config, credential, make_seed, render_user_data, skip_dropin
 from .ssh import (
     QuietParamiko,
@@ -47,18 +47,6 @@ if TYPE_CHECKING:
     import paramiko
     from testinfra.backend.base import CommandResult
     from testinfra.host import Host
-
-class Platform(Protocol):
-    """What a VM asks of its session besides the connection, the store and the keys (a VMPool is one)."""
-
-    def image(self, spec: str) -> Image: ...
-
-    def accel(self, image: Image) -> str: ...
-
-    def kvm_trial_result(self, works: bool, why: str) -> str: ...
-
-    def warm_key(self, image: Image, memory: int, cpus: int, accel: str, disk_size: int = 0) -> dict[str, Any]: ...
-
 
 class VM(GuestCommands):
     """One libvirt guest reachable over SSH; a context manager.
