@@ -5,7 +5,8 @@ made the running user's, mode 0600, before anything connects); the guest end is
 ``/dev/virtio-ports/org.pytest-flake.agent.0``, where ``agent.sh`` (shipped next to this module, only
 bash builtins on a command's way) serves requests. A cold boot installs the agent over SSH, as a
 transient systemd service, before its warm state is saved, so every warm start restores a guest
-whose agent runs already; the agent reopens its port when the host's end goes (a restore is a new socket).
+whose agent runs already; the agent keeps its port open and reads again when the host's end goes (a
+restore is a new socket), and a connect asks again until it answers.
 
 Frames (byte-exact, no encoding: lengths frame the bytes)::
 
