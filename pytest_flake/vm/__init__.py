@@ -47,10 +47,11 @@ The modules, each one concern (imports only go down this list):
 ``domain``                the one domain XML builder and editor (cold boot, restore, a pty console, edits)
 ``savefile``              libvirt's save-file header (read, rewrite the XML in it), fed through a FIFO
 ``warm``                  warm states: key, slot, store, the record of one kept on another host
-``launch``                :class:`VMConfig` and the :class:`Launcher` protocol: how a VM starts
+``launch``                :class:`VMConfig`, the :class:`Launcher` protocol (how a VM starts), :class:`Platform`
 ``local``                 :class:`LocalLauncher`: libvirt here, the VM's files in the session's folder
 ``remote``                :class:`RemoteLauncher`: libvirt on another host, volumes, console stream, tunnels
 ``ssh``                   the paramiko client, the testinfra backend adapter
+``channel``               the guest agent's virtio-serial channel (``agent.sh``): framing, the 0600 socket, agent or SSH
 ``qemuuser``              QEMU's unprivileged user and the files it reads, writes, reaches
 ``machine``               :class:`VM`
 ``pool``                  :class:`VMPool`, and which launcher a URI calls for

@@ -1,4 +1,5 @@
-"""One guest: :class:`VM`, a context manager that boots (or restores) a domain and reaches it over SSH.
+"""One guest: :class:`VM`, a context manager that boots (or restores) a domain; commands go through its agent
+(SSH the fallback), testinfra and copies over SSH.
 
 A VM is handed narrow collaborators, never the pool: its :class:`~pytest_flake.vm.launch.Launcher`
 (how its domain starts, here or on another host), the warm store, the session's key pair and a
